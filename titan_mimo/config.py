@@ -1,0 +1,486 @@
+"""Typed job configuration: TOML file -> dataclasses -> `--section.key=value` overrides.
+
+Every field has a docstring under it; cross-field checks that need only the config live in
+`__post_init__` (one section) or `JobConfig.validate` (several sections). Checks that need the
+world size or model shapes live in `titan_mimo.topology`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+PIPELINE_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B")
+
+
+@dataclass(kw_only=True)
+class Job:
+    dump_folder: str = "outputs/run"
+    """Folder for metrics.jsonl, tb/, checkpoint/ and the resolved config.toml."""
+    description: str = ""
+    """Free text, shown in the first log line."""
+
+
+@dataclass(kw_only=True)
+class Module:
+    model: str
+    """Model and flavor from `titan_mimo.models`, e.g. "vit/debug" or "hybrid_lm/debug"."""
+    ranks: int = 1
+    """Number of ranks this module occupies (ignored when colocated: every module uses all)."""
+    dp_replicate: int = 1
+    """Replicated data-parallel degree (HSDP outer axis)."""
+    dp_shard: int = -1
+    """Sharded data-parallel degree (FSDP2); -1 means the module's remaining ranks."""
+    tp: int = 1
+    """Tensor-parallel degree (with sequence parallelism on the language model)."""
+    pp: int = 1
+    """Pipeline-parallel degree (language module only for now)."""
+    feeds: str = ""
+    """Name of the module this one sends its embeddings to; empty for the language module."""
+    placeholder_id: int = -1
+    """Token id that marks this encoder's embeddings in the text; required for encoders."""
+    frozen: bool = False
+    """Train no parameters of this module (no optimizer, no grad sync, no bridge gradient)."""
+    lr_scale: float = 1.0
+    """Multiplier on optimizer.lr for this module's parameters."""
+    activation_checkpoint: Literal["none", "full"] = "none"
+    """Activation checkpointing per block."""
+    compile: bool = False
+    """torch.compile each block."""
+
+    def __post_init__(self) -> None:
+        for name in ("ranks", "dp_replicate", "tp", "pp"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be >= 1")
+        if self.dp_shard == 0 or self.dp_shard < -1:
+            raise ValueError(f"dp_shard = {self.dp_shard} must be >= 1, or -1 for 'the rest'")
+        if self.lr_scale < 0:
+            raise ValueError(f"lr_scale = {self.lr_scale} must be >= 0")
+        if self.pp > 1 and self.feeds:
+            raise ValueError(
+                f"pp = {self.pp}: pipeline parallelism is only supported on the language module "
+                "(the module without `feeds`); set pp = 1"
+            )
+
+    @property
+    def is_encoder(self) -> bool:
+        return bool(self.feeds)
+
+
+@dataclass(kw_only=True)
+class Training:
+    steps: int = 10
+    """Number of optimizer steps to run."""
+    global_batch_size: int = 8
+    """Samples per optimizer step, over all data-parallel replicas."""
+    micro_batch_size: int = 2
+    """Samples per language-model micro-batch per language DP replica."""
+    seq_len: int = 64
+    """Text sequence length (image placeholders included)."""
+    seed: int = 0
+    """Seed of initialisation, data and dropout; layouts with the same seed train identically."""
+    mixed_precision: Literal["fp32", "bf16"] = "fp32"
+    """Compute dtype; master weights, gradient reduction and optimizer state stay fp32."""
+    max_norm: float = 1.0
+    """Global gradient-norm clipping threshold over all modules; <= 0 disables clipping."""
+    skip_nonfinite_steps: bool = False
+    """Skip (instead of stopping on) a step whose loss or grad norm is not finite."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "global_batch_size", "micro_batch_size", "seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be >= 1")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size = {self.global_batch_size} is not a multiple of "
+                f"micro_batch_size = {self.micro_batch_size}"
+            )
+
+
+@dataclass(kw_only=True)
+class Optimizer:
+    name: Literal["AdamW"] = "AdamW"
+    """Optimizer class (torch.optim)."""
+    lr: float = 1e-3
+    """Peak learning rate (times each module's lr_scale)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    implementation: Literal["auto", "for-loop", "foreach", "fused"] = "auto"
+    """AdamW kernel: auto picks fused on GPU and foreach on CPU."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr = {self.lr} must be > 0")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} = {getattr(self, name)} must be in [0, 1)")
+
+
+@dataclass(kw_only=True)
+class LRScheduler:
+    warmup_steps: int = 2
+    """Linear warmup steps."""
+    decay_type: Literal["linear", "sqrt", "cosine"] = "cosine"
+    """Decay after warmup."""
+    min_lr_factor: float = 0.1
+    """Lowest LR as a fraction of the peak."""
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps = {self.warmup_steps} must be >= 0")
+        if not 0.0 <= self.min_lr_factor <= 1.0:
+            raise ValueError(f"min_lr_factor = {self.min_lr_factor} must be in [0, 1]")
+
+
+@dataclass(kw_only=True)
+class Parallelism:
+    colocated: bool = False
+    """Place every module on every rank (the reference layout); forced on with one rank."""
+    pipeline_schedule: str = "1F1B"
+    """Language-model pipeline schedule: GPipe, 1F1B or Interleaved1F1B."""
+    stages_per_rank: int = 1
+    """Language pipeline stages per pp rank (> 1 only with Interleaved1F1B)."""
+
+    def __post_init__(self) -> None:
+        if self.pipeline_schedule not in PIPELINE_SCHEDULES:
+            raise ValueError(
+                f"pipeline_schedule = {self.pipeline_schedule!r} is unknown; "
+                f"choose one of {', '.join(PIPELINE_SCHEDULES)}"
+            )
+        if self.stages_per_rank < 1:
+            raise ValueError(f"stages_per_rank = {self.stages_per_rank} must be >= 1")
+
+
+@dataclass(kw_only=True)
+class Data:
+    dataset: Literal["mock"] = "mock"
+    """Data source; "mock" is the seeded synthetic image-caption task."""
+    image_sizes: list[list[int]] = field(default_factory=lambda: [[16, 16]])
+    """Image sizes [height, width] the mock data draws from, per sample."""
+    num_values: int = 16
+    """Mock task: number of distinct image cell values (caption tokens) to recognise."""
+    text_only_fraction: float = 0.0
+    """Mock task: fraction of samples that carry no image."""
+    pad_id: int = 0
+    """Padding token id (never in the text pool; its labels are -100)."""
+
+    def __post_init__(self) -> None:
+        if not self.image_sizes or any(len(s) != 2 or min(s) < 1 for s in self.image_sizes):
+            raise ValueError(f"image_sizes = {self.image_sizes} must be a list of [height, width]")
+        if self.num_values < 2:
+            raise ValueError(f"num_values = {self.num_values} must be >= 2")
+        if not 0.0 <= self.text_only_fraction <= 1.0:
+            raise ValueError(f"text_only_fraction = {self.text_only_fraction} must be in [0, 1]")
+
+
+@dataclass(kw_only=True)
+class Validation:
+    enable: bool = False
+    """Run forward-only evaluation on the held-out split."""
+    freq: int = 5
+    """Evaluate every this many steps."""
+    steps: int = 2
+    """Batches per evaluation."""
+
+    def __post_init__(self) -> None:
+        if self.freq < 1 or self.steps < 1:
+            raise ValueError(f"freq = {self.freq} and steps = {self.steps} must be >= 1")
+
+
+@dataclass(kw_only=True)
+class Metrics:
+    log_freq: int = 1
+    """Log every this many steps."""
+    enable_tensorboard: bool = True
+    """Write TensorBoard events under dump_folder/tb."""
+    peak_tflops: float = 0.0
+    """Peak dense TFLOP/s per device for MFU; 0 = detect (GPU) or report MFU as 0 (CPU)."""
+
+    def __post_init__(self) -> None:
+        if self.log_freq < 1:
+            raise ValueError(f"log_freq = {self.log_freq} must be >= 1")
+
+
+@dataclass(kw_only=True)
+class Comm:
+    timeout_seconds: int = 300
+    """Timeout of every collective and point-to-point op: a hang fails instead of waiting."""
+    init_timeout_seconds: int = 300
+    """Timeout for process-group start-up (first collectives, mesh creation)."""
+
+    def __post_init__(self) -> None:
+        if self.timeout_seconds < 1 or self.init_timeout_seconds < 1:
+            raise ValueError("timeout_seconds and init_timeout_seconds must be >= 1")
+
+
+@dataclass(kw_only=True)
+class JobConfig:
+    job: Job = field(default_factory=Job)
+    """Where outputs go."""
+    modules: dict[str, Module] = field(default_factory=dict)
+    """The module graph, in rank order: encoders (with `feeds`) and one language module."""
+    training: Training = field(default_factory=Training)
+    """Steps, batch, sequence, precision."""
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    """AdamW settings."""
+    lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
+    """Warmup then decay."""
+    parallelism: Parallelism = field(default_factory=Parallelism)
+    """Colocated or not, pipeline schedule."""
+    data: Data = field(default_factory=Data)
+    """Data source."""
+    validation: Validation = field(default_factory=Validation)
+    """Held-out evaluation."""
+    metrics: Metrics = field(default_factory=Metrics)
+    """Logging."""
+    comm: Comm = field(default_factory=Comm)
+    """Timeouts."""
+
+    def validate(self) -> None:
+        """Checks across sections that need neither the world size nor model shapes."""
+        if not self.modules:
+            raise ValueError("modules: no [modules.<name>] table; declare encoders and a language module")
+        language = [n for n, m in self.modules.items() if not m.feeds]
+        if len(language) != 1:
+            raise ValueError(
+                f"modules: exactly one module must have no `feeds` (the language module); "
+                f"found {len(language)}: {language or 'none'}"
+            )
+        for name, m in self.modules.items():
+            if m.feeds and m.feeds not in self.modules:
+                raise ValueError(
+                    f"modules.{name}.feeds = {m.feeds!r} is not a module; "
+                    f"known modules: {', '.join(self.modules)}"
+                )
+            if m.feeds == name:
+                raise ValueError(f"modules.{name}.feeds = {name!r}: a module cannot feed itself")
+        for name in self.modules:  # walk each path; revisiting a module means a cycle
+            seen, cur = [name], self.modules[name].feeds
+            while cur:
+                if cur in seen:
+                    raise ValueError(f"modules: the feeds graph has a cycle: {' -> '.join(seen + [cur])}")
+                seen.append(cur)
+                cur = self.modules[cur].feeds
+        for name, m in self.modules.items():
+            if m.feeds and self.modules[m.feeds].feeds:
+                raise ValueError(
+                    f"modules.{name}.feeds = {m.feeds!r}: encoders must feed the language module "
+                    f"{language[0]!r} directly (chains of encoders are not supported yet)"
+                )
+        ids: dict[int, str] = {}
+        for name, m in self.encoders.items():
+            if m.placeholder_id < 0:
+                raise ValueError(f"modules.{name}.placeholder_id is not set; every encoder needs its own token id")
+            if m.placeholder_id == self.data.pad_id:
+                raise ValueError(
+                    f"modules.{name}.placeholder_id = {m.placeholder_id} equals data.pad_id; choose another id"
+                )
+            if m.placeholder_id in ids:
+                raise ValueError(
+                    f"modules.{name}.placeholder_id = {m.placeholder_id} is also used by "
+                    f"modules.{ids[m.placeholder_id]}; each encoder needs its own"
+                )
+            ids[m.placeholder_id] = name
+        if self.parallelism.stages_per_rank > 1 and self.parallelism.pipeline_schedule != "Interleaved1F1B":
+            raise ValueError(
+                f"parallelism.stages_per_rank = {self.parallelism.stages_per_rank} needs "
+                "pipeline_schedule = 'Interleaved1F1B'"
+            )
+
+    @property
+    def language_name(self) -> str:
+        return next(n for n, m in self.modules.items() if not m.feeds)
+
+    @property
+    def encoders(self) -> dict[str, Module]:
+        return {n: m for n, m in self.modules.items() if m.feeds}
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing: nested dicts <-> dataclasses, with errors that name the dotted path.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check/convert a TOML or CLI value to the annotated type."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ValueError(f"{path} = {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"{path}: union types are not supported in config")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ValueError(f"{path} = {value!r} must be a list")
+        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{path} = {value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{path} = {value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path} = {value!r} must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{path} = {value!r} must be a string")
+        return value
+    raise TypeError(f"{path}: unsupported config type {tp}")
+
+
+def _unknown_key_error(path: str, key: str, valid: list[str]) -> ValueError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    where = f"[{path}]" if path else "the top level"
+    return ValueError(f"unknown key {key!r} in {where}{hint}; valid keys: {', '.join(valid)}")
+
+
+def _build(cls: type, data: dict[str, Any], path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"[{path}] must be a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        sub = f"{path}.{key}" if path else key
+        if key not in fields:
+            raise _unknown_key_error(path, key, list(fields))
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, sub)
+        elif typing.get_origin(tp) is dict:
+            _, val_tp = typing.get_args(tp)
+            if not isinstance(value, dict):
+                raise ValueError(f"[{sub}] must be a table of tables")
+            kwargs[key] = {k: _build(val_tp, v, f"{sub}.{k}") for k, v in value.items()}
+        else:
+            kwargs[key] = _coerce(value, tp, sub)
+    missing = [f.name for f in fields.values()
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               and f.name not in kwargs]
+    if missing:
+        raise ValueError(f"[{path}] is missing required key(s): {', '.join(missing)}")
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _parse_cli_value(text: str) -> Any:
+    """Parse a CLI value as a TOML value; bare words are strings (`--job.dump_folder=out/x`)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set data[a][b]... = value after checking each key against the config's types, so an
+    unknown key fails with the valid ones listed (module names come from the file)."""
+    keys = dotted.split(".")
+    node, tp = data, JobConfig
+    for depth, key in enumerate(keys):
+        prefix = ".".join(keys[:depth])
+        if typing.get_origin(tp) is dict:  # the modules table: keys are module names
+            if key not in node:
+                raise ValueError(
+                    f"--{dotted}: no module named {key!r} in [{prefix}]; "
+                    f"modules: {', '.join(node) or 'none'}"
+                )
+            tp = typing.get_args(tp)[1]
+        elif dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if key not in hints:
+                raise _unknown_key_error(prefix, key, list(hints))
+            tp = hints[key]
+        else:
+            raise ValueError(f"--{dotted}: {prefix} is a value, not a table")
+        if depth < len(keys) - 1:
+            node = node.setdefault(key, {})
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
+        raise ValueError(f"--{dotted} names a table; set one of its keys, e.g. --{dotted}.<key>=...")
+    node[keys[-1]] = value
+
+
+def parse_cli_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, Any]]]:
+    """Split argv into the --config path and (dotted key, value) overrides."""
+    config_path, overrides, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}; use --config PATH and --section.key=value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                if key == "config":
+                    raise ValueError("--config needs a path")
+                value = "true"  # a bare flag such as --parallelism.colocated
+            else:
+                i += 1
+                value = argv[i]
+        if key in ("config", "job.config_file"):
+            config_path = value
+        else:
+            overrides.append((key, _parse_cli_value(value)))
+        i += 1
+    return config_path, overrides
+
+
+def load_config(argv: list[str]) -> JobConfig:
+    """The launch contract: `--config PATH.toml [--section.key=value ...]`."""
+    config_path, overrides = parse_cli_overrides(argv)
+    if config_path is None:
+        raise ValueError("missing --config PATH.toml")
+    path = Path(config_path)
+    if not path.is_file():
+        raise ValueError(f"--config {config_path}: no such file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{config_path}: invalid TOML: {e}") from None
+    return config_from_dict(data, overrides, source=str(config_path))
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[tuple[str, Any]] = (),
+                     source: str = "config") -> JobConfig:
+    try:
+        for dotted, value in overrides:
+            _apply_override(data, dotted, value)
+        cfg = _build(JobConfig, data, "")
+        cfg.validate()
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    return cfg
+
+
+def to_dict(cfg: JobConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def write_config(cfg: JobConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(to_dict(cfg)))
