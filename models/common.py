@@ -1,0 +1,91 @@
+"""Pieces every model shares: the deterministic, layout-independent init protocol.
+
+The trainer builds models on the meta device, parallelizes them, and only then materialises
+parameters. For every parameter (by its *global* fully-qualified name) it creates a plain fp32 CPU
+tensor of the full, unsharded shape, seeds a generator from (seed, fqn) and calls
+`init_parameter(owner_module, param_name, t, g)`; each rank then keeps its own shard of `t`.
+Because a value depends only on (seed, fqn) and the full shape, every placement — one process,
+FSDP, TP, PP — starts from bit-identical weights. That is the root of layout invariance.
+
+Modules with parameters the defaults below do not know (Mamba2's A_log, the ViT position table)
+define `init_param(self, name, t, g)`; it must fill `t` in place using only `g` for randomness.
+"""
+
+import hashlib
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "INIT_STD",
+    "RMSNorm",
+    "init_model_for_testing",
+    "init_parameter",
+    "param_generator",
+]
+
+RMSNorm = nn.RMSNorm
+
+INIT_STD = 0.02
+"""Standard deviation of the default (truncated at ±2σ) normal init of linears and embeddings."""
+
+
+def param_generator(seed: int, fqn: str) -> torch.Generator:
+    """A CPU generator seeded from (seed, fqn) with a stable hash.
+
+    Python's `hash()` is salted per process, so ranks would disagree; sha256 is stable across
+    processes, machines and Python versions.
+    """
+    digest = hashlib.sha256(f"{seed}/{fqn}".encode()).digest()
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return g
+
+
+def init_parameter(module: nn.Module, name: str, t: Tensor, g: torch.Generator) -> None:
+    """Fill `t` (the full shape of `module.<name>`) in place, drawing randomness only from `g`.
+
+    A module's own `init_param(name, t, g)` wins; otherwise the defaults for the standard layers.
+    Unknown parameters are an error rather than a silent default, so a new layer cannot slip into
+    training with an arbitrary init.
+    """
+    if hasattr(module, "init_param"):
+        module.init_param(name, t, g)
+        return
+    with torch.no_grad():
+        if isinstance(module, nn.Linear):
+            if name == "weight":
+                nn.init.trunc_normal_(t, 0.0, INIT_STD, -2 * INIT_STD, 2 * INIT_STD, generator=g)
+                return
+            if name == "bias":
+                t.zero_()
+                return
+        elif isinstance(module, nn.Embedding) and name == "weight":
+            nn.init.normal_(t, 0.0, INIT_STD, generator=g)
+            return
+        elif isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
+            if name == "weight":
+                t.fill_(1.0)
+                return
+            if name == "bias":
+                t.zero_()
+                return
+    raise ValueError(
+        f"init_parameter: no init rule for parameter {name!r} of {type(module).__name__}; "
+        f"give {type(module).__name__} an init_param(name, t, g) method"
+    )
+
+
+def init_model_for_testing(model: nn.Module, seed: int) -> None:
+    """Initialise a materialised (non-meta) model exactly as the trainer does after sharding.
+
+    Used by tests and by the single-process reference run: same fqn-seeded generators, same
+    full-shape fp32 tensors, so its weights equal those of any parallel layout.
+    """
+    for fqn, param in model.named_parameters():
+        owner_fqn, _, name = fqn.rpartition(".")
+        owner = model.get_submodule(owner_fqn)
+        t = torch.empty(param.shape, dtype=torch.float32, device="cpu")
+        init_parameter(owner, name, t, param_generator(seed, fqn))
+        with torch.no_grad():
+            param.copy_(t)

@@ -1,0 +1,82 @@
+"""Causal grouped-query attention with rotary position embeddings.
+
+Shape legend:
+    B batch, S sequence, D model dim, H query heads, K key/value heads, E head dim, F E/2.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .args import HybridLMArgs
+
+__all__ = ["Attention", "apply_rope", "rope_cos_sin"]
+
+
+def rope_cos_sin(seq_len: int, head_dim: int, theta: float, device: torch.device):
+    """cos_SF, sin_SF (float32) of the rotary angles for positions 0..seq_len-1.
+
+    Computed per call instead of cached in a buffer: a buffer would be left uninitialised by the
+    meta-device build + to_empty that the trainer uses, and the cost is negligible next to attention.
+    """
+    inv_freq_F = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    )
+    angles_SF = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq_F)
+    return torch.cos(angles_SF), torch.sin(angles_SF)
+
+
+def apply_rope(x_BSHE: Tensor, cos_SF: Tensor, sin_SF: Tensor) -> Tensor:
+    """Rotate adjacent channel pairs (2i, 2i+1), the convention of Meta's Llama and torchtitan."""
+    x_BSHF2 = x_BSHE.float().view(*x_BSHE.shape[:-1], -1, 2)
+    x0, x1 = x_BSHF2.unbind(-1)
+    cos, sin = cos_SF[None, :, None, :], sin_SF[None, :, None, :]
+    out_BSHF2 = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return out_BSHF2.flatten(-2).type_as(x_BSHE)
+
+
+class Attention(nn.Module):
+    """Causal GQA: wq/wk/wv/wo without bias, RoPE, F.scaled_dot_product_attention."""
+
+    def __init__(self, args: HybridLMArgs):
+        super().__init__()
+        self.head_dim = args.head_dim
+        self.rope_theta = args.rope_theta
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x_BSD: Tensor) -> Tensor:
+        q = self.wq(x_BSD)
+        k = self.wk(x_BSD)
+        v = self.wv(x_BSD)
+        # b, s and head counts come from the projections, not from x or args: under sequence
+        # parallelism x holds a slice of the sequence, under tensor parallelism q a slice of heads.
+        b, s = q.shape[:2]
+        q_BSHE = q.view(b, s, -1, self.head_dim)
+        k_BSKE = k.view(b, s, -1, self.head_dim)
+        v_BSKE = v.view(b, s, -1, self.head_dim)
+        cos_SF, sin_SF = rope_cos_sin(s, self.head_dim, self.rope_theta, q.device)
+        q_BSHE = apply_rope(q_BSHE, cos_SF, sin_SF)
+        k_BSKE = apply_rope(k_BSKE, cos_SF, sin_SF)
+        # Query head i reads kv head i // n_rep (torchtitan's repeat_kv convention).
+        n_rep = q_BSHE.shape[2] // k_BSKE.shape[2]
+        k_BSHE = k_BSKE.repeat_interleave(n_rep, dim=2)
+        v_BSHE = v_BSKE.repeat_interleave(n_rep, dim=2)
+        o_BHSE = F.scaled_dot_product_attention(
+            q_BSHE.transpose(1, 2), k_BSHE.transpose(1, 2), v_BSHE.transpose(1, 2), is_causal=True
+        )
+        return self.wo(o_BHSE.transpose(1, 2).reshape(b, s, -1))
+
+    @staticmethod
+    def forward_flops_per_token(args: HybridLMArgs, seq_len: int) -> int:
+        """Forward FLOPs per token: the four projections plus QKᵀ and AV.
+
+        The score and value matmuls count the full S×S square (4·H·E·S per token forward) although
+        half is masked: torchtitan's MFU counts causal attention that way (12·H·E·S per token for
+        training), and matching it keeps our MFU comparable to theirs.
+        """
+        q_width, kv_width = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
+        projections = 2 * args.dim * (2 * q_width + 2 * kv_width)
+        return projections + 4 * q_width * seq_len

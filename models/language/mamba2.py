@@ -1,0 +1,175 @@
+"""Mamba2 mixer in pure PyTorch (the reference path; GPU kernels replace only the SSD scan).
+
+Projections are separate Linear layers (z, x, B, C, dt) rather than mamba-ssm's single fused
+in_proj, so tensor parallelism can shard heads and groups by plain column sharding; likewise one
+depthwise conv per stream (x, B, C), which is mathematically identical to mamba-ssm's conv over
+the concatenated xBC because a depthwise conv treats channels independently.
+
+Shape legend:
+    B batch, S sequence, D model dim, H SSM heads, P head dim, G groups, N state size,
+    I inner width (H * P), K conv kernel width, C any channel count.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .args import HybridLMArgs
+from .ssd import ssd_chunked
+
+__all__ = ["DepthwiseCausalConv1d", "GatedRMSNorm", "Mamba2Mixer"]
+
+DT_MIN, DT_MAX, DT_INIT_FLOOR = 0.001, 0.1, 1e-4
+"""mamba-ssm's defaults for the initial step sizes dt (log-uniform in [DT_MIN, DT_MAX])."""
+A_INIT_RANGE = (1.0, 16.0)
+"""mamba-ssm's default range of the initial per-head decay rates -A."""
+
+
+class DepthwiseCausalConv1d(nn.Module):
+    """Per-channel causal convolution over the sequence, weight [C, 1, K] as in nn.Conv1d."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.zeros(channels, 1, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x_BSC: Tensor) -> Tensor:
+        seq_len, channels = x_BSC.shape[1:]
+        # Pad K-1 on both sides and keep the first S outputs: output t sees inputs t-K+1..t only.
+        # groups comes from the input so a tensor-parallel shard of the channels works unchanged.
+        y_BCS = F.conv1d(
+            x_BSC.transpose(1, 2),
+            self.weight,
+            self.bias,
+            padding=self.kernel_size - 1,
+            groups=channels,
+        )
+        return y_BCS[..., :seq_len].transpose(1, 2)
+
+    def init_param(self, name: str, t: Tensor, g: torch.Generator) -> None:
+        # nn.Conv1d's default (kaiming_uniform with a=sqrt(5)), which is what mamba-ssm keeps:
+        # weight and bias uniform in ±1/sqrt(fan_in), fan_in = K for a depthwise conv.
+        bound = 1.0 / math.sqrt(self.kernel_size)
+        if name not in ("weight", "bias"):
+            raise ValueError(f"DepthwiseCausalConv1d has no parameter {name!r}")
+        with torch.no_grad():
+            t.uniform_(-bound, bound, generator=g)
+
+
+class GatedRMSNorm(nn.Module):
+    """norm(y * silu(z)) per group of channels, then a learned scale.
+
+    Matches mamba-ssm's RMSNormGated(norm_before_gate=False, group_size=I/G): the mean square is
+    taken over each group's I/G channels separately, so a tensor-parallel shard holding whole
+    groups normalises exactly as the unsharded layer does.
+    """
+
+    def __init__(self, width: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, y_BSI: Tensor, z_BSI: Tensor, n_groups: int) -> Tensor:
+        h_BSI = (y_BSI * F.silu(z_BSI)).float()
+        h_BSGC = h_BSI.view(*h_BSI.shape[:-1], n_groups, -1)
+        h_BSGC = h_BSGC * torch.rsqrt(h_BSGC.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (h_BSGC.view_as(h_BSI) * self.weight.float()).to(y_BSI.dtype)
+
+    def init_param(self, name: str, t: Tensor, g: torch.Generator) -> None:
+        if name != "weight":
+            raise ValueError(f"GatedRMSNorm has no parameter {name!r}")
+        with torch.no_grad():
+            t.fill_(1.0)
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba-2 token mixer: projections → causal conv + SiLU → SSD scan → gated norm → out_proj."""
+
+    def __init__(self, args: HybridLMArgs):
+        super().__init__()
+        d_inner = args.mamba_n_heads * args.mamba_head_dim
+        d_bc = args.mamba_n_groups * args.mamba_d_state
+        self.head_dim = args.mamba_head_dim
+        self.d_state = args.mamba_d_state
+        self.chunk_size = args.mamba_chunk_size
+        if args.ssd_backend != "torch":
+            raise ValueError(f"ssd_backend={args.ssd_backend!r} is not implemented; use 'torch'")
+        self.ssd = ssd_chunked
+        self.in_proj_z = nn.Linear(args.dim, d_inner, bias=False)
+        self.in_proj_x = nn.Linear(args.dim, d_inner, bias=False)
+        self.in_proj_B = nn.Linear(args.dim, d_bc, bias=False)
+        self.in_proj_C = nn.Linear(args.dim, d_bc, bias=False)
+        self.in_proj_dt = nn.Linear(args.dim, args.mamba_n_heads, bias=False)
+        self.conv_x = DepthwiseCausalConv1d(d_inner, args.mamba_d_conv)
+        self.conv_B = DepthwiseCausalConv1d(d_bc, args.mamba_d_conv)
+        self.conv_C = DepthwiseCausalConv1d(d_bc, args.mamba_d_conv)
+        self.dt_bias = nn.Parameter(torch.zeros(args.mamba_n_heads))
+        self.A_log = nn.Parameter(torch.zeros(args.mamba_n_heads))
+        self.D = nn.Parameter(torch.ones(args.mamba_n_heads))
+        self.norm = GatedRMSNorm(d_inner, args.norm_eps)
+        self.out_proj = nn.Linear(d_inner, args.dim, bias=False)
+
+    def forward(self, u_BSD: Tensor) -> Tensor:
+        z_BSI = self.in_proj_z(u_BSD)
+        x_BSI = F.silu(self.conv_x(self.in_proj_x(u_BSD)))
+        B_BSC = F.silu(self.conv_B(self.in_proj_B(u_BSD)))
+        C_BSC = F.silu(self.conv_C(self.in_proj_C(u_BSD)))
+        # softplus in float32: dt spans 1e-3..1e-1 and feeds exp(dt * A) in the scan.
+        dt_BSH = F.softplus((self.in_proj_dt(u_BSD) + self.dt_bias).float())
+        # Local head/group counts come from the projected shapes: under tensor parallelism this
+        # rank holds a slice of the heads, not args.mamba_n_heads.
+        b, s, h = dt_BSH.shape
+        g = B_BSC.shape[-1] // self.d_state
+        A_H = -torch.exp(self.A_log.float())
+        y_BSHP = self.ssd(
+            x_BSI.view(b, s, h, self.head_dim),
+            dt_BSH,
+            A_H,
+            B_BSC.view(b, s, g, self.d_state),
+            C_BSC.view(b, s, g, self.d_state),
+            self.chunk_size,
+            self.D,
+        )
+        y_BSI = self.norm(y_BSHP.reshape(b, s, h * self.head_dim), z_BSI, n_groups=g)
+        return self.out_proj(y_BSI)
+
+    def init_param(self, name: str, t: Tensor, g: torch.Generator) -> None:
+        with torch.no_grad():
+            if name == "A_log":
+                t.uniform_(*A_INIT_RANGE, generator=g).log_()
+            elif name == "dt_bias":
+                u = torch.rand(t.shape, generator=g, dtype=torch.float64)
+                dt = torch.exp(u * (math.log(DT_MAX) - math.log(DT_MIN)) + math.log(DT_MIN))
+                dt = dt.clamp(min=DT_INIT_FLOOR)
+                # Inverse of softplus, so softplus(dt_bias) == dt at init.
+                t.copy_(dt + torch.log(-torch.expm1(-dt)))
+            elif name == "D":
+                t.fill_(1.0)
+            else:
+                raise ValueError(f"Mamba2Mixer has no directly owned parameter {name!r}")
+
+    @staticmethod
+    def forward_flops_per_token(args: HybridLMArgs, seq_len: int) -> int:
+        """Forward FLOPs per token of one mixer over a sequence of seq_len tokens.
+
+        Linears: 2·D·(2I + 2GN + H) in, 2·I·D out. Depthwise convs: 2·K·(I + 2GN).
+        Chunked SSD (chunk length L, S zero-padded up to c·L as the scan does; per sequence):
+          intra-chunk C·Bᵀ            c · 2·L²·N·G
+          (decay ⊙ CBᵀ)·X              c · 2·L²·H·P
+          chunk states Bᵀ·X            c · 2·L·N·H·P
+          state passing (c+1)² matrix  2·(c+1)²·H·P·N   (Listing 1's matrix form, as run here)
+          state → output C·state       c · 2·L·N·H·P
+        divided by S. Elementwise work (exp, decay masks, norms, gating) is not counted.
+        """
+        h, p, g, n = args.mamba_n_heads, args.mamba_head_dim, args.mamba_n_groups, args.mamba_d_state
+        d, i = args.dim, h * p
+        linears = 2 * d * (2 * i + 2 * g * n + h) + 2 * i * d
+        convs = 2 * args.mamba_d_conv * (i + 2 * g * n)
+        L = args.mamba_chunk_size
+        c = -(-seq_len // L)
+        scan = c * (2 * L * L * n * g + 2 * L * L * h * p + 4 * L * n * h * p)
+        scan += 2 * (c + 1) ** 2 * h * p * n
+        return linears + convs + scan // seq_len

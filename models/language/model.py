@@ -1,0 +1,120 @@
+"""Hybrid language model: a stack of pre-norm residual Mamba2 / attention / MLP blocks.
+
+Layers live in an nn.ModuleDict keyed by the *global* layer index ("0", "1", ...). A pipeline
+stage deletes the entries it does not own and sets tok_embeddings / norm / output to None, so
+parameter names (and thus init seeds and checkpoint keys) stay global on every stage.
+
+Shape legend: B batch, S sequence, D model dim, V vocab size.
+"""
+
+from torch import Tensor, nn
+
+from .args import HybridLMArgs
+from .attention import Attention
+from .mamba2 import Mamba2Mixer
+from .mlp import MLP
+
+__all__ = ["AttentionBlock", "HybridLM", "MLPBlock", "MambaBlock", "build_block"]
+
+
+class MambaBlock(nn.Module):
+    def __init__(self, args: HybridLMArgs):
+        super().__init__()
+        self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
+        self.mixer = Mamba2Mixer(args)
+
+    def forward(self, x_BSD: Tensor) -> Tensor:
+        return x_BSD + self.mixer(self.norm(x_BSD))
+
+    @staticmethod
+    def forward_flops_per_token(args: HybridLMArgs, seq_len: int) -> int:
+        return Mamba2Mixer.forward_flops_per_token(args, seq_len)
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, args: HybridLMArgs):
+        super().__init__()
+        self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
+        self.attn = Attention(args)
+
+    def forward(self, x_BSD: Tensor) -> Tensor:
+        return x_BSD + self.attn(self.norm(x_BSD))
+
+    @staticmethod
+    def forward_flops_per_token(args: HybridLMArgs, seq_len: int) -> int:
+        return Attention.forward_flops_per_token(args, seq_len)
+
+
+class MLPBlock(nn.Module):
+    def __init__(self, args: HybridLMArgs):
+        super().__init__()
+        self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
+        self.mlp = MLP(args.dim, args.mlp_hidden)
+
+    def forward(self, x_BSD: Tensor) -> Tensor:
+        return x_BSD + self.mlp(self.norm(x_BSD))
+
+    @staticmethod
+    def forward_flops_per_token(args: HybridLMArgs, seq_len: int) -> int:
+        return MLP.forward_flops_per_token(args.dim, args.mlp_hidden)
+
+
+_BLOCKS: dict[str, type[nn.Module]] = {"M": MambaBlock, "*": AttentionBlock, "-": MLPBlock}
+
+
+def build_block(kind: str, args: HybridLMArgs) -> nn.Module:
+    """The block for one layer_pattern character."""
+    return _BLOCKS[kind](args)
+
+
+class HybridLM(nn.Module):
+    """Token embedding → blocks in layer_pattern order → RMSNorm → untied output head."""
+
+    def __init__(self, args: HybridLMArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings: nn.Embedding | None = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleDict(
+            {str(i): build_block(kind, args) for i, kind in enumerate(args.layer_pattern)}
+        )
+        self.norm: nn.RMSNorm | None = nn.RMSNorm(args.dim, eps=args.norm_eps)
+        self.output: nn.Linear | None = nn.Linear(args.dim, args.vocab_size, bias=False)
+
+    def embed(self, tokens_BS: Tensor) -> Tensor:
+        if self.tok_embeddings is None:
+            raise ValueError("embed() called on a pipeline stage without tok_embeddings")
+        return self.tok_embeddings(tokens_BS)
+
+    def forward_hidden(self, h_BSD: Tensor) -> Tensor:
+        """Run this model's layers (in global index order), then norm and head where present."""
+        for layer in self.layers.values():
+            h_BSD = layer(h_BSD)
+        if self.norm is not None:
+            h_BSD = self.norm(h_BSD)
+        if self.output is not None:
+            return self.output(h_BSD)
+        return h_BSD
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Tokens [B, S] → logits [B, S, V] on a full model; on a stage, hidden states in/out."""
+        h_BSD = self.embed(x) if self.tok_embeddings is not None else x
+        return self.forward_hidden(h_BSD)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs (forward + backward = 3 × forward) per token of the layers present.
+
+        Counts every matmul (2·m·n·k) of the blocks this module still holds, plus the output head
+        if present; the embedding lookup is 0 FLOPs. Attention counts the full causal square as
+        torchtitan does (see Attention.forward_flops_per_token), so an attention+MLP flavor gives
+        exactly torchtitan's 6·N + 12·L·H·E·S with N the non-embedding parameters (norm weights
+        aside). Mamba2's chunked-scan terms are in Mamba2Mixer.forward_flops_per_token.
+        """
+        forward = sum(
+            type(layer).forward_flops_per_token(self.args, seq_len) for layer in self.layers.values()
+        )
+        if self.output is not None:
+            forward += 2 * self.args.dim * self.args.vocab_size
+        return 3 * forward

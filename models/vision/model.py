@@ -1,0 +1,194 @@
+"""ViT encoder and the vision module (encoder + projector) that feeds the language model.
+
+Patches are embedded by an nn.Linear on flattened (C, p, p) pixels instead of a Conv2d: it is
+the same map (a Conv2d weight [D, C, p, p] flattens to this Linear's weight), but Linear layers
+shard with plain TP plans and accept varlen-packed patches later.
+
+Shape legend:
+    B images, C channels, H/W image height/width in pixels, h/w patch-grid rows/columns,
+    P patches (h·w), T tokens (prefix + patches), D encoder dim, E head dim, F MLP hidden,
+    N projected tokens of all images, O output (LM) dim.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..common import INIT_STD
+from .args import ViTArgs
+from .projector import Projector
+
+__all__ = ["ViT", "ViTBlock", "VisionModule", "patchify"]
+
+
+def patchify(images_BCHW: Tensor, patch_size: int) -> Tensor:
+    """[B, C, H, W] → [B, h·w, C·p·p], patches row-major, pixels in (C, p, p) order."""
+    b, c, H, W = images_BCHW.shape
+    p = patch_size
+    x = images_BCHW.reshape(b, c, H // p, p, W // p, p)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (H // p) * (W // p), c * p * p)
+
+
+class ViTAttention(nn.Module):
+    """Bidirectional multi-head attention with biased wq/wk/wv/wo."""
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        self.head_dim = dim // n_heads
+        self.wq = nn.Linear(dim, dim)
+        self.wk = nn.Linear(dim, dim)
+        self.wv = nn.Linear(dim, dim)
+        self.wo = nn.Linear(dim, dim)
+
+    def forward(self, x_BTD: Tensor) -> Tensor:
+        q, k, v = self.wq(x_BTD), self.wk(x_BTD), self.wv(x_BTD)
+        # Head count from the projection: under tensor parallelism q holds a slice of the heads.
+        b, t = q.shape[:2]
+        q, k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2) for y in (q, k, v))
+        o_BHTE = F.scaled_dot_product_attention(q, k, v)
+        return self.wo(o_BHTE.transpose(1, 2).reshape(b, t, -1))
+
+
+class ViTMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.w2 = nn.Linear(hidden, dim)
+
+    def forward(self, x_BTD: Tensor) -> Tensor:
+        return self.w2(self.act(self.w1(x_BTD)))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, args: ViTArgs):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(args.dim, eps=args.norm_eps)
+        self.attn = ViTAttention(args.dim, args.n_heads)
+        self.mlp_norm = nn.LayerNorm(args.dim, eps=args.norm_eps)
+        self.mlp = ViTMLP(args.dim, args.mlp_dim)
+
+    def forward(self, x_BTD: Tensor) -> Tensor:
+        h_BTD = x_BTD + self.attn(self.attn_norm(x_BTD))
+        return h_BTD + self.mlp(self.mlp_norm(h_BTD))
+
+
+class ViT(nn.Module):
+    """Images [B, C, H, W] (H, W multiples of patch_size) → patch features [B, h·w, D]."""
+
+    def __init__(self, args: ViTArgs):
+        super().__init__()
+        self.args = args
+        self.patch_embed = nn.Linear(args.in_channels * args.patch_size**2, args.dim)
+        self.pos_embed = nn.Parameter(torch.zeros(args.base_grid, args.base_grid, args.dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, args.dim)) if args.use_cls_token else None
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(args.n_register_tokens, args.dim))
+            if args.n_register_tokens > 0
+            else None
+        )
+        # A ModuleDict keyed by layer index, like the LM, so FQNs survive future encoder PP.
+        self.layers = nn.ModuleDict({str(i): ViTBlock(args) for i in range(args.n_layers)})
+        self.norm = nn.LayerNorm(args.dim, eps=args.norm_eps)
+
+    def position_embedding(self, grid_h: int, grid_w: int) -> Tensor:
+        """The learned [G, G, D] table resampled to the patch grid: [h·w, D]."""
+        table_1DGG = self.pos_embed.permute(2, 0, 1).unsqueeze(0)
+        resized_1Dhw = F.interpolate(
+            table_1DGG, size=(grid_h, grid_w), mode="bilinear", align_corners=False
+        )
+        return resized_1Dhw[0].permute(1, 2, 0).reshape(grid_h * grid_w, -1)
+
+    def forward(self, images_BCHW: Tensor) -> Tensor:
+        b, _, H, W = images_BCHW.shape
+        p = self.args.patch_size
+        if H % p or W % p:
+            raise ValueError(f"ViT: image {H}x{W} is not a multiple of patch_size={p}")
+        x_BPD = self.patch_embed(patchify(images_BCHW, p).to(self.patch_embed.weight.dtype))
+        x_BPD = x_BPD + self.position_embedding(H // p, W // p)
+        prefix = [t for t in (self.cls_token, self.register_tokens) if t is not None]
+        n_prefix = sum(t.shape[0] for t in prefix)
+        x_BTD = torch.cat([t.expand(b, -1, -1) for t in prefix] + [x_BPD], dim=1)
+        for layer in self.layers.values():
+            x_BTD = layer(x_BTD)
+        return self.norm(x_BTD)[:, n_prefix:]
+
+    def init_param(self, name: str, t: Tensor, g: torch.Generator) -> None:
+        if name not in ("pos_embed", "cls_token", "register_tokens"):
+            raise ValueError(f"ViT has no directly owned parameter {name!r}")
+        with torch.no_grad():
+            torch.nn.init.trunc_normal_(t, 0.0, INIT_STD, -2 * INIT_STD, 2 * INIT_STD, generator=g)
+
+    def forward_flops(self, grid_h: int, grid_w: int) -> int:
+        """Forward FLOPs for one image: patch embedding, blocks' linears, full attention square."""
+        a = self.args
+        n_patches = grid_h * grid_w
+        tokens = a.n_prefix_tokens + n_patches
+        flops = 2 * n_patches * a.in_channels * a.patch_size**2 * a.dim
+        per_block = 2 * tokens * (4 * a.dim * a.dim + 2 * a.dim * a.mlp_dim)
+        per_block += 4 * tokens * tokens * a.dim
+        return flops + len(self.layers) * per_block
+
+
+class VisionModule(nn.Module):
+    """Encoder + projector: a list of images → their projected tokens, concatenated [N, O]."""
+
+    def __init__(self, args: ViTArgs):
+        super().__init__()
+        self.args = args
+        self.encoder = ViT(args)
+        self.projector = Projector(
+            args.dim, args.pixel_shuffle, args.projector_hidden, args.out_dim, args.norm_eps
+        )
+
+    def grid(self, h: int, w: int) -> tuple[int, int]:
+        """Patch grid of an h×w image; ValueError unless it patches and pixel-shuffles evenly."""
+        p, s = self.args.patch_size, self.args.pixel_shuffle
+        if h % p or w % p or (h // p) % s or (w // p) % s:
+            raise ValueError(
+                f"image size h={h}, w={w} must be a multiple of patch_size * pixel_shuffle = "
+                f"{p} * {s} = {p * s}"
+            )
+        return h // p, w // p
+
+    def tokens_per_image(self, h: int, w: int) -> int:
+        grid_h, grid_w = self.grid(h, w)
+        s = self.args.pixel_shuffle
+        return (grid_h // s) * (grid_w // s)
+
+    def forward(self, images: list[Tensor] | Tensor) -> Tensor:
+        """Images ([C, H, W] each, or one [B, C, H, W] batch) → emb_NO in image order.
+
+        Same-size images run as one batch; sizes may differ within a call. No images gives a
+        (0, out_dim) tensor of the projector's dtype and device, so a text-only micro-batch still
+        has something to send; it carries no gradient to the parameters.
+        """
+        if isinstance(images, Tensor):
+            images = list(images.unbind(0))
+        w_out = self.projector.w2.weight
+        if not images:
+            return torch.zeros(0, self.args.out_dim, dtype=w_out.dtype, device=w_out.device)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            if image.dim() != 3:
+                raise ValueError(f"image {i}: expected [C, H, W], got shape {tuple(image.shape)}")
+            by_size.setdefault(tuple(image.shape[1:]), []).append(i)
+        per_image: list[Tensor | None] = [None] * len(images)
+        for (h, w), indices in by_size.items():
+            grid_hw = self.grid(h, w)
+            batch_BCHW = torch.stack([images[i] for i in indices])
+            tokens_BNO = self.projector(self.encoder(batch_BCHW), grid_hw)
+            for i, tokens_NO in zip(indices, tokens_BNO.unbind(0)):
+                per_image[i] = tokens_NO
+        return torch.cat(per_image, dim=0)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_image(self, h: int, w: int) -> int:
+        """Training FLOPs (3 × forward) of one h×w image: encoder (see ViT.forward_flops, full
+        bidirectional attention square) plus the projector's two linears per output token."""
+        grid_h, grid_w = self.grid(h, w)
+        forward = self.encoder.forward_flops(grid_h, grid_w)
+        forward += self.tokens_per_image(h, w) * self.projector.forward_flops_per_token()
+        return 3 * forward
