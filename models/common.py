@@ -15,12 +15,14 @@ import hashlib
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 __all__ = [
     "INIT_STD",
     "RMSNorm",
     "init_model_for_testing",
     "init_parameter",
+    "local_tensor",
     "param_generator",
 ]
 
@@ -89,3 +91,14 @@ def init_model_for_testing(model: nn.Module, seed: int) -> None:
         init_parameter(owner, name, t, param_generator(seed, fqn))
         with torch.no_grad():
             param.copy_(t)
+
+
+def local_tensor(t: Tensor) -> Tensor:
+    """This rank's shard of a parameter that a parallelize plan turned into a DTensor.
+
+    Used where a model combines a per-channel parameter with activations that tensor-parallel
+    projections hand over as plain local tensors (Mamba2's A_log, D, dt_bias, conv and gated-norm
+    weights): DTensor refuses to mix with plain tensors, and the local shard covers exactly the
+    local channels. A no-op for plain tensors; differentiable, so gradients reach the DTensor.
+    """
+    return t.to_local() if isinstance(t, DTensor) else t

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..common import local_tensor
 from .args import HybridLMArgs
 from .ssd import ssd_chunked
 
@@ -42,8 +43,8 @@ class DepthwiseCausalConv1d(nn.Module):
         # groups comes from the input so a tensor-parallel shard of the channels works unchanged.
         y_BCS = F.conv1d(
             x_BSC.transpose(1, 2),
-            self.weight,
-            self.bias,
+            local_tensor(self.weight),
+            local_tensor(self.bias),
             padding=self.kernel_size - 1,
             groups=channels,
         )
@@ -76,7 +77,7 @@ class GatedRMSNorm(nn.Module):
         h_BSI = (y_BSI * F.silu(z_BSI)).float()
         h_BSGC = h_BSI.view(*h_BSI.shape[:-1], n_groups, -1)
         h_BSGC = h_BSGC * torch.rsqrt(h_BSGC.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (h_BSGC.view_as(h_BSI) * self.weight.float()).to(y_BSI.dtype)
+        return (h_BSGC.view_as(h_BSI) * local_tensor(self.weight).float()).to(y_BSI.dtype)
 
     def init_param(self, name: str, t: Tensor, g: torch.Generator) -> None:
         if name != "weight":
@@ -118,12 +119,12 @@ class Mamba2Mixer(nn.Module):
         B_BSC = F.silu(self.conv_B(self.in_proj_B(u_BSD)))
         C_BSC = F.silu(self.conv_C(self.in_proj_C(u_BSD)))
         # softplus in float32: dt spans 1e-3..1e-1 and feeds exp(dt * A) in the scan.
-        dt_BSH = F.softplus((self.in_proj_dt(u_BSD) + self.dt_bias).float())
+        dt_BSH = F.softplus((self.in_proj_dt(u_BSD) + local_tensor(self.dt_bias)).float())
         # Local head/group counts come from the projected shapes: under tensor parallelism this
         # rank holds a slice of the heads, not args.mamba_n_heads.
         b, s, h = dt_BSH.shape
         g = B_BSC.shape[-1] // self.d_state
-        A_H = -torch.exp(self.A_log.float())
+        A_H = -torch.exp(local_tensor(self.A_log).float())
         y_BSHP = self.ssd(
             x_BSI.view(b, s, h, self.head_dim),
             dt_BSH,
@@ -131,7 +132,7 @@ class Mamba2Mixer(nn.Module):
             B_BSC.view(b, s, g, self.d_state),
             C_BSC.view(b, s, g, self.d_state),
             self.chunk_size,
-            self.D,
+            local_tensor(self.D),
         )
         y_BSI = self.norm(y_BSHP.reshape(b, s, h * self.head_dim), z_BSI, n_groups=g)
         return self.out_proj(y_BSI)

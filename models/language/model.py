@@ -112,8 +112,11 @@ class HybridLM(nn.Module):
         exactly torchtitan's 6·N + 12·L·H·E·S with N the non-embedding parameters (norm weights
         aside). Mamba2's chunked-scan terms are in Mamba2Mixer.forward_flops_per_token.
         """
+        # Block kinds come from the pattern, not type(layer): activation checkpointing and
+        # torch.compile wrap the layers in other module types.
         forward = sum(
-            type(layer).forward_flops_per_token(self.args, seq_len) for layer in self.layers.values()
+            _BLOCKS[self.args.layer_pattern[int(key)]].forward_flops_per_token(self.args, seq_len)
+            for key in self.layers
         )
         if self.output is not None:
             forward += 2 * self.args.dim * self.args.vocab_size
