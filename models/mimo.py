@@ -57,7 +57,9 @@ class MimoModel(nn.Module):
         """Tokens with placeholders [B, S] + each modality's inputs in sample order → logits."""
         unknown = sorted(set(images) - set(self.encoders))
         if unknown:
-            raise ValueError(f"inputs for unknown modalities {unknown}; have {sorted(self.encoders)}")
+            raise ValueError(
+                f"inputs for unknown modalities {unknown}; have {sorted(self.encoders)}"
+            )
         h_BSD = self.language.embed(tokens_BS)
         embeds = {
             self.placeholder_ids[name]: encoder(images.get(name, []))

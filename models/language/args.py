@@ -132,4 +132,4 @@ LM_FLAVORS: dict[str, HybridLMArgs] = {
         rope_theta=500000.0,
     ),
 }
-"""Named language-model shapes; build them with `titan_mimo.models.build_model("hybrid_lm/<name>")`."""
+"""Named language-model shapes; build with `titan_mimo.models.build_model("hybrid_lm/<name>")`."""

@@ -165,7 +165,8 @@ class Mamba2Mixer(nn.Module):
           state → output C·state       c · 2·L·N·H·P
         divided by S. Elementwise work (exp, decay masks, norms, gating) is not counted.
         """
-        h, p, g, n = args.mamba_n_heads, args.mamba_head_dim, args.mamba_n_groups, args.mamba_d_state
+        h, p = args.mamba_n_heads, args.mamba_head_dim
+        g, n = args.mamba_n_groups, args.mamba_d_state
         d, i = args.dim, h * p
         linears = 2 * d * (2 * i + 2 * g * n + h) + 2 * i * d
         convs = 2 * args.mamba_d_conv * (i + 2 * g * n)

@@ -44,8 +44,8 @@ def _check_shapes(x_BSHP: Tensor, dt_BSH: Tensor, A_H: Tensor, B_BSGN: Tensor, C
         )
     if B_BSGN.shape != C_BSGN.shape or B_BSGN.shape[:2] != (b, s) or h % g != 0:
         raise ValueError(
-            f"ssd: B {tuple(B_BSGN.shape)} and C {tuple(C_BSGN.shape)} must both be [{b}, {s}, G, N] "
-            f"with G dividing the {h} heads"
+            f"ssd: B {tuple(B_BSGN.shape)} and C {tuple(C_BSGN.shape)} must both be "
+            f"[{b}, {s}, G, N] with G dividing the {h} heads"
         )
 
 

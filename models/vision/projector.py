@@ -44,4 +44,4 @@ class Projector(nn.Module):
 
     def forward_flops_per_token(self) -> int:
         """Forward FLOPs per output token (the two linears)."""
-        return 2 * (self.w1.in_features * self.w1.out_features + self.w2.in_features * self.w2.out_features)
+        return 2 * (self.w1.weight.numel() + self.w2.weight.numel())

@@ -29,7 +29,8 @@ def test_two_modalities():
 
 def test_count_mismatch_error():
     tokens = torch.tensor([[IMAGE_ID, IMAGE_ID, 1]])
-    with pytest.raises(ValueError, match=f"placeholder id {IMAGE_ID}: 2 placeholder positions .* 3 embedding rows"):
+    message = f"placeholder id {IMAGE_ID}: 2 placeholder positions .* 3 embedding rows"
+    with pytest.raises(ValueError, match=message):
         merge_embeddings(torch.zeros(1, 3, 4), tokens, {IMAGE_ID: torch.zeros(3, 4)})
 
 

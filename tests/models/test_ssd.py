@@ -37,8 +37,10 @@ def test_groups(groups):
 
 def test_gradients_match_sequential():
     inputs = [t.requires_grad_() for t in _inputs(13, seed=2)]
-    weight = torch.randn(2, 13, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    grads_chunked = torch.autograd.grad((ssd_chunked(*inputs[:5], 4, inputs[5]) * weight).sum(), inputs)
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(2, 13, 4, 3, dtype=torch.float64, generator=gen)
+    y_chunked = ssd_chunked(*inputs[:5], 4, inputs[5])
+    grads_chunked = torch.autograd.grad((y_chunked * weight).sum(), inputs)
     grads_seq = torch.autograd.grad((ssd_sequential(*inputs) * weight).sum(), inputs)
     for name, gc, gs in zip("x dt A B C D".split(), grads_chunked, grads_seq):
         assert torch.isfinite(gc).all(), name
@@ -74,4 +76,5 @@ def test_shape_errors():
     with pytest.raises(ValueError, match="dt"):
         ssd_chunked(x, dt[..., :3], A, B, C, 4)
     with pytest.raises(ValueError, match="G dividing"):
-        ssd_chunked(x, dt, A, B[:, :, :1].expand(-1, -1, 3, -1), C[:, :, :1].expand(-1, -1, 3, -1), 4)
+        three_groups = B[:, :, :1].expand(-1, -1, 3, -1)
+        ssd_chunked(x, dt, A, three_groups, three_groups, 4)
