@@ -1,3 +1,4 @@
+from collections.abc import Callable
 """Hybrid language model: a stack of pre-norm residual Mamba2 / attention / MLP blocks.
 
 Layers live in an nn.ModuleDict keyed by the *global* layer index ("0", "1", ...). A pipeline
@@ -79,6 +80,7 @@ class HybridLM(nn.Module):
         )
         self.norm: nn.RMSNorm | None = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.output: nn.Linear | None = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.input_merge: Callable[..., Tensor] | None = None
 
     def embed(self, tokens_BS: Tensor) -> Tensor:
         if self.tok_embeddings is None:
@@ -95,9 +97,19 @@ class HybridLM(nn.Module):
             return self.output(h_BSD)
         return h_BSD
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Tokens [B, S] → logits [B, S, V] on a full model; on a stage, hidden states in/out."""
-        h_BSD = self.embed(x) if self.tok_embeddings is not None else x
+    def forward(self, x: Tensor, *merge_args: Tensor) -> Tensor:
+        """Tokens [B, S] → logits [B, S, V] on a full model; on a stage, hidden states in/out.
+
+        If `input_merge` is set (a plain callable, not a submodule), the embedded tokens pass
+        through `input_merge(h_BSD, tokens_BS, *merge_args)` before the layers: that is where a
+        multimodal composite scatters encoder embeddings into the placeholder positions, inside
+        this module's forward so parallel wrappers (FSDP's root hooks) see one forward call.
+        """
+        if self.tok_embeddings is None:
+            return self.forward_hidden(x)
+        h_BSD = self.embed(x)
+        if self.input_merge is not None:
+            h_BSD = self.input_merge(h_BSD, x, *merge_args)
         return self.forward_hidden(h_BSD)
 
     def num_params(self) -> int:
