@@ -219,12 +219,10 @@ class Metrics:
 class Comm:
     timeout_seconds: int = 300
     """Timeout of every collective and point-to-point op: a hang fails instead of waiting."""
-    init_timeout_seconds: int = 300
-    """Timeout for process-group start-up (first collectives, mesh creation)."""
 
     def __post_init__(self) -> None:
-        if self.timeout_seconds < 1 or self.init_timeout_seconds < 1:
-            raise ValueError("timeout_seconds and init_timeout_seconds must be >= 1")
+        if self.timeout_seconds < 1:
+            raise ValueError(f"timeout_seconds = {self.timeout_seconds} must be >= 1")
 
 
 @dataclass(kw_only=True)

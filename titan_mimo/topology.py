@@ -103,6 +103,16 @@ def resolve_placements(cfg: JobConfig, world_size: int, tp_divisors: dict[str, d
                                      pp=m.pp, dp_replicate=m.dp_replicate, dp_shard=dp_shard,
                                      tp=m.tp, feeds=m.feeds)
         start += 0 if colocated else size
+    if colocated:
+        lm = placements[cfg.language_name]
+        for name, p in placements.items():
+            if (p.dp_replicate, p.dp_shard, p.tp, p.pp) != (lm.dp_replicate, lm.dp_shard, lm.tp, 1):
+                raise ValueError(
+                    f"modules.{name}: colocated mode needs every module laid out like the language "
+                    f"module without pipelining (dp_replicate={lm.dp_replicate}, dp_shard={lm.dp_shard}, "
+                    f"tp={lm.tp}, pp=1), got dp_replicate={p.dp_replicate}, dp_shard={p.dp_shard}, "
+                    f"tp={p.tp}, pp={p.pp}"
+                )
     if not colocated and start != world_size:
         sizes = " + ".join(f"{n}:{m.ranks}" for n, m in cfg.modules.items())
         raise ValueError(

@@ -1,4 +1,3 @@
-from collections.abc import Callable
 """Hybrid language model: a stack of pre-norm residual Mamba2 / attention / MLP blocks.
 
 Layers live in an nn.ModuleDict keyed by the *global* layer index ("0", "1", ...). A pipeline
@@ -7,6 +6,8 @@ parameter names (and thus init seeds and checkpoint keys) stay global on every s
 
 Shape legend: B batch, S sequence, D model dim, V vocab size.
 """
+
+from collections.abc import Callable
 
 from torch import Tensor, nn
 

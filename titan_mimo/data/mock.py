@@ -100,7 +100,9 @@ class MockImageCaption:
         g = _generator(seed, "colours")
         self.colours = {e.name: torch.rand(num_values, e.channels, generator=g) for e in encoders}
 
-    def sample(self, index: int, split: str = "train") -> Sample:
+    def sample(self, index: int, split: str = "train", with_images: bool = True) -> Sample:
+        """Sample `index`; `with_images=False` skips drawing pixels (text ranks need none) and
+        leaves `images` empty, without changing anything else about the sample."""
         g = _generator(self.seed, SPLITS[split], index)
         text_only = bool(torch.rand((), generator=g) < self.text_only_fraction)
         pieces: list[Tensor] = []
@@ -115,10 +117,12 @@ class MockImageCaption:
             h, w = self.image_sizes[int(torch.randint(len(self.image_sizes), (), generator=g))]
             gh, gw = h // e.cell, w // e.cell
             values = torch.randint(self.num_values, (gh, gw), generator=g)
-            cells = self.colours[e.name][values]  # [gh, gw, C]
-            img = cells.permute(2, 0, 1).repeat_interleave(e.cell, 1).repeat_interleave(e.cell, 2)
-            img = img + 0.05 * torch.randn(img.shape, generator=g)
-            images[e.name].append(img)
+            if with_images:
+                # Noise has its own generator so skipping it leaves the text draws unchanged.
+                noise_g = _generator(self.seed, SPLITS[split], index, "noise", k)
+                cells = self.colours[e.name][values]  # [gh, gw, C]
+                img = cells.permute(2, 0, 1).repeat_interleave(e.cell, 1).repeat_interleave(e.cell, 2)
+                images[e.name].append(img + 0.05 * torch.randn(img.shape, generator=noise_g))
             pieces.append(torch.full((gh * gw,), e.placeholder_id))
             pieces.append(self.pool[values.flatten() + k * self.num_values])
         text = torch.cat(pieces)
@@ -132,8 +136,8 @@ class MockImageCaption:
         labels[:-1] = torch.where(predictable, nxt, IGNORE_INDEX)
         return Sample(tokens=tokens, labels=labels, images=images)
 
-    def batch(self, indices: range | list[int], split: str = "train") -> Batch:
-        samples = [self.sample(i, split) for i in indices]
+    def batch(self, indices: range | list[int], split: str = "train", with_images: bool = True) -> Batch:
+        samples = [self.sample(i, split, with_images) for i in indices]
         return Batch(
             tokens=torch.stack([s.tokens for s in samples]),
             labels=torch.stack([s.labels for s in samples]),

@@ -1,0 +1,118 @@
+"""Build this rank's share of every module: meta-device model -> pipeline stage split ->
+TP / FSDP -> materialise -> layout-independent init.
+
+Encoders are built whole; the language model is split into `pp * stages_per_rank` stages by
+deleting the layers a stage does not own from a full meta-device copy, which keeps FQNs global
+(checkpoints and the seed-per-FQN init both rely on that).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from titan_mimo.config import JobConfig
+from titan_mimo.init import init_module_weights
+from titan_mimo.models import build_model, model_args
+from titan_mimo.models.language import parallelize as lm_parallel
+from titan_mimo.models.vision import parallelize as vit_parallel
+from titan_mimo.topology import Topology
+
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(kw_only=True)
+class BuiltModule:
+    """One module as this rank holds it."""
+
+    name: str
+    is_encoder: bool
+    parts: list[nn.Module]
+    """The encoder itself, or this rank's language stages (in stage order)."""
+    stage_ids: list[int]
+    """Language: global stage index of each part; encoder: [0]."""
+    n_stages: int
+    frozen: bool
+    lr_scale: float
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for part in self.parts for p in part.parameters()]
+
+
+def module_args(cfg: JobConfig) -> dict[str, object]:
+    """Model args of every module; encoders project into the language model's width."""
+    lm_args = model_args(cfg.modules[cfg.language_name].model)
+    out = {}
+    for name, m in cfg.modules.items():
+        out[name] = lm_args if name == cfg.language_name else model_args(m.model, out_dim=lm_args.dim)
+    return out
+
+
+def stage_layers(n_layers: int, n_stages: int) -> list[range]:
+    """Contiguous layer ranges per stage; earlier stages take the remainder."""
+    if n_layers < n_stages:
+        raise ValueError(f"the language model has {n_layers} layers, fewer than {n_stages} pipeline stages")
+    base, extra = divmod(n_layers, n_stages)
+    out, start = [], 0
+    for s in range(n_stages):
+        size = base + (1 if s < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+def stage_ids_of(pp_rank: int, pp: int, stages_per_rank: int) -> list[int]:
+    """Looped placement (Interleaved1F1B): pp rank r holds stages r, r + pp, ..."""
+    return [pp_rank + v * pp for v in range(stages_per_rank)]
+
+
+def build_modules(cfg: JobConfig, topo: Topology, device: torch.device) -> dict[str, BuiltModule]:
+    compute_dtype = COMPUTE_DTYPES[cfg.training.mixed_precision]
+    built = {}
+    for name in topo.my_modules:
+        mcfg, place, mesh = cfg.modules[name], topo.placements[name], topo.meshes[name]
+        coords = topo.coords(name)
+        dp_mesh = mesh["dp_replicate", "dp_shard"] if place.dp_replicate > 1 else mesh["dp_shard"]
+        tp_mesh = mesh["tp"] if place.tp > 1 else None
+        if mcfg.feeds:
+            lm_dim = module_args(cfg)[cfg.language_name].dim
+            with torch.device("meta"):
+                model = build_model(mcfg.model, out_dim=lm_dim)
+            if tp_mesh is not None:
+                vit_parallel.apply_tp(model, tp_mesh)
+            vit_parallel.apply_fsdp(model, dp_mesh, compute_dtype)
+            parts, stage_ids, n_stages = [model], [0], 1
+        else:
+            n_stages = place.pp * cfg.parallelism.stages_per_rank
+            stage_ids = stage_ids_of(coords["pp"], place.pp, cfg.parallelism.stages_per_rank)
+            with torch.device("meta"):
+                full = build_model(mcfg.model)
+            ranges = stage_layers(len(full.layers), n_stages)
+            parts = []
+            for sid in stage_ids:
+                stage = copy.deepcopy(full) if n_stages > 1 else full
+                for idx in list(stage.layers.keys()):
+                    if int(idx) not in ranges[sid]:
+                        del stage.layers[idx]
+                if sid > 0:
+                    stage.tok_embeddings = None
+                if sid < n_stages - 1:
+                    stage.norm, stage.output = None, None
+                if tp_mesh is not None:
+                    lm_parallel.apply_tp(stage, tp_mesh)
+                # Under PP a stage's parameters are needed again for the backward of every
+                # in-flight micro-batch; resharding after forward would re-gather them each time.
+                lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=n_stages == 1)
+                parts.append(stage)
+        for part in parts:
+            part.to_empty(device=device)
+            init_module_weights(part, cfg.training.seed, prefix=name)
+            if mcfg.frozen:
+                part.requires_grad_(False)
+        built[name] = BuiltModule(name=name, is_encoder=bool(mcfg.feeds), parts=parts,
+                                  stage_ids=stage_ids, n_stages=n_stages, frozen=mcfg.frozen,
+                                  lr_scale=mcfg.lr_scale)
+    return built

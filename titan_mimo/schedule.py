@@ -1,0 +1,211 @@
+"""One step's forward and backward over all micro-batches, for every role this rank plays.
+
+- Colocated: every module on this rank; the language model's first stage calls the encoders
+  directly (no bridge) and autograd runs through both.
+- Language ranks: pp = 1 runs micro-batches in a plain loop; pp > 1 runs a
+  `torch.distributed.pipelining` schedule (GPipe, 1F1B, Interleaved1F1B). Either way the first
+  stage's `input_merge` hook pulls each micro-batch's image embeddings from the bridge when that
+  micro-batch's forward starts, and the bridge returns their gradient when that micro-batch's
+  backward reaches it.
+- Encoder ranks: a 1F1B loop across the boundary: up to `in_flight` forwards are sent ahead, then
+  each arriving gradient is back-propagated before the next forward, so encoder forward of i+1
+  overlaps the language model's work on i and encoder backward of i starts as soon as its
+  gradient returns.
+
+Legend: B samples of a micro-batch on this rank, S sequence, D language hidden, N image tokens.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+
+from titan_mimo.bridge import Bridge
+from titan_mimo.build import BuiltModule
+from titan_mimo.data.mock import IGNORE_INDEX, Batch
+from titan_mimo.models import merge_embeddings
+from titan_mimo.models.language.parallelize import scatter_sequence
+
+SCHEDULES = {"GPipe": ScheduleGPipe, "1F1B": Schedule1F1B, "Interleaved1F1B": ScheduleInterleaved1F1B}
+
+
+@dataclass(kw_only=True)
+class EncoderRole:
+    module: BuiltModule | None
+    """The encoder, when this rank computes it (None on language ranks)."""
+    frozen: bool
+    placeholder_id: int
+    cell: int
+    """Smallest image side (patch * pixel_shuffle) for the empty-micro-batch stand-in."""
+    bridge: Bridge | None
+    """None when colocated (embeddings stay on this rank)."""
+
+
+@dataclass(kw_only=True)
+class StepData:
+    """What this rank loaded for one step: per micro-batch, its own samples only."""
+
+    text: list[Batch] = field(default_factory=list)
+    """Language ranks: tokens/labels of this rank's language dp slots, per micro-batch."""
+    images: dict[str, list[Batch]] = field(default_factory=dict)
+    """Encoder ranks: per encoder, a batch of this rank's encoder dp slots, per micro-batch."""
+
+
+def cross_entropy_sum(logits_BSV: Tensor, labels_BS: Tensor) -> Tensor:
+    return F.cross_entropy(logits_BSV.flatten(0, 1).float(), labels_BS.flatten(),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def encode(role: EncoderRole, images: list[Tensor], device: torch.device) -> Tensor:
+    """Run the encoder on a micro-batch's images (slot order).
+
+    With no images it runs on one blank cell and returns zero rows: FSDP's gradient
+    reduce-scatter is a collective over the encoder's dp ranks, so every rank must run the
+    forward and backward even when its samples are all text-only, or its peers would wait.
+    """
+    model = role.module.parts[0]
+    if images:
+        return model([im.to(device) for im in images])
+    blank = torch.zeros(1, 3, role.cell, role.cell, device=device)
+    return model(blank)[:0]
+
+
+class StepRunner:
+    """Runs forward+backward (or forward only) of one step on this rank."""
+
+    def __init__(self, *, modules: dict[str, BuiltModule], encoders: dict[str, EncoderRole],
+                 language: str | None, n_microbatches: int, schedule_name: str,
+                 tp_mesh, pp_group, device: torch.device, lm_pp: int,
+                 stage_shapes: dict | None):
+        self.modules, self.encoders, self.language = modules, encoders, language
+        self.n_mb, self.device = n_microbatches, device
+        self.global_tokens = 1.0
+        self.data = StepData()
+        self.events: list[tuple[str, str, int]] = []
+        """(module, op, micro-batch) in the order this rank ran them (schedule-order test)."""
+        self.in_flight = min(n_microbatches, lm_pp + 1)
+        self._pending_emb: dict[tuple[str, int], Tensor] = {}
+        self.schedule = None
+        if language is not None:
+            lm = modules[language]
+            for part, sid in zip(lm.parts, lm.stage_ids):
+                if sid == 0:
+                    part.input_merge = self._merge_hook(tp_mesh)
+            if lm.n_stages > 1:
+                stages = [PipelineStage(part, sid, lm.n_stages, device, group=pp_group,
+                                        **stage_shapes[sid])
+                          for part, sid in zip(lm.parts, lm.stage_ids)]
+                cls = SCHEDULES[schedule_name]
+                self.schedule = cls(stages if len(stages) > 1 or cls is ScheduleInterleaved1F1B else stages[0],
+                                    n_microbatches, loss_fn=self._loss_fn, scale_grads=False)
+                self.holds_first = 0 in lm.stage_ids
+                self.holds_last = lm.n_stages - 1 in lm.stage_ids
+
+    # ---- language side -----------------------------------------------------------------------
+
+    def _loss_fn(self, logits_BSV: Tensor, labels_BS: Tensor) -> Tensor:
+        # Divided by the step's global loss-token count (one world all-reduce per step), so the
+        # summed gradient over micro-batches, dp ranks and modules is the same in every layout.
+        return cross_entropy_sum(logits_BSV, labels_BS) / self.global_tokens
+
+    def _merge_hook(self, tp_mesh):
+        def merge(h_BSD: Tensor, tokens_BS: Tensor, mb_B: Tensor) -> Tensor:
+            mb = int(mb_B[0])
+            self.events.append((self.language, "F", mb))
+            embeds = {}
+            for name, role in self.encoders.items():
+                if role.bridge is None:  # colocated: encode this rank's own samples here
+                    images = self.data.images[name][mb].images[name]
+                    emb = encode(role, images, self.device)
+                    if role.frozen:
+                        emb = emb.detach()
+                else:
+                    rows = (tokens_BS == role.placeholder_id).sum(1).tolist()
+                    emb = role.bridge.recv_embeddings(rows, requires_grad=not role.frozen)
+                embeds[role.placeholder_id] = emb
+            h_BSD = merge_embeddings(h_BSD, tokens_BS, embeds)
+            return scatter_sequence(h_BSD, tp_mesh) if tp_mesh is not None else h_BSD
+        return merge
+
+    def _run_language(self, train: bool) -> float:
+        lm = self.modules[self.language]
+        text = self.data.text
+        loss_sum = 0.0
+        if self.schedule is None:
+            model = lm.parts[0]
+            for mb, batch in enumerate(text):
+                tokens = batch.tokens.to(self.device)
+                mb_ids = torch.full((tokens.shape[0],), mb, device=self.device)
+                if train:
+                    model.set_requires_gradient_sync(mb == self.n_mb - 1)
+                    loss = self._loss_fn(model(tokens, mb_ids), batch.labels.to(self.device))
+                    loss.backward()
+                    self.events.append((self.language, "B", mb))
+                else:
+                    with torch.no_grad():
+                        loss = self._loss_fn(model(tokens, mb_ids), batch.labels.to(self.device))
+                loss_sum += float(loss.detach())
+            return loss_sum
+        args, kwargs = (), {}
+        if self.holds_first:
+            tokens = torch.cat([b.tokens for b in text]).to(self.device)
+            mb_ids = torch.arange(self.n_mb, device=self.device).repeat_interleave(text[0].tokens.shape[0])
+            args = (tokens, mb_ids)
+        losses: list[Tensor] = []
+        if self.holds_last:
+            kwargs = {"target": torch.cat([b.labels for b in text]).to(self.device), "losses": losses}
+        if train:
+            self.schedule.step(*args, **kwargs)
+        else:
+            self.schedule.eval(*args, **kwargs)
+        return float(sum(l.detach() for l in losses)) if losses else 0.0
+
+    # ---- encoder side ------------------------------------------------------------------------
+
+    def _run_encoder(self, name: str, train: bool) -> None:
+        role = self.encoders[name]
+        model = role.module.parts[0]
+        pending: deque[tuple[int, Tensor, list[int]]] = deque()
+        needs_grad = train and not role.frozen
+
+        def backward_oldest() -> None:
+            mb, emb, rows = pending.popleft()
+            grad = role.bridge.recv_gradient(rows)
+            model.set_requires_gradient_sync(mb == self.n_mb - 1)
+            emb.backward(grad.to(emb.dtype))
+            self.events.append((name, "B", mb))
+
+        for mb, batch in enumerate(self.data.images[name]):
+            rows = (batch.tokens == role.placeholder_id).sum(1).tolist()
+            with torch.set_grad_enabled(needs_grad):
+                emb = encode(role, batch.images[name], self.device)
+            self.events.append((name, "F", mb))
+            role.bridge.send_embeddings(emb, rows)
+            if needs_grad:
+                pending.append((mb, emb, rows))
+                if len(pending) >= self.in_flight:
+                    backward_oldest()
+        while pending:
+            backward_oldest()
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def run(self, data: StepData, global_tokens: float, train: bool = True) -> float:
+        """Forward (+ backward) of all micro-batches; returns this rank's loss contribution."""
+        self.data, self.global_tokens = data, global_tokens
+        loss = 0.0
+        for name, role in self.encoders.items():
+            if role.bridge is not None and role.module is not None:
+                self._run_encoder(name, train)
+        if self.language is not None:
+            loss = self._run_language(train)
+        for role in self.encoders.values():
+            if role.bridge is not None:
+                role.bridge.wait_sends()
+        return loss
+

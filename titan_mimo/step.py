@@ -1,0 +1,102 @@
+"""The optimizer step across modules: per-module AdamW + LR schedule in lockstep, one global
+gradient norm over every module's parameters, and the loss-token count that normalises the loss.
+
+Every function here that reduces over the world is called on every rank, in the same order,
+whatever modules the rank holds: that is what keeps the world collectives matched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor
+from torchtitan.components.lr_scheduler import build_lr_schedulers
+from torchtitan.config.job_config import LRScheduler as TTLRSchedulerConfig
+
+from titan_mimo.build import BuiltModule
+from titan_mimo.config import JobConfig
+from titan_mimo.data.mock import IGNORE_INDEX
+
+
+def build_optimizers(cfg: JobConfig, modules: dict[str, BuiltModule], device: torch.device
+                     ) -> dict[str, torch.optim.Optimizer]:
+    """One AdamW per trainable module this rank holds, at lr * the module's lr_scale."""
+    o = cfg.optimizer
+    impl = o.implementation
+    if impl == "auto":
+        impl = "fused" if device.type == "cuda" else "foreach"
+    opts = {}
+    for name, m in modules.items():
+        params = [p for p in m.parameters() if p.requires_grad]
+        if m.frozen or not params:
+            continue
+        opts[name] = torch.optim.AdamW(
+            params, lr=o.lr * m.lr_scale, betas=(o.beta1, o.beta2), eps=o.eps,
+            weight_decay=o.weight_decay, fused=impl == "fused", foreach=impl == "foreach",
+        )
+    return opts
+
+
+def build_schedulers(cfg: JobConfig, optimizers: dict[str, torch.optim.Optimizer]):
+    """torchtitan's warmup + decay LambdaLR, one per optimizer, all with the same factor."""
+    tt_cfg = TTLRSchedulerConfig(warmup_steps=cfg.lr_scheduler.warmup_steps,
+                                 decay_type=cfg.lr_scheduler.decay_type,
+                                 min_lr_factor=cfg.lr_scheduler.min_lr_factor)
+    return build_lr_schedulers(list(optimizers.values()), tt_cfg, cfg.training.steps) if optimizers else None
+
+
+def lr_at(cfg: JobConfig, step: int) -> float:
+    """The language module's LR at `step` (0-based), computable on every rank."""
+    dummy = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
+    sched = build_schedulers(cfg, {"x": dummy})
+    return cfg.optimizer.lr * sched.schedulers[0].lr_lambdas[0](step)
+
+
+@torch.no_grad()
+def local_grad_sq(module: BuiltModule, stage_ranks: int) -> float:
+    """This rank's share of the module's squared gradient norm.
+
+    A parameter split into n distinct pieces over the `stage_ranks` ranks of its pipeline
+    stage (FSDP shards, TP shards, or 1 piece when replicated) has each piece on
+    stage_ranks / n ranks; weighting each rank's local sum of squares by n / stage_ranks makes
+    the world sum count every piece exactly once, for any mix of FSDP, TP, HSDP and plain
+    replicated parameters.
+    """
+    total = torch.zeros((), dtype=torch.float64)
+    for p in module.parameters():
+        if p.grad is None:
+            continue
+        g = p.grad
+        n_pieces = 1
+        if isinstance(g, DTensor):
+            for mesh_dim, placement in enumerate(g.placements):
+                if placement.is_shard():
+                    n_pieces *= g.device_mesh.size(mesh_dim)
+            g = g.to_local()
+        total += g.detach().double().pow(2).sum().cpu() * (n_pieces / stage_ranks)
+    return float(total)
+
+
+@torch.no_grad()
+def clip_coefficient(total_norm: float, max_norm: float) -> float:
+    if max_norm <= 0 or not math.isfinite(total_norm):
+        return 1.0
+    return min(1.0, max_norm / (total_norm + 1e-6))
+
+
+@torch.no_grad()
+def scale_grads(modules: dict[str, BuiltModule], coef: float) -> None:
+    if coef == 1.0:
+        return
+    for m in modules.values():
+        for p in m.parameters():
+            if p.grad is not None:
+                g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+                g.mul_(coef)
+
+
+def count_loss_tokens(labels: list[torch.Tensor]) -> int:
+    return int(sum(int((lab != IGNORE_INDEX).sum()) for lab in labels))
+

@@ -1,0 +1,292 @@
+"""Entry point: `torchrun --nproc-per-node N -m titan_mimo.train --config X.toml [--a.b=c ...]`.
+
+Reads top to bottom: validate (no communication) -> build (process group, meshes, modules,
+optimizers, bridges, schedule) -> train (steps, evaluation, metrics).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from titan_mimo.bridge import Bridge
+from titan_mimo.build import COMPUTE_DTYPES, BuiltModule, build_modules, module_args
+from titan_mimo.models import build_model
+from titan_mimo.config import JobConfig, load_config, write_config
+from titan_mimo.data.mock import EncoderSpec, MockImageCaption
+from titan_mimo.data.plan import SamplePlan
+from titan_mimo.distributed import env_world_size, init_distributed, pick_device, world_max, world_sum
+from titan_mimo.metrics import MetricsWriter, memory_gib, peak_flops
+from titan_mimo.schedule import EncoderRole, StepData, StepRunner
+from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, count_loss_tokens,
+                             local_grad_sq, lr_at, scale_grads)
+from titan_mimo.topology import Topology, build_topology, resolve_placements
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def build_dataset(cfg: JobConfig, args: dict) -> MockImageCaption:
+    lm_args = args[cfg.language_name]
+    encoders = [EncoderSpec(name=n, placeholder_id=m.placeholder_id,
+                            cell=args[n].patch_size * args[n].pixel_shuffle, channels=args[n].in_channels)
+                for n, m in cfg.encoders.items()]
+    return MockImageCaption(seed=cfg.training.seed, seq_len=cfg.training.seq_len,
+                            vocab_size=lm_args.vocab_size, pad_id=cfg.data.pad_id, encoders=encoders,
+                            image_sizes=cfg.data.image_sizes, num_values=cfg.data.num_values,
+                            text_only_fraction=cfg.data.text_only_fraction)
+
+
+@dataclass(kw_only=True)
+class Trainer:
+    cfg: JobConfig
+    topo: Topology
+    device: torch.device
+    modules: dict[str, BuiltModule]
+    runner: StepRunner
+    dataset: MockImageCaption
+    plan: SamplePlan
+    args: dict
+    optimizers: dict
+    schedulers: object
+    flop_counters: dict
+    """Meta-device models per module, for their FLOP formulas."""
+
+    # ---- data --------------------------------------------------------------------------------
+
+    def load_step(self, step: int, split: str) -> StepData:
+        """Only what this rank's roles need: text on language ranks, images on encoder ranks."""
+        topo, data = self.topo, StepData()
+        lm = self.cfg.language_name
+        if lm in topo.my_modules:
+            dp, dp_rank = topo.placements[lm].dp, topo.dp_rank(lm)
+            data.text = [self.dataset.batch(self.plan.owned(step, mb, dp, dp_rank), split,
+                                            with_images=topo.colocated)
+                         for mb in range(self.plan.n_microbatches)]
+        for name in self.cfg.encoders:
+            if name not in topo.my_modules:
+                continue
+            if topo.colocated:
+                data.images[name] = data.text
+                continue
+            dp, dp_rank = topo.placements[name].dp, topo.dp_rank(name)
+            data.images[name] = [self.dataset.batch(self.plan.owned(step, mb, dp, dp_rank), split)
+                                 for mb in range(self.plan.n_microbatches)]
+        return data
+
+    def _is_loss_rank(self) -> bool:
+        lm = self.cfg.language_name
+        return (lm in self.topo.my_modules and self.topo.is_last_stage(lm)
+                and self.topo.coords(lm)["tp"] == 0)
+
+    def global_loss_tokens(self, data: StepData) -> float:
+        local = count_loss_tokens([b.labels for b in data.text]) if self._is_loss_rank() else 0
+        (total,) = world_sum([local], self.device)
+        if total == 0:
+            raise ValueError("a step has no loss tokens (every label is -100); check the data")
+        return total
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def train_step(self, step: int) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        data = self.load_step(step, "train")
+        global_tokens = self.global_loss_tokens(data)
+        loss_local = self.runner.run(data, global_tokens, train=True)
+        grad_sq = sum(local_grad_sq(m, self.topo.placements[n].size // self.topo.placements[n].pp)
+                      for n, m in self.modules.items())
+        loss, grad_sq = world_sum([loss_local if self._is_loss_rank() else 0.0, grad_sq], self.device)
+        grad_norm = math.sqrt(grad_sq)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            msg = f"step {step}: non-finite loss {loss} or grad norm {grad_norm}"
+            if not cfg.training.skip_nonfinite_steps:
+                raise NonFiniteError(msg + "; set training.skip_nonfinite_steps = true to skip such steps")
+            print(f"[rank {self.topo.rank}] {msg}: step skipped", file=sys.stderr)
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+        else:
+            scale_grads(self.modules, clip_coefficient(grad_norm, cfg.training.max_norm))
+            for opt in self.optimizers.values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        if self.schedulers is not None:
+            self.schedulers.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return {"loss": loss, "grad_norm": grad_norm, "time": time.perf_counter() - t0,
+                "global_tokens": global_tokens, "data": data}
+
+    def evaluate(self, step: int) -> float:
+        total = 0.0
+        for k in range(self.cfg.validation.steps):
+            data = self.load_step(k, "validation")
+            tokens = self.global_loss_tokens(data)
+            loss_local = self.runner.run(data, tokens, train=False)
+            (loss,) = world_sum([loss_local if self._is_loss_rank() else 0.0], self.device)
+            total += loss
+        return total / self.cfg.validation.steps
+
+    # ---- metrics -----------------------------------------------------------------------------
+
+    def step_metrics(self, step: int, out: dict) -> dict:
+        """World reductions (every rank calls this); rank 0 gets the record."""
+        cfg, topo = self.cfg, self.topo
+        names = list(cfg.modules)
+        flops_local = []
+        for name in names:
+            f = 0.0
+            # Each encoder dp replica counts its own samples' images, once (on its tp 0 rank).
+            if name in self.modules and name != cfg.language_name and topo.coords(name)["tp"] == 0:
+                for batch in out["data"].images.get(name, []):
+                    f += sum(self.flop_counters[name].flops_per_image(*im.shape[-2:])
+                             for im in batch.images[name])
+            flops_local.append(f)
+        bridge_wait = 0.0
+        for role in self.runner.encoders.values():
+            if role.bridge is not None:
+                bridge_wait += role.bridge.stats.wait_s
+                role.bridge.stats.wait_s = 0.0
+        mem = [memory_gib(self.device) if n in self.modules else 0.0 for n in names]
+        sums = world_sum(flops_local, self.device)
+        maxes = world_max(mem + [bridge_wait, out["time"]], self.device)
+        step_time = maxes[-1]
+        peak = peak_flops(self.device, cfg.metrics.peak_tflops)
+        tokens = cfg.training.global_batch_size * cfg.training.seq_len
+        record = {"step": step + 1, "loss": out["loss"], "grad_norm": out["grad_norm"],
+                  "lr": lr_at(cfg, step), "tokens_per_s": tokens / step_time, "step_time_s": step_time,
+                  "bridge_wait_s": maxes[-2], "loss_tokens": out["global_tokens"], "modules": {}}
+        for i, name in enumerate(names):
+            size = topo.placements[name].size
+            if name == cfg.language_name:
+                flops = self.flop_counters[name].flops_per_token(cfg.training.seq_len) * tokens
+            else:
+                flops = sums[i]
+            record["modules"][name] = {
+                "mfu": flops / (step_time * size * peak) if peak > 0 else 0.0,
+                "tflops_per_device": flops / step_time / size / 1e12,
+                "memory_gib": maxes[i],
+            }
+        return record
+
+
+def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockImageCaption,
+                  device: torch.device) -> Trainer:
+    topo = build_topology(cfg, placements, device.type)
+    modules = build_modules(cfg, topo, device)
+    lm_name, lm_place = cfg.language_name, placements[cfg.language_name]
+    compute_dtype = COMPUTE_DTYPES[cfg.training.mixed_precision]
+    lm_here = lm_name in topo.my_modules
+    lm_first = lm_here and topo.is_first_stage(lm_name)
+    roles = {}
+    for name, m in cfg.encoders.items():
+        enc_here = name in topo.my_modules
+        if not (enc_here or lm_first):
+            continue
+        bridge = None
+        if not topo.colocated:
+            bridge = Bridge(encoder=placements[name], language=lm_place, rank=topo.rank,
+                            slots_per_microbatch=cfg.training.micro_batch_size * lm_place.dp,
+                            hidden=args[lm_name].dim, dtype=compute_dtype, device=device)
+        roles[name] = EncoderRole(module=modules.get(name), frozen=m.frozen, placeholder_id=m.placeholder_id,
+                                  cell=args[name].patch_size * args[name].pixel_shuffle, bridge=bridge)
+    tp_mesh = pp_group = stage_shapes = None
+    if lm_here:
+        mesh = topo.meshes[lm_name]
+        tp_mesh = mesh["tp"] if lm_place.tp > 1 else None
+        if lm_place.pp > 1:
+            pp_group = mesh["pp"].get_group()
+            stage_shapes = _stage_shapes(cfg, args[lm_name], lm_place, modules[lm_name], compute_dtype)
+    runner = StepRunner(modules=modules, encoders=roles, language=lm_name if lm_here else None,
+                        n_microbatches=topo.n_microbatches, schedule_name=cfg.parallelism.pipeline_schedule,
+                        tp_mesh=tp_mesh, pp_group=pp_group, device=device, lm_pp=lm_place.pp,
+                        stage_shapes=stage_shapes)
+    optimizers = build_optimizers(cfg, modules, device)
+    with torch.device("meta"):  # FLOP formulas need the module objects, not their weights
+        flop_counters = {n: build_model(m.model, **({"out_dim": args[lm_name].dim} if m.feeds else {}))
+                         for n, m in cfg.modules.items()}
+    plan = SamplePlan(global_batch_size=cfg.training.global_batch_size,
+                      micro_batch_size=cfg.training.micro_batch_size, language_dp=lm_place.dp)
+    return Trainer(cfg=cfg, topo=topo, device=device, modules=modules, runner=runner, dataset=dataset,
+                   plan=plan, args=args, optimizers=optimizers,
+                   schedulers=build_schedulers(cfg, optimizers), flop_counters=flop_counters)
+
+
+def _stage_shapes(cfg: JobConfig, lm_args, place, lm: BuiltModule, dtype: torch.dtype) -> dict:
+    """Static input/output metadata per stage, so pipelining skips shape inference (which would
+    run the first stage's forward, bridge receive included, on meta tensors)."""
+    mbs, seq = cfg.training.micro_batch_size, cfg.training.seq_len
+    local_seq = seq // place.tp if place.tp > 1 else seq
+    meta = torch.device("meta")
+    hidden = torch.empty(mbs, local_seq, lm_args.dim, dtype=dtype, device=meta)
+    shapes = {}
+    for sid in lm.stage_ids:
+        inputs = ((torch.empty(mbs, seq, dtype=torch.int64, device=meta),
+                   torch.empty(mbs, dtype=torch.int64, device=meta)) if sid == 0 else (hidden,))
+        output = (torch.empty(mbs, seq, lm_args.vocab_size, dtype=dtype, device=meta)
+                  if sid == lm.n_stages - 1 else hidden)
+        shapes[sid] = {"input_args": inputs, "output_args": output}
+    return shapes
+
+
+def train(trainer: Trainer) -> list[dict]:
+    cfg, topo = trainer.cfg, trainer.topo
+    writer = None
+    if topo.rank == 0:
+        dump = Path(cfg.job.dump_folder)
+        write_config(cfg, dump / "config.toml")
+        writer = MetricsWriter(dump, cfg.metrics.enable_tensorboard)
+        print(f"titan_mimo: {topo.describe()} | {topo.n_microbatches} micro-batches/step | "
+              f"{cfg.parallelism.pipeline_schedule if topo.placements[cfg.language_name].pp > 1 else 'no PP'}",
+              flush=True)
+    records = []
+    try:
+        for step in range(cfg.training.steps):
+            out = trainer.train_step(step)
+            if (step + 1) % cfg.metrics.log_freq == 0 or step == cfg.training.steps - 1:
+                record = trainer.step_metrics(step, out)
+                if cfg.validation.enable and (step + 1) % cfg.validation.freq == 0:
+                    record["val_loss"] = trainer.evaluate(step)
+                records.append(record)
+                if writer is not None:
+                    writer.log(record)
+    finally:
+        if writer is not None:
+            writer.close()
+    return records
+
+
+@record
+def main(argv: list[str] | None = None) -> list[dict]:
+    # Everything that can be checked without communication is checked first, so a bad config
+    # fails in a second with a message instead of after process-group start-up.
+    try:
+        cfg = load_config(sys.argv[1:] if argv is None else argv)
+        args = module_args(cfg)
+        placements = resolve_placements(cfg, env_world_size(), {n: a.tp_divisors() for n, a in args.items()})
+        dataset = build_dataset(cfg, args)
+    except ValueError as e:
+        print(f"titan_mimo: configuration error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    device = pick_device()
+    init_distributed(device, cfg.comm.timeout_seconds)
+    try:
+        trainer = build_trainer(cfg, args, placements, dataset, device)
+        return train(trainer)
+    except BaseException as e:
+        print(f"titan_mimo: rank {dist.get_rank()} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
