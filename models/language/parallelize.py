@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
@@ -28,6 +27,7 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
+from .. import fsdp
 from .model import AttentionBlock, HybridLM, MambaBlock, MLPBlock
 
 
@@ -79,10 +79,4 @@ def scatter_sequence(h_BSD: torch.Tensor, tp_mesh: DeviceMesh) -> torch.Tensor:
 
 def apply_fsdp(model: HybridLM, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
                reshard_after_forward: bool) -> None:
-    """FSDP2 per block, then the rest. Gradients are summed, not averaged, over dp: the loss is
-    already divided by the global token count, so FSDP's own division would apply it twice."""
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for block in model.layers.values():
-        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-    model.set_gradient_divide_factor(1.0)
+    fsdp.apply_fsdp(model, model.layers.values(), dp_mesh, param_dtype, reshard_after_forward)

@@ -40,12 +40,12 @@ class ViTAttention(nn.Module):
         self.wv = nn.Linear(dim, dim)
         self.wo = nn.Linear(dim, dim)
 
-    def forward(self, x_BTD: Tensor) -> Tensor:
+    def forward(self, x_BTD: Tensor, attn_mask_TT: Tensor | None = None) -> Tensor:
         q, k, v = self.wq(x_BTD), self.wk(x_BTD), self.wv(x_BTD)
         # Head count from the projection: under tensor parallelism q holds a slice of the heads.
         b, t = q.shape[:2]
         q, k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2) for y in (q, k, v))
-        o_BHTE = F.scaled_dot_product_attention(q, k, v)
+        o_BHTE = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask_TT)
         return self.wo(o_BHTE.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -68,8 +68,8 @@ class ViTBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(args.dim, eps=args.norm_eps)
         self.mlp = ViTMLP(args.dim, args.mlp_dim)
 
-    def forward(self, x_BTD: Tensor) -> Tensor:
-        h_BTD = x_BTD + self.attn(self.attn_norm(x_BTD))
+    def forward(self, x_BTD: Tensor, attn_mask_TT: Tensor | None = None) -> Tensor:
+        h_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), attn_mask_TT)
         return h_BTD + self.mlp(self.mlp_norm(h_BTD))
 
 
@@ -99,7 +99,8 @@ class ViT(nn.Module):
         )
         return resized_1Dhw[0].permute(1, 2, 0).reshape(grid_h * grid_w, -1)
 
-    def forward(self, images_BCHW: Tensor) -> Tensor:
+    def _embed(self, images_BCHW: Tensor) -> Tensor:
+        """Patch + position embedding with the prefix tokens prepended: [B, T, D]."""
         b, _, H, W = images_BCHW.shape
         p = self.args.patch_size
         if H % p or W % p:
@@ -107,11 +108,31 @@ class ViT(nn.Module):
         x_BPD = self.patch_embed(patchify(images_BCHW, p).to(self.patch_embed.weight.dtype))
         x_BPD = x_BPD + self.position_embedding(H // p, W // p)
         prefix = [t for t in (self.cls_token, self.register_tokens) if t is not None]
-        n_prefix = sum(t.shape[0] for t in prefix)
-        x_BTD = torch.cat([t.expand(b, -1, -1) for t in prefix] + [x_BPD], dim=1)
+        return torch.cat([t.expand(b, -1, -1) for t in prefix] + [x_BPD], dim=1)
+
+    def forward(self, images_BCHW: Tensor) -> Tensor:
+        """Same-size images [B, C, H, W] → patch features [B, P, D] (prefix tokens dropped)."""
+        x_BTD = self._embed(images_BCHW)
         for layer in self.layers.values():
             x_BTD = layer(x_BTD)
-        return self.norm(x_BTD)[:, n_prefix:]
+        return self.norm(x_BTD)[:, self.args.n_prefix_tokens:]
+
+    def forward_packed(self, images: list[Tensor]) -> list[Tensor]:
+        """Images of any sizes, packed into ONE sequence with block-diagonal attention, so the
+        blocks run exactly once whatever the mix of sizes (FSDP needs every rank to run the
+        same number of block forwards). Returns each image's patch features [P_i, D]."""
+        segments = [self._embed(im.unsqueeze(0))[0] for im in images]
+        lengths = [seg.shape[0] for seg in segments]
+        segment_ids = torch.repeat_interleave(
+            torch.arange(len(lengths), device=segments[0].device),
+            torch.tensor(lengths, device=segments[0].device))
+        mask_TT = segment_ids[:, None] == segment_ids[None, :]
+        x_1TD = torch.cat(segments).unsqueeze(0)
+        for layer in self.layers.values():
+            x_1TD = layer(x_1TD, mask_TT)
+        out_TD = self.norm(x_1TD)[0]
+        n_prefix = self.args.n_prefix_tokens
+        return [seg[n_prefix:] for seg in out_TD.split(lengths)]
 
     def init_param(self, name: str, t: Tensor, g: torch.Generator) -> None:
         if name not in ("pos_embed", "cls_token", "register_tokens"):
@@ -159,7 +180,8 @@ class VisionModule(nn.Module):
     def forward(self, images: list[Tensor] | Tensor) -> Tensor:
         """Images ([C, H, W] each, or one [B, C, H, W] batch) → emb_NO in image order.
 
-        Same-size images run as one batch; sizes may differ within a call. No images gives a
+        Same-size images run as one batch; mixed sizes run as one packed sequence with
+        block-diagonal attention. Either way the encoder blocks run once per call. No images gives a
         (0, out_dim) tensor of the projector's dtype and device, so a text-only micro-batch still
         has something to send; it carries no gradient to the parameters.
         """
@@ -168,18 +190,16 @@ class VisionModule(nn.Module):
         w_out = self.projector.w2.weight
         if not images:
             return torch.zeros(0, self.args.out_dim, dtype=w_out.dtype, device=w_out.device)
-        by_size: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             if image.dim() != 3:
                 raise ValueError(f"image {i}: expected [C, H, W], got shape {tuple(image.shape)}")
-            by_size.setdefault(tuple(image.shape[1:]), []).append(i)
-        per_image: list[Tensor | None] = [None] * len(images)
-        for (h, w), indices in by_size.items():
-            grid_hw = self.grid(h, w)
-            batch_BCHW = torch.stack([images[i] for i in indices])
-            tokens_BNO = self.projector(self.encoder(batch_BCHW), grid_hw)
-            for i, tokens_NO in zip(indices, tokens_BNO.unbind(0)):
-                per_image[i] = tokens_NO
+        sizes = [tuple(image.shape[1:]) for image in images]
+        grids = [self.grid(h, w) for h, w in sizes]
+        if len(set(sizes)) == 1:
+            feats_BPD = self.encoder(torch.stack(images))
+            return self.projector(feats_BPD, grids[0]).flatten(0, 1)
+        feats = self.encoder.forward_packed(images)
+        per_image = [self.projector(f_PD.unsqueeze(0), g)[0] for f_PD, g in zip(feats, grids)]
         return torch.cat(per_image, dim=0)
 
     def num_params(self) -> int:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from .. import fsdp
 from .model import VisionModule
 
 
@@ -22,9 +22,4 @@ def apply_tp(model: VisionModule, tp_mesh: DeviceMesh) -> None:
 
 
 def apply_fsdp(model: VisionModule, dp_mesh: DeviceMesh, param_dtype: torch.dtype) -> None:
-    """FSDP2 per block, then the rest; gradients summed over dp (see the language module)."""
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for block in model.encoder.layers.values():
-        fully_shard(block, mesh=dp_mesh, mp_policy=mp)
-    fully_shard(model, mesh=dp_mesh, mp_policy=mp)
-    model.set_gradient_divide_factor(1.0)
+    fsdp.apply_fsdp(model, model.encoder.layers.values(), dp_mesh, param_dtype)

@@ -87,3 +87,20 @@ def test_h16_size():
     linear_flops = 6 * 4097 * 32 * 12 * 1280 * 1280
     attention_flops = 12 * 4097**2 * 1280 * 32
     assert abs(model.flops_per_image(1024, 1024) / (linear_flops + attention_flops) - 1) < 0.03
+
+
+def test_mixed_sizes_run_packed_and_match_one_by_one():
+    """Mixed sizes take the packed path (one encoder pass, block-diagonal attention) and give
+    exactly what encoding each image alone gives."""
+    model = build_model("vit/debug")
+    init_model_for_testing(model, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.randn(3, h, w, generator=gen) for h, w in [(8, 8), (8, 16), (16, 16), (8, 8)]]
+    calls = []
+    hook = model.encoder.layers["0"].register_forward_hook(lambda *a: calls.append(1))
+    packed = model(images)
+    hook.remove()
+    assert len(calls) == 1
+    one_by_one = torch.cat([model([im]) for im in images])
+    assert packed.shape == (1 + 2 + 4 + 1, model.args.out_dim)
+    torch.testing.assert_close(packed, one_by_one, atol=1e-6, rtol=1e-5)

@@ -1,0 +1,27 @@
+"""FSDP2 wrapping shared by every model's parallelize.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+
+def apply_fsdp(root: nn.Module, blocks: Iterable[nn.Module], dp_mesh: DeviceMesh,
+               param_dtype: torch.dtype, reshard_after_forward: bool = True) -> None:
+    """fully_shard each block, then the root (which takes the remaining parameters).
+
+    Parameters are gathered in `param_dtype`; gradients are reduced in fp32 and *summed*, not
+    averaged, over dp: the trainer's loss is already divided by the global token count, so
+    FSDP's own division would apply it twice. Sum-only collectives (no PREMUL_SUM) keep gloo
+    working too.
+    """
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in blocks:
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    fully_shard(root, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    root.set_gradient_divide_factor(1.0)
+    root.set_force_sum_reduction_for_comms(True)
