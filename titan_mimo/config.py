@@ -388,12 +388,15 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
         raise ValueError(f"{path}: {e}") from None
 
 
-def _parse_cli_value(text: str) -> Any:
-    """Parse a CLI value as a TOML value; bare words are strings (`--job.dump_folder=out/x`)."""
+def _parse_cli_value(text: str, tp: Any) -> Any:
+    """Parse CLI text as a TOML value; bare words are strings (`--job.dump_folder=out/x`).
+    A string field keeps the text as typed unless it is a quoted TOML string, so that
+    `--job.dump_folder=2024-06-01` or `--job.description=123` are not dates or numbers."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    return text if tp is str and not isinstance(value, str) else value
 
 
 def _apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -421,11 +424,12 @@ def _apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
             node = node.setdefault(key, {})
     if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
         raise ValueError(f"--{dotted} names a table; set one of its keys, e.g. --{dotted}.<key>=...")
-    node[keys[-1]] = value
+    node[keys[-1]] = _parse_cli_value(value, tp) if isinstance(value, str) else value
 
 
 def parse_cli_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, Any]]]:
-    """Split argv into the --config path and (dotted key, value) overrides."""
+    """Split argv into the --config path and (dotted key, text) overrides; the text is parsed
+    against the field's type when the override is applied."""
     config_path, overrides, i = None, [], 0
     while i < len(argv):
         arg = argv[i]
@@ -443,7 +447,7 @@ def parse_cli_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, An
         if key in ("config", "job.config_file"):
             config_path = value
         else:
-            overrides.append((key, _parse_cli_value(value)))
+            overrides.append((key, value))
         i += 1
     return config_path, overrides
 

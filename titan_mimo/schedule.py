@@ -17,6 +17,7 @@ Legend: B samples of a micro-batch on this rank, S sequence, D language hidden, 
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -86,8 +87,9 @@ class StepRunner:
         self.n_mb, self.device = n_microbatches, device
         self.global_tokens = 1.0
         self.data = StepData()
-        self.events: list[tuple[str, str, int]] = []
-        """(module, op, micro-batch) in the order this rank ran them (schedule-order test)."""
+        self.events: list[tuple[str, str, int, float]] = []
+        """(module, op, micro-batch, wall time) in the order this rank ran them; the time is when
+        a language forward starts and when any other op ends."""
         self.in_flight = min(n_microbatches, lm_pp + 1)
         self._pending_emb: dict[tuple[str, int], Tensor] = {}
         self.schedule = None
@@ -116,7 +118,7 @@ class StepRunner:
     def _merge_hook(self, tp_mesh):
         def merge(h_BSD: Tensor, tokens_BS: Tensor, mb_B: Tensor) -> Tensor:
             mb = int(mb_B[0])
-            self.events.append((self.language, "F", mb))
+            self.events.append((self.language, "F", mb, time.time()))
             embeds = {}
             for name, role in self.encoders.items():
                 if role.bridge is None:  # colocated: encode this rank's own samples here
@@ -145,7 +147,7 @@ class StepRunner:
                     model.set_requires_gradient_sync(mb == self.n_mb - 1)
                     loss = self._loss_fn(model(tokens, mb_ids), batch.labels.to(self.device))
                     loss.backward()
-                    self.events.append((self.language, "B", mb))
+                    self.events.append((self.language, "B", mb, time.time()))
                 else:
                     with torch.no_grad():
                         loss = self._loss_fn(model(tokens, mb_ids), batch.labels.to(self.device))
@@ -178,13 +180,13 @@ class StepRunner:
             grad = role.bridge.recv_gradient(rows)
             model.set_requires_gradient_sync(mb == self.n_mb - 1)
             emb.backward(grad.to(emb.dtype))
-            self.events.append((name, "B", mb))
+            self.events.append((name, "B", mb, time.time()))
 
         for mb, batch in enumerate(self.data.images[name]):
             rows = (batch.tokens == role.placeholder_id).sum(1).tolist()
             with torch.set_grad_enabled(needs_grad):
                 emb = encode(role, batch.images[name], self.device)
-            self.events.append((name, "F", mb))
+            self.events.append((name, "F", mb, time.time()))
             role.bridge.send_embeddings(emb, rows)
             if needs_grad:
                 pending.append((mb, emb, rows))

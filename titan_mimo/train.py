@@ -96,8 +96,8 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------------
 
-    def train_step(self, step: int) -> dict:
-        cfg = self.cfg
+    def forward_backward(self, step: int) -> dict:
+        """Forward and backward of every micro-batch, then the global loss and gradient norm."""
         t0 = time.perf_counter()
         data = self.load_step(step, "train")
         global_tokens = self.global_loss_tokens(data)
@@ -105,25 +105,37 @@ class Trainer:
         grad_sq = sum(local_grad_sq(m, self.topo.placements[n].size // self.topo.placements[n].pp)
                       for n, m in self.modules.items())
         loss, grad_sq = world_sum([loss_local if self._is_loss_rank() else 0.0, grad_sq], self.device)
-        grad_norm = math.sqrt(grad_sq)
+        return {"loss": loss, "grad_norm": math.sqrt(grad_sq), "global_tokens": global_tokens,
+                "data": data, "t0": t0}
+
+    def optimizer_step(self, step: int, out: dict) -> None:
+        """Clip with the one global coefficient, step every module's optimizer and schedule."""
+        cfg, loss, grad_norm = self.cfg, out["loss"], out["grad_norm"]
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            msg = f"step {step}: non-finite loss {loss} or grad norm {grad_norm}"
+            msg = f"step {step + 1}: non-finite loss {loss} or grad norm {grad_norm}"
             if not cfg.training.skip_nonfinite_steps:
                 raise NonFiniteError(msg + "; set training.skip_nonfinite_steps = true to skip such steps")
-            print(f"[rank {self.topo.rank}] {msg}: step skipped", file=sys.stderr)
-            for opt in self.optimizers.values():
-                opt.zero_grad(set_to_none=True)
+            if self.topo.rank == 0:
+                print(f"titan_mimo: {msg}: step skipped", file=sys.stderr, flush=True)
         else:
             scale_grads(self.modules, clip_coefficient(grad_norm, cfg.training.max_norm))
             for opt in self.optimizers.values():
                 opt.step()
-                opt.zero_grad(set_to_none=True)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        for m in self.modules.values():  # frozen or skipped modules may still hold grads
+            for part in m.parts:
+                part.zero_grad(set_to_none=True)
         if self.schedulers is not None:
             self.schedulers.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return {"loss": loss, "grad_norm": grad_norm, "time": time.perf_counter() - t0,
-                "global_tokens": global_tokens, "data": data}
+        out["time"] = time.perf_counter() - out["t0"]
+
+    def train_step(self, step: int) -> dict:
+        out = self.forward_backward(step)
+        self.optimizer_step(step, out)
+        return out
 
     def evaluate(self, step: int) -> float:
         total = 0.0
@@ -226,12 +238,13 @@ def _stage_shapes(cfg: JobConfig, lm_args, place, lm: BuiltModule, dtype: torch.
     mbs, seq = cfg.training.micro_batch_size, cfg.training.seq_len
     local_seq = seq // place.tp if place.tp > 1 else seq
     meta = torch.device("meta")
-    hidden = torch.empty(mbs, local_seq, lm_args.dim, dtype=dtype, device=meta)
+    # requires_grad marks the activations (and so their gradients) that stages exchange.
+    hidden = torch.empty(mbs, local_seq, lm_args.dim, dtype=dtype, device=meta, requires_grad=True)
     shapes = {}
     for sid in lm.stage_ids:
         inputs = ((torch.empty(mbs, seq, dtype=torch.int64, device=meta),
                    torch.empty(mbs, dtype=torch.int64, device=meta)) if sid == 0 else (hidden,))
-        output = (torch.empty(mbs, seq, lm_args.vocab_size, dtype=dtype, device=meta)
+        output = (torch.empty(mbs, seq, lm_args.vocab_size, dtype=dtype, device=meta, requires_grad=True)
                   if sid == lm.n_stages - 1 else hidden)
         shapes[sid] = {"input_args": inputs, "output_args": output}
     return shapes

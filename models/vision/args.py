@@ -61,6 +61,9 @@ class ViTArgs:
 VIT_FLAVORS: dict[str, ViTArgs] = {
     # Tiny: 16×16 images give a 4×4 patch grid, 4 projected tokens.
     "debug": ViTArgs(),
+    # A second, smaller tower for multi-encoder graphs (same 8-pixel cell, different widths).
+    "debug_small": ViTArgs(dim=16, n_layers=1, n_heads=2, mlp_dim=32, n_register_tokens=0,
+                           use_cls_token=True, projector_hidden=32),
     # ViT-H/16 at 1024² (64×64 patches → 1024 projected tokens), projecting into a 2048-wide LM:
     # 635,909,120 encoder + 14,694,400 projector = 650,603,520 parameters.
     "h16": ViTArgs(

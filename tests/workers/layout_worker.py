@@ -1,0 +1,82 @@
+"""Runs a list of training cases in one torchrun launch and saves what the layout tests compare:
+per-step losses (rank 0), full step-0 gradients and full final parameters (one writer rank per
+module stage), and each rank's schedule events.
+
+Usage: torchrun --nproc-per-node N tests/workers/layout_worker.py CASES.json OUT_DIR
+CASES.json: [{"name": str, "config": path, "overrides": {"a.b": value}, "steps": int}, ...]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import tomli_w
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from titan_mimo.config import load_config
+from titan_mimo.distributed import env_world_size, init_distributed, pick_device
+from titan_mimo.topology import resolve_placements
+from titan_mimo.train import build_dataset, build_trainer
+from titan_mimo.build import module_args
+
+
+def toml_value(v) -> str:
+    return tomli_w.dumps({"v": v}).split("=", 1)[1].strip()
+
+
+def full(t):
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def snapshot(trainer, what: str) -> dict[str, torch.Tensor]:
+    """Full tensors of this rank's modules; kept only on each stage's (dp 0, tp 0) rank."""
+    out = {}
+    for name, m in trainer.modules.items():
+        c = trainer.topo.coords(name)
+        writer = trainer.topo.dp_rank(name) == 0 and c["tp"] == 0
+        for part in m.parts:
+            for fqn, p in part.named_parameters():
+                t = p.grad if what == "grad" else p
+                if t is None:
+                    continue
+                t = full(t).detach().float().cpu()
+                if writer:
+                    out[f"{name}.{fqn}"] = t.clone()
+    return out
+
+
+def main() -> None:
+    cases = json.loads(Path(sys.argv[1]).read_text())
+    out_root = Path(sys.argv[2])
+    device = pick_device()
+    init_distributed(device, timeout_seconds=120)
+    rank = dist.get_rank()
+    for case in cases:
+        argv = ["--config", case["config"], f"--training.steps={case['steps']}"]
+        argv += [f"--{k}={toml_value(v)}" for k, v in case.get("overrides", {}).items()]
+        cfg = load_config(argv)
+        args = module_args(cfg)
+        placements = resolve_placements(cfg, env_world_size(), {n: a.tp_divisors() for n, a in args.items()})
+        trainer = build_trainer(cfg, args, placements, build_dataset(cfg, args), device)
+        losses, grads = [], {}
+        for step in range(case["steps"]):
+            out = trainer.forward_backward(step)
+            if step == 0:
+                grads = snapshot(trainer, "grad")
+            trainer.optimizer_step(step, out)
+            losses.append(out["loss"])
+        params = snapshot(trainer, "param")
+        case_dir = out_root / case["name"]
+        case_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"grads": grads, "params": params}, case_dir / f"rank{rank}.pt")
+        (case_dir / f"events{rank}.json").write_text(json.dumps(trainer.runner.events))
+        if rank == 0:
+            (case_dir / "losses.json").write_text(json.dumps(losses))
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
