@@ -7,8 +7,9 @@ __all__ = ["BLOCK_KINDS", "HybridLMArgs", "LM_FLAVORS", "SSD_BACKENDS"]
 BLOCK_KINDS = {"M": "mamba2", "*": "attention", "-": "mlp"}
 """Layer-pattern characters and the block each one builds."""
 
-SSD_BACKENDS = ("torch",)
-"""Implementations of the Mamba2 SSD scan; "torch" is the pure-PyTorch reference."""
+SSD_BACKENDS = ("torch", "mamba_ssm")
+"""Implementations of the Mamba2 SSD scan: "torch" is the pure-PyTorch reference (and the CPU
+path); "mamba_ssm" is mamba-ssm's Triton kernel (GPU only, the `gpu` extra)."""
 
 
 @dataclass(kw_only=True)
@@ -42,7 +43,7 @@ class HybridLMArgs:
     mamba_chunk_size: int = 8
     """Chunk length of the chunked SSD scan; sequences are padded internally to a multiple."""
     ssd_backend: str = "torch"
-    """Implementation of the SSD scan; only the pure-PyTorch "torch" path exists so far."""
+    """Implementation of the SSD scan: "torch" (reference) or "mamba_ssm" (Triton, GPU)."""
     norm_eps: float = 1e-5
     """Epsilon of every RMSNorm (block norms, final norm, Mamba2 gated norm)."""
     rope_theta: float = 10000.0

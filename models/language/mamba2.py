@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..common import local_tensor
 from .args import HybridLMArgs
-from .ssd import ssd_chunked
+from .ssd_kernels import ssd_function
 
 __all__ = ["DepthwiseCausalConv1d", "GatedRMSNorm", "Mamba2Mixer"]
 
@@ -96,9 +96,8 @@ class Mamba2Mixer(nn.Module):
         self.head_dim = args.mamba_head_dim
         self.d_state = args.mamba_d_state
         self.chunk_size = args.mamba_chunk_size
-        if args.ssd_backend != "torch":
-            raise ValueError(f"ssd_backend={args.ssd_backend!r} is not implemented; use 'torch'")
-        self.ssd = ssd_chunked
+        # Resolved at build time so a missing optional kernel fails before any training work.
+        self.ssd = ssd_function(args.ssd_backend)
         self.in_proj_z = nn.Linear(args.dim, d_inner, bias=False)
         self.in_proj_x = nn.Linear(args.dim, d_inner, bias=False)
         self.in_proj_B = nn.Linear(args.dim, d_bc, bias=False)

@@ -1,0 +1,384 @@
+"""Single-GPU benchmark of one module (or the colocated whole model) as the trainer runs it, next
+to the same model in a bare PyTorch loop, so the trainer's overhead is a ratio from one run.
+
+    python -m titan_mimo.bench --module vision --model vit/h16 --batch 4 --image 1024 [--compile]
+    python -m titan_mimo.bench --module language --model hybrid_lm/attn_1b --batch 2 --seq 8192
+    python -m titan_mimo.bench --module model --model vit/h16+hybrid_lm/hybrid_2b --batch 2 \
+        --seq 8192 --image 1024 --ssd-backend mamba_ssm
+
+"titan_mimo" run: built as the trainer builds a module (meta device → per-block torch.compile →
+FSDP2 on a 1-rank mesh, bf16 params / fp32 reduce → to_empty → fqn-seeded init), fused AdamW.
+"bare" run: the same model with fp32 params on the device, bf16 autocast, no FSDP, fused AdamW,
+starting from the same weights. Both time `--steps` steps after `--warmup` steps (compilation
+happens in warm-up), with the device synchronised around the timed region.
+
+FLOPs are the models' own training counts (3 × forward matmul FLOPs):
+  vision    batch × VisionModule.flops_per_image(H, W): patch embed, blocks' linears, the full
+            bidirectional attention square 4·T²·D per layer forward, projector linears;
+  language  batch × seq × HybridLM.flops_per_token(seq): linears, causal attention counted as the
+            full square (torchtitan's convention), Mamba2 convs and the chunked SSD scan's matmuls;
+  model     the sum of both.
+MFU = FLOPs / step time / peak (torchtitan's get_peak_flops for the device, 989e12 for H100 bf16
+dense when torchtitan is absent; none on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
+
+from titan_mimo.init import init_module_weights
+from titan_mimo.models import build_model, merge_embeddings, model_args
+from titan_mimo.models.common import init_parameter
+from titan_mimo.models.language import parallelize as lm_parallel
+from titan_mimo.models.vision import parallelize as vit_parallel
+
+PEAK_BF16_DENSE = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+"""Fallback peak table (dense bf16 FLOP/s) used when torchtitan is not importable."""
+
+
+@dataclass(kw_only=True)
+class BenchResult:
+    run: str
+    """"titan_mimo" (the trainer's build) or "bare" (plain PyTorch loop)."""
+    module: str
+    model: str
+    compile: bool
+    step_s: float
+    tokens_per_s: float
+    images_per_s: float
+    tflops: float
+    """Achieved training TFLOP/s by the models' FLOP counts."""
+    mfu: float | None
+    """Fraction of the device's dense bf16 peak; None where the peak is unknown (CPU)."""
+    peak_mem_gib: float
+    loss: float
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    try:
+        from torchtitan.tools.utils import get_peak_flops
+    except ImportError:
+        return next((v for k, v in PEAK_BF16_DENSE.items() if k in name), None)
+    return float(get_peak_flops(name))
+
+
+def _blocks(module_name: str, model: nn.Module) -> nn.ModuleDict:
+    return model.encoder.layers if module_name == "vision" else model.layers
+
+
+def _build(module_name: str, model_name: str, device: torch.device, *, compile_blocks: bool,
+           fsdp_mesh, param_dtype: torch.dtype, overrides: dict) -> nn.Module:
+    """meta build → per-block compile → (FSDP2) → to_empty; weights are set by the caller."""
+    with torch.device("meta"):
+        model = build_model(model_name, **overrides)
+    if compile_blocks:
+        # torchtitan's per-block compile: every block is the same graph, so the compile cache
+        # makes blocks after the first cheap; FSDP hooks stay outside the compiled region.
+        blocks = _blocks(module_name, model)
+        for key in list(blocks.keys()):
+            blocks[key] = torch.compile(blocks[key])
+    if fsdp_mesh is not None:
+        if module_name == "vision":
+            vit_parallel.apply_fsdp(model, fsdp_mesh, param_dtype)
+        else:
+            lm_parallel.apply_fsdp(model, fsdp_mesh, param_dtype, reshard_after_forward=True)
+    model.to_empty(device=device)
+    return model
+
+
+@torch.no_grad()
+def init_on_device(module: nn.Module, seed: int, prefix: str) -> None:
+    """The trainer's init rules with large Linear/Embedding weights drawn on the device.
+
+    Same rules and per-fqn seeding as `titan_mimo.init.init_module_weights`, but the big matrices
+    come from a device generator (different values, same distribution), because the CPU
+    truncated-normal draw of ~2B parameters takes minutes and the benchmark only needs
+    realistic weights. `--init trainer` uses the trainer's exact function instead.
+    """
+    for owner_name, owner in module.named_modules():
+        for pname, param in owner.named_parameters(recurse=False):
+            fqn = ".".join(p for p in (prefix, owner_name, pname) if p)
+            local = param.to_local() if isinstance(param, DTensor) else param
+            if local.shape != param.shape:
+                raise ValueError(f"init_on_device: {fqn} is sharded; the benchmark uses one rank")
+            on_device = isinstance(owner, (nn.Linear, nn.Embedding)) and param.numel() >= 2**16
+            gen_device = local.device if on_device else torch.device("cpu")
+            g = torch.Generator(device=gen_device)
+            g.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{fqn}".encode()).digest()[:8], "little") & (2**63 - 1))
+            full = torch.empty(param.shape, dtype=torch.float32, device=gen_device)
+            init_parameter(owner, pname, full, g)
+            local.copy_(full)
+
+
+@dataclass(kw_only=True)
+class Workload:
+    """The modules of one benchmark and how one training step's loss is computed."""
+
+    module: str
+    names: list[str]
+    """Model names in `models` order."""
+    flops_per_step: int
+    tokens_per_step: int
+    images_per_step: int
+
+
+def workload_for(args: argparse.Namespace) -> Workload:
+    names = args.model.split("+")
+    if args.module == "model":
+        if len(names) != 2 or not names[0].startswith("vit/") or not names[1].startswith("hybrid_lm/"):
+            raise ValueError(f"--module model needs --model vit/<flavor>+hybrid_lm/<flavor>, got {args.model!r}")
+    elif len(names) != 1 or not names[0].startswith({"vision": "vit/", "language": "hybrid_lm/"}[args.module]):
+        raise ValueError(f"--module {args.module}: --model {args.model!r} is not a "
+                         f"{'vit' if args.module == 'vision' else 'hybrid_lm'} flavor")
+    with torch.device("meta"):
+        flops = tokens = images = 0
+        lm_dim = None
+        if args.module in ("language", "model"):
+            lm = build_model(names[-1], **lm_overrides(args))
+            lm_dim = lm.args.dim
+            tokens = args.batch * args.seq
+            flops += tokens * lm.flops_per_token(args.seq)
+        if args.module in ("vision", "model"):
+            vit = build_model(names[0], **({"out_dim": lm_dim} if lm_dim else {}))
+            images = args.batch
+            flops += images * vit.flops_per_image(args.image, args.image)
+            if args.module == "model" and vit.tokens_per_image(args.image, args.image) > args.seq:
+                raise ValueError(f"--seq {args.seq} is shorter than the "
+                                 f"{vit.tokens_per_image(args.image, args.image)} tokens of one image")
+    return Workload(module=args.module, names=names, flops_per_step=flops, tokens_per_step=tokens,
+                    images_per_step=images)
+
+
+def lm_overrides(args: argparse.Namespace) -> dict:
+    return {"ssd_backend": args.ssd_backend} if args.ssd_backend else {}
+
+
+def build_modules(args, wl: Workload, device, *, fsdp_mesh, param_dtype) -> dict[str, nn.Module]:
+    """name → module ("vision" and/or "language"), weights still unset."""
+    out = {}
+    if args.module in ("language", "model"):
+        out["language"] = _build("language", wl.names[-1], device, compile_blocks=args.compile,
+                                 fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=lm_overrides(args))
+    if args.module in ("vision", "model"):
+        over = {"out_dim": model_args(wl.names[-1]).dim} if args.module == "model" else {}
+        out["vision"] = _build("vision", wl.names[0], device, compile_blocks=args.compile,
+                               fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=over)
+    return out
+
+
+def make_batch(args, modules: dict[str, nn.Module], device) -> dict[str, torch.Tensor]:
+    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    batch = {}
+    if "vision" in modules:
+        batch["images"] = torch.randn(args.batch, 3, args.image, args.image, generator=g).to(device)
+    if "language" in modules:
+        vocab = modules["language"].args.vocab_size
+        # The last id is reserved as the image placeholder; text never uses it.
+        tokens = torch.randint(0, vocab - 1, (args.batch, args.seq + 1), generator=g)
+        labels = tokens[:, 1:].clone()
+        if "vision" in modules:
+            n_img = modules["vision"].tokens_per_image(args.image, args.image)
+            tokens[:, :n_img] = vocab - 1          # one image at the start of every sample
+            labels[:, : n_img - 1] = -100          # no loss on predicting image positions
+        batch["tokens"], batch["labels"] = tokens[:, :-1].to(device), labels.to(device)
+    return batch
+
+
+def step_loss(modules: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    if "language" not in modules:
+        emb_ND = modules["vision"](batch["images"])
+        return emb_ND.float().square().mean()
+    lm = modules["language"]
+    if "vision" in modules:
+        placeholder = lm.args.vocab_size - 1
+        lm.input_merge = lambda h, tok, emb: merge_embeddings(h, tok, {placeholder: emb})
+        logits = lm(batch["tokens"], modules["vision"](batch["images"]))
+    else:
+        logits = lm(batch["tokens"])
+    # Summed per token, divided by the count of loss tokens: the trainer's normalisation.
+    labels = batch["labels"].flatten()
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels, ignore_index=-100, reduction="sum")
+    return loss / (labels != -100).sum()
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, autocast_dtype,
+               profile: bool = False):
+    """Warm up, then time `steps` full training steps; returns (seconds per step, last loss)."""
+    def one_step():
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = step_loss(modules, batch)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(warmup):
+        one_step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = one_step()
+    _sync(device)
+    step_s = (time.perf_counter() - start) / steps
+    if profile:
+        print_profile(one_step, device)
+    return step_s, float(loss.detach())
+
+
+def print_profile(one_step, device, n_steps: int = 2, top: int = 15) -> None:
+    """Top kernels by device time over n_steps, with their share of all kernel time."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(n_steps):
+            one_step()
+        _sync(device)
+    events = [e for e in prof.key_averages()
+              if device.type == "cuda" and e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    print(f"  profile: {total / n_steps / 1e3:.1f} ms kernel time per step; top kernels:", flush=True)
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+        print(f"    {100 * e.self_device_time_total / total:5.1f}%  {e.self_device_time_total / n_steps / 1e3:7.2f} ms"
+              f"  x{e.count // n_steps:<4d} {e.key[:110]}", flush=True)
+
+
+def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
+    param_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    mesh = None if bare else init_device_mesh(device.type, (1,), mesh_dim_names=("dp_shard",))
+    modules = build_modules(args, wl, device, fsdp_mesh=mesh, param_dtype=param_dtype)
+    for name, m in modules.items():
+        if state is not None:
+            m.load_state_dict(state[name])
+        elif args.init == "trainer":
+            init_module_weights(m, args.seed, prefix=name)
+        else:
+            init_on_device(m, args.seed, prefix=name)
+    snapshot = None
+    if not bare:
+        # The bare run starts from these same weights (copied off the device to free it), so in
+        # fp32 both runs compute the same losses: a check that they train the same model.
+        snapshot = {name: {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().float().cpu().clone()
+                           for k, v in m.state_dict().items()} for name, m in modules.items()}
+    fused = device.type == "cuda"
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.1, fused=fused,
+                                    foreach=not fused) for m in modules.values()]
+    batch = make_batch(args, modules, device)
+    autocast = param_dtype if (bare and param_dtype != torch.float32) else None
+    step_s, loss = time_steps(modules, batch, optimizers, device, warmup=args.warmup, steps=args.steps,
+                              autocast_dtype=autocast, profile=args.profile and not bare)
+    peak = peak_flops(device)
+    tflops = wl.flops_per_step / step_s
+    result = BenchResult(
+        run="bare" if bare else "titan_mimo", module=args.module, model=args.model, compile=args.compile,
+        step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
+        tflops=tflops / 1e12, mfu=tflops / peak if peak else None,
+        peak_mem_gib=(torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else 0.0,
+        loss=loss)
+    del modules, optimizers, batch
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result, snapshot
+
+
+def fmt(r: BenchResult) -> str:
+    rate = (f"tokens/s={r.tokens_per_s:,.0f} " if r.tokens_per_s else "") + \
+           (f"images/s={r.images_per_s:.2f} " if r.images_per_s else "")
+    mfu = f"MFU={100 * r.mfu:.1f}% " if r.mfu is not None else ""
+    return (f"[{r.run:10s}] {r.module} {r.model} {'compile' if r.compile else 'eager'}: "
+            f"step={r.step_s * 1e3:.1f} ms {rate}{r.tflops:.1f} TFLOP/s {mfu}"
+            f"peak_mem={r.peak_mem_gib:.1f} GiB loss={r.loss:.4f}")
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns {"titan_mimo": BenchResult, "bare": BenchResult | None,
+    "overhead": trainer step time / bare step time - 1 (or None)}."""
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.dtype is None:
+        args.dtype = "bf16" if device.type == "cuda" else "fp32"
+    wl = workload_for(args)
+    owns_pg = not dist.is_initialized()
+    if owns_pg:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        print(f"bench: {args.module} {args.model} batch={args.batch} seq={args.seq} image={args.image} "
+              f"dtype={args.dtype} compile={args.compile} device={device} "
+              f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) "
+              f"torch={torch.__version__} flops/step={wl.flops_per_step:.4g}", flush=True)
+        trainer, state = run_one(args, wl, device, bare=False, state=None)
+        print(fmt(trainer), flush=True)
+        bare = None
+        if not args.no_bare:
+            bare, _ = run_one(args, wl, device, bare=True, state=state)
+            print(fmt(bare), flush=True)
+        overhead = trainer.step_s / bare.step_s - 1 if bare else None
+        if overhead is not None:
+            print(f"trainer overhead vs bare loop: {100 * overhead:+.1f}%", flush=True)
+    finally:
+        if owns_pg:
+            dist.destroy_process_group()
+    out = {"titan_mimo": trainer, "bare": bare, "overhead": overhead}
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps({k: (asdict(v) if isinstance(v, BenchResult) else v)
+                                for k, v in out.items()}) + "\n")
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m titan_mimo.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--module", required=True, choices=["vision", "language", "model"])
+    p.add_argument("--model", required=True,
+                   help="vit/<flavor>, hybrid_lm/<flavor>, or vit/<flavor>+hybrid_lm/<flavor> for --module model")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seq", type=int, default=8192, help="LM sequence length")
+    p.add_argument("--image", type=int, default=1024, help="square image side in pixels")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
+                   help="compute dtype (FSDP param dtype / bare autocast); default bf16 on GPU, fp32 on CPU")
+    p.add_argument("--ssd-backend", default=None, help="override the LM's Mamba2 ssd_backend")
+    p.add_argument("--init", choices=["device", "trainer"], default="device",
+                   help="'trainer': the trainer's exact CPU init (slow for billions of params)")
+    p.add_argument("--no-bare", action="store_true", help="skip the bare PyTorch loop")
+    p.add_argument("--profile", action="store_true", help="print top kernels of the titan_mimo run")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="append results as one JSON line to this file")
+    args = p.parse_args(argv)
+    if args.batch < 1 or args.steps < 1 or args.warmup < 0:
+        p.error(f"--batch {args.batch} and --steps {args.steps} must be >= 1, --warmup {args.warmup} >= 0")
+    return args
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])
