@@ -1,0 +1,9 @@
+# Sourced at the start of every device call: carried wheels, mamba-ssm source, titan_mimo imports.
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+# titan_mimo.models / .torchtitan_ext live in top-level folders (setuptools package-dir); link
+# them in place of an install on the bare machine.
+ln -sfn "$PWD/models" titan_mimo/models; ln -sfn "$PWD/torchtitan_ext" titan_mimo/torchtitan_ext
+export PYTHONPATH=/tmp/site:$PWD/.whl/mamba_src:$PWD
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
