@@ -57,6 +57,23 @@ class StepData:
     """Encoder ranks: per encoder, a batch of this rank's encoder dp slots, per micro-batch."""
 
 
+def encoder_lead(schedule_name: str, lm_pp: int, n_microbatches: int) -> int:
+    """How many micro-batches an encoder runs forward before waiting for the oldest gradient.
+
+    It must cover the forwards the language model's first stage runs before its first backward,
+    or the two wait on each other: 1 with pp = 1, pp with 1F1B (torch's warm-up on stage 0),
+    every micro-batch with GPipe and Interleaved1F1B. One more than the minimum lets encoder
+    forward of i+1 overlap the language model's work on i.
+    """
+    if lm_pp == 1:
+        need = 1
+    elif schedule_name == "1F1B":
+        need = lm_pp
+    else:
+        need = n_microbatches
+    return min(n_microbatches, need + 1)
+
+
 def cross_entropy_sum(logits_BSV: Tensor, labels_BS: Tensor) -> Tensor:
     return F.cross_entropy(logits_BSV.flatten(0, 1).float(), labels_BS.flatten(),
                            ignore_index=IGNORE_INDEX, reduction="sum")
@@ -90,7 +107,7 @@ class StepRunner:
         self.events: list[tuple[str, str, int, float]] = []
         """(module, op, micro-batch, wall time) in the order this rank ran them; the time is when
         a language forward starts and when any other op ends."""
-        self.in_flight = min(n_microbatches, lm_pp + 1)
+        self.in_flight = encoder_lead(schedule_name, lm_pp, n_microbatches)
         self._pending_emb: dict[tuple[str, int], Tensor] = {}
         self.schedule = None
         if language is not None:
