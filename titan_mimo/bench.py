@@ -319,6 +319,8 @@ def run(argv: list[str] | None = None) -> dict:
     "overhead": trainer step time / bare step time - 1 (or None)}."""
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     if args.dtype is None:
         args.dtype = "bf16" if device.type == "cuda" else "fp32"
     wl = workload_for(args)
