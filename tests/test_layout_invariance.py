@@ -49,9 +49,17 @@ LAYOUTS = {
 BF16 = ("bf16_dp2_dp2", 4, "base", {"training.mixed_precision": "bf16"})
 
 
+# Parameters whose gradient is zero in exact arithmetic (an embedding row seen only where no
+# later position has a label) get ~1e-8 of reduction-order round-off in some layouts; AdamW
+# with eps 1e-8 turns that into a near-full lr step. eps 1e-6 keeps such updates at round-off
+# size in every layout alike, so the comparison measures the layout, not Adam's amplification.
+TEST_OVERRIDES = {"optimizer.eps": 1e-6}
+
+
 def _case(name: str, ref: str, extra: dict) -> dict:
     config, overrides = REFERENCES[ref]
-    return {"name": name, "config": config, "overrides": {**overrides, **extra}, "steps": STEPS}
+    return {"name": name, "config": config, "overrides": {**TEST_OVERRIDES, **overrides, **extra},
+            "steps": STEPS}
 
 
 def _launch(nproc: int, cases: list[dict], out: Path) -> None:
@@ -86,8 +94,10 @@ def runs(tmp_path_factory) -> Path:
     return out
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+def _rel(a: torch.Tensor, b: torch.Tensor, floor: float) -> float:
+    """Relative error, with a floor on the denominator: some gradients are zero in exact
+    arithmetic (a key bias shifts every score of a query equally) and hold only round-off."""
+    return float((a - b).norm() / max(float(b.norm()), floor))
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -96,8 +106,9 @@ def test_layout_matches_single_rank(runs: Path, layout: str) -> None:
     got, ref = _load(runs, layout), _load(runs, f"ref_{ref_name}")
     assert got["grads"].keys() == ref["grads"].keys()
     assert got["params"].keys() == ref["params"].keys() and ref["params"]
+    total = float(torch.stack([g.norm() for g in ref["grads"].values()]).norm())
     for fqn, g in ref["grads"].items():
-        assert _rel(got["grads"][fqn], g) <= 1e-5, f"{layout}: step-0 grad of {fqn}"
+        assert _rel(got["grads"][fqn], g, 1e-4 * total) <= 1e-5, f"{layout}: step-0 grad of {fqn}"
     for step, (a, b) in enumerate(zip(got["losses"], ref["losses"])):
         tol = 1e-5 if step == 0 else 1e-4
         assert abs(a - b) <= tol * abs(b), f"{layout}: loss at step {step + 1}: {a} vs {b}"
