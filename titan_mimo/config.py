@@ -93,6 +93,9 @@ class Training:
     """Global gradient-norm clipping threshold over all modules; <= 0 disables clipping."""
     skip_nonfinite_steps: bool = False
     """Skip (instead of stopping on) a step whose loss or grad norm is not finite."""
+    zero_encoder_embeddings: bool = False
+    """Ablation: the language model receives zeros instead of the encoders' embeddings, which
+    shows how far the loss falls on text alone (the mock task needs the images)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "global_batch_size", "micro_batch_size", "seq_len"):

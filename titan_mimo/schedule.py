@@ -99,9 +99,10 @@ class StepRunner:
     def __init__(self, *, modules: dict[str, BuiltModule], encoders: dict[str, EncoderRole],
                  language: str | None, n_microbatches: int, schedule_name: str,
                  tp_mesh, pp_group, device: torch.device, lm_pp: int,
-                 stage_shapes: dict | None):
+                 stage_shapes: dict | None, zero_embeddings: bool = False):
         self.modules, self.encoders, self.language = modules, encoders, language
         self.n_mb, self.device = n_microbatches, device
+        self.zero_embeddings = zero_embeddings
         self.global_tokens = 1.0
         self.data = StepData()
         self.events: list[tuple[str, str, int, float]] = []
@@ -146,7 +147,7 @@ class StepRunner:
                 else:
                     rows = (tokens_BS == role.placeholder_id).sum(1).tolist()
                     emb = role.bridge.recv_embeddings(rows, requires_grad=not role.frozen)
-                embeds[role.placeholder_id] = emb
+                embeds[role.placeholder_id] = torch.zeros_like(emb) if self.zero_embeddings else emb
             h_BSD = merge_embeddings(h_BSD, tokens_BS, embeds)
             return scatter_sequence(h_BSD, tp_mesh) if tp_mesh is not None else h_BSD
         return merge

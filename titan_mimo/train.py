@@ -220,7 +220,7 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
     runner = StepRunner(modules=modules, encoders=roles, language=lm_name if lm_here else None,
                         n_microbatches=topo.n_microbatches, schedule_name=cfg.parallelism.pipeline_schedule,
                         tp_mesh=tp_mesh, pp_group=pp_group, device=device, lm_pp=lm_place.pp,
-                        stage_shapes=stage_shapes)
+                        stage_shapes=stage_shapes, zero_embeddings=cfg.training.zero_encoder_embeddings)
     optimizers = build_optimizers(cfg, modules, device)
     with torch.device("meta"):  # FLOP formulas need the module objects, not their weights
         flop_counters = {n: build_model(m.model, **({"out_dim": args[lm_name].dim} if m.feeds else {}))

@@ -8,12 +8,12 @@ from titan_mimo.models import MODEL_NAMES, HybridLM, VisionModule, build_model, 
 
 def test_names():
     assert set(MODEL_NAMES) == {
-        "vit/debug", "vit/h16", "hybrid_lm/debug", "hybrid_lm/hybrid_2b", "hybrid_lm/attn_1b",
+        "vit/debug", "vit/debug_small", "vit/h16", "hybrid_lm/debug", "hybrid_lm/hybrid_2b", "hybrid_lm/attn_1b",
     }
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid names: vit/debug, vit/h16"):
+    with pytest.raises(ValueError, match="valid names: vit/debug, vit/debug_small, vit/h16"):
         build_model("vit/huge")
 
 
