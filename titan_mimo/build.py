@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from titan_mimo.compat import composable_checkpoint
 
 from titan_mimo.config import JobConfig
 from titan_mimo.init import init_module_weights
@@ -69,6 +70,17 @@ def stage_ids_of(pp_rank: int, pp: int, stages_per_rank: int) -> list[int]:
     return [pp_rank + v * pp for v in range(stages_per_rank)]
 
 
+def apply_block_options(blocks: list[nn.Module], activation_checkpoint: str, compile_blocks: bool) -> None:
+    """Per-block activation checkpointing and torch.compile, in place: the composable
+    `checkpoint` and `Module.compile` keep parameter names unchanged (init seeds and checkpoint
+    keys depend on them), unlike wrapper modules. Apply before FSDP, as torchtitan does."""
+    for block in blocks:
+        if activation_checkpoint == "full":
+            composable_checkpoint(block)
+        if compile_blocks:
+            block.compile()
+
+
 def build_modules(cfg: JobConfig, topo: Topology, device: torch.device) -> dict[str, BuiltModule]:
     compute_dtype = COMPUTE_DTYPES[cfg.training.mixed_precision]
     built = {}
@@ -83,6 +95,7 @@ def build_modules(cfg: JobConfig, topo: Topology, device: torch.device) -> dict[
                 model = build_model(mcfg.model, out_dim=lm_dim)
             if tp_mesh is not None:
                 vit_parallel.apply_tp(model, tp_mesh)
+            apply_block_options(list(model.encoder.layers.values()), mcfg.activation_checkpoint, mcfg.compile)
             vit_parallel.apply_fsdp(model, dp_mesh, compute_dtype)
             parts, stage_ids, n_stages = [model], [0], 1
         else:
@@ -103,6 +116,7 @@ def build_modules(cfg: JobConfig, topo: Topology, device: torch.device) -> dict[
                     stage.norm, stage.output = None, None
                 if tp_mesh is not None:
                     lm_parallel.apply_tp(stage, tp_mesh)
+                apply_block_options(list(stage.layers.values()), mcfg.activation_checkpoint, mcfg.compile)
                 # Under PP a stage's parameters are needed again for the backward of every
                 # in-flight micro-batch; resharding after forward would re-gather them each time.
                 lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=n_stages == 1)

@@ -106,8 +106,8 @@ class StepRunner:
         self.global_tokens = 1.0
         self.data = StepData()
         self.events: list[tuple[str, str, int, float]] = []
-        """(module, op, micro-batch, wall time) in the order this rank ran them; the time is when
-        a language forward starts and when any other op ends."""
+        """(module, op, micro-batch, wall time) of the last step, in the order this rank ran them;
+        the time is when a language forward starts and when any other op ends."""
         self.in_flight = encoder_lead(schedule_name, lm_pp, n_microbatches)
         self._pending_emb: dict[tuple[str, int], Tensor] = {}
         self.schedule = None
@@ -218,6 +218,7 @@ class StepRunner:
     def run(self, data: StepData, global_tokens: float, train: bool = True) -> float:
         """Forward (+ backward) of all micro-batches; returns this rank's loss contribution."""
         self.data, self.global_tokens = data, global_tokens
+        self.events = []
         loss = 0.0
         for name, role in self.encoders.items():
             if role.bridge is not None and role.module is not None:

@@ -60,6 +60,7 @@ def main() -> None:
         args = module_args(cfg)
         placements = resolve_placements(cfg, env_world_size(), {n: a.tp_divisors() for n, a in args.items()})
         trainer = build_trainer(cfg, args, placements, build_dataset(cfg, args), device)
+        init = snapshot(trainer, "param")
         losses, grads = [], {}
         for step in range(case["steps"]):
             out = trainer.forward_backward(step)
@@ -70,7 +71,7 @@ def main() -> None:
         params = snapshot(trainer, "param")
         case_dir = out_root / case["name"]
         case_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"grads": grads, "params": params}, case_dir / f"rank{rank}.pt")
+        torch.save({"init": init, "grads": grads, "params": params}, case_dir / f"rank{rank}.pt")
         (case_dir / f"events{rank}.json").write_text(json.dumps(trainer.runner.events))
         if rank == 0:
             (case_dir / "losses.json").write_text(json.dumps(losses))
