@@ -7,7 +7,6 @@ bridge, using `merge_embeddings` on the LM's first stage.
 Shape legend: B batch, S sequence, D LM dim, V vocab size, N placeholder rows of one modality.
 """
 
-import torch
 from torch import Tensor, nn
 
 from .language.model import HybridLM

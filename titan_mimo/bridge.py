@@ -69,10 +69,17 @@ class Bridge:
     device: torch.device
     stats: BridgeStats = field(default_factory=BridgeStats)
     _pending: list = field(default_factory=list)
+    _routes_by_side: dict = field(default_factory=dict)
 
     # ---- routing ---------------------------------------------------------------------------
 
     def _routes(self, side: str) -> list[Route]:
+        """This rank's routes as a `side` endpoint; fixed by the placements, so computed once."""
+        if side not in self._routes_by_side:
+            self._routes_by_side[side] = self._compute_routes(side)
+        return self._routes_by_side[side]
+
+    def _compute_routes(self, side: str) -> list[Route]:
         """Routes of this rank as a `side` ("encoder" or "language") endpoint."""
         enc, lm, n = self.encoder, self.language, self.slots_per_microbatch
         mine = self.encoder if side == "encoder" else self.language
@@ -129,27 +136,34 @@ class Bridge:
             work.wait()
         self._pending.clear()
 
+    def _send_slots(self, side: str, rows_ND: Tensor, rows_per_slot: list[int], tag: int) -> None:
+        """Send the rows of each route's slot range (rows in slot order, `rows_per_slot` each)."""
+        my_lo, _ = self.my_slots(side)
+        offsets = [0]
+        for r in rows_per_slot:
+            offsets.append(offsets[-1] + r)
+        for route in self._routes(side):
+            rows = rows_ND[offsets[route.lo - my_lo]: offsets[route.hi - my_lo]]
+            for dst in route.send_to:
+                self._send_rows(rows, dst, tag)
+
+    def _recv_slots(self, side: str, rows_per_slot: list[int], tag: int, what: str) -> Tensor:
+        """Receive every route's rows and concatenate them in slot order."""
+        my_lo, _ = self.my_slots(side)
+        parts = [self._recv_rows(route.recv_from, sum(rows_per_slot[route.lo - my_lo: route.hi - my_lo]),
+                                 tag, what)
+                 for route in self._routes(side)]
+        return torch.cat(parts) if parts else torch.empty(0, self.hidden, dtype=self.dtype, device=self.device)
+
     # ---- encoder side ------------------------------------------------------------------------
 
     def send_embeddings(self, emb_ND: Tensor, rows_per_slot: list[int]) -> None:
         """Encoder: send this rank's projected embeddings of one micro-batch (slot order)."""
-        my_lo, _ = self.my_slots("encoder")
-        offsets = [0]
-        for r in rows_per_slot:
-            offsets.append(offsets[-1] + r)
-        for route in self._routes("encoder"):
-            rows = emb_ND[offsets[route.lo - my_lo]: offsets[route.hi - my_lo]]
-            for dst in route.send_to:
-                self._send_rows(rows, dst, _FWD_TAG)
+        self._send_slots("encoder", emb_ND, rows_per_slot, _FWD_TAG)
 
     def recv_gradient(self, rows_per_slot: list[int]) -> Tensor:
         """Encoder: receive d(loss)/d(embeddings) of one micro-batch, in slot order."""
-        my_lo, _ = self.my_slots("encoder")
-        parts = []
-        for route in self._routes("encoder"):
-            expected = sum(rows_per_slot[route.lo - my_lo: route.hi - my_lo])
-            parts.append(self._recv_rows(route.recv_from, expected, _BWD_TAG, "gradient"))
-        return torch.cat(parts) if parts else torch.empty(0, self.hidden, dtype=self.dtype, device=self.device)
+        return self._recv_slots("encoder", rows_per_slot, _BWD_TAG, "gradient")
 
     # ---- language side -----------------------------------------------------------------------
 
@@ -159,24 +173,6 @@ class Bridge:
         # A leaf that requires grad makes autograd call _BridgeRecv.backward for this micro-batch.
         anchor = torch.empty(0, device=self.device, requires_grad=True) if requires_grad else None
         return _BridgeRecv.apply(self, rows_per_slot, anchor)
-
-    def _recv_embeddings(self, rows_per_slot: list[int]) -> Tensor:
-        my_lo, _ = self.my_slots("language")
-        parts = []
-        for route in self._routes("language"):
-            expected = sum(rows_per_slot[route.lo - my_lo: route.hi - my_lo])
-            parts.append(self._recv_rows(route.recv_from, expected, _FWD_TAG, "embedding"))
-        return torch.cat(parts)
-
-    def _send_gradient(self, grad_ND: Tensor, rows_per_slot: list[int]) -> None:
-        my_lo, _ = self.my_slots("language")
-        offsets = [0]
-        for r in rows_per_slot:
-            offsets.append(offsets[-1] + r)
-        for route in self._routes("language"):
-            rows = grad_ND[offsets[route.lo - my_lo]: offsets[route.hi - my_lo]]
-            for dst in route.send_to:
-                self._send_rows(rows, dst, _BWD_TAG)
 
 
 class _BridgeRecv(torch.autograd.Function):
@@ -190,9 +186,9 @@ class _BridgeRecv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, bridge: Bridge, rows_per_slot: list[int], _anchor: Tensor | None) -> Tensor:
         ctx.bridge, ctx.rows_per_slot = bridge, rows_per_slot
-        return bridge._recv_embeddings(rows_per_slot)
+        return bridge._recv_slots("language", rows_per_slot, _FWD_TAG, "embedding")
 
     @staticmethod
     def backward(ctx, grad_ND: Tensor):
-        ctx.bridge._send_gradient(grad_ND, ctx.rows_per_slot)
+        ctx.bridge._send_slots("language", grad_ND, ctx.rows_per_slot, _BWD_TAG)
         return None, None, None

@@ -81,7 +81,8 @@ def apply_block_options(blocks: list[nn.Module], activation_checkpoint: str, com
             block.compile()
 
 
-def build_modules(cfg: JobConfig, topo: Topology, device: torch.device) -> dict[str, BuiltModule]:
+def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.device) -> dict[str, BuiltModule]:
+    """`args`: `module_args(cfg)`."""
     compute_dtype = COMPUTE_DTYPES[cfg.training.mixed_precision]
     built = {}
     for name in topo.my_modules:
@@ -90,9 +91,8 @@ def build_modules(cfg: JobConfig, topo: Topology, device: torch.device) -> dict[
         dp_mesh = mesh["dp_replicate", "dp_shard"] if place.dp_replicate > 1 else mesh["dp_shard"]
         tp_mesh = mesh["tp"] if place.tp > 1 else None
         if mcfg.feeds:
-            lm_dim = module_args(cfg)[cfg.language_name].dim
             with torch.device("meta"):
-                model = build_model(mcfg.model, out_dim=lm_dim)
+                model = build_model(mcfg.model, out_dim=args[cfg.language_name].dim)
             if tp_mesh is not None:
                 vit_parallel.apply_tp(model, tp_mesh)
             apply_block_options(list(model.encoder.layers.values()), mcfg.activation_checkpoint, mcfg.compile)

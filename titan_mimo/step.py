@@ -47,11 +47,13 @@ def build_schedulers(cfg: JobConfig, optimizers: dict[str, torch.optim.Optimizer
     return build_lr_schedulers(list(optimizers.values()), tt_cfg, cfg.training.steps) if optimizers else None
 
 
-def lr_at(cfg: JobConfig, step: int) -> float:
-    """The language module's LR at `step` (0-based), computable on every rank."""
+def language_lr_schedule(cfg: JobConfig):
+    """step (0-based) -> the language module's LR, the same on every rank (including ranks with
+    no optimizer): torchtitan's warmup/decay factor times lr times the module's lr_scale."""
     dummy = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
-    sched = build_schedulers(cfg, {"x": dummy})
-    return cfg.optimizer.lr * sched.schedulers[0].lr_lambdas[0](step)
+    factor = build_schedulers(cfg, {"x": dummy}).schedulers[0].lr_lambdas[0]
+    peak = cfg.optimizer.lr * cfg.modules[cfg.language_name].lr_scale
+    return lambda step: peak * factor(step)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from titan_mimo.distributed import env_world_size, init_distributed, pick_device
 from titan_mimo.metrics import MetricsWriter, memory_gib, peak_flops
 from titan_mimo.schedule import EncoderRole, StepData, StepRunner
 from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, count_loss_tokens,
-                             local_grad_sq, lr_at, scale_grads)
+                             language_lr_schedule, local_grad_sq, scale_grads)
 from titan_mimo.topology import Topology, build_topology, resolve_placements
 
 
@@ -59,6 +59,8 @@ class Trainer:
     schedulers: object
     flop_counters: dict
     """Meta-device models per module, for their FLOP formulas."""
+    lr_at: object
+    """step -> the language module's LR (for metrics)."""
 
     # ---- data --------------------------------------------------------------------------------
 
@@ -66,7 +68,8 @@ class Trainer:
         """Only what this rank's roles need: text on language ranks, images on encoder ranks."""
         topo, data = self.topo, StepData()
         lm = self.cfg.language_name
-        if lm in topo.my_modules:
+        # Middle pipeline stages take hidden states from their neighbours: no data.
+        if lm in topo.my_modules and (topo.is_first_stage(lm) or topo.is_last_stage(lm)):
             dp, dp_rank = topo.placements[lm].dp, topo.dp_rank(lm)
             data.text = [self.dataset.batch(self.plan.owned(step, mb, dp, dp_rank), split,
                                             with_images=topo.colocated)
@@ -174,7 +177,7 @@ class Trainer:
         peak = peak_flops(self.device, cfg.metrics.peak_tflops)
         tokens = cfg.training.global_batch_size * cfg.training.seq_len
         record = {"step": step + 1, "loss": out["loss"], "grad_norm": out["grad_norm"],
-                  "lr": lr_at(cfg, step), "tokens_per_s": tokens / step_time, "step_time_s": step_time,
+                  "lr": self.lr_at(step), "tokens_per_s": tokens / step_time, "step_time_s": step_time,
                   "bridge_wait_s": maxes[-2], "loss_tokens": out["global_tokens"], "modules": {}}
         for i, name in enumerate(names):
             size = topo.placements[name].size
@@ -193,7 +196,7 @@ class Trainer:
 def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockImageCaption,
                   device: torch.device) -> Trainer:
     topo = build_topology(cfg, placements, device.type)
-    modules = build_modules(cfg, topo, device)
+    modules = build_modules(cfg, args, topo, device)
     lm_name, lm_place = cfg.language_name, placements[cfg.language_name]
     compute_dtype = COMPUTE_DTYPES[cfg.training.mixed_precision]
     lm_here = lm_name in topo.my_modules
@@ -229,7 +232,8 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
                       micro_batch_size=cfg.training.micro_batch_size, language_dp=lm_place.dp)
     return Trainer(cfg=cfg, topo=topo, device=device, modules=modules, runner=runner, dataset=dataset,
                    plan=plan, args=args, optimizers=optimizers,
-                   schedulers=build_schedulers(cfg, optimizers), flop_counters=flop_counters)
+                   schedulers=build_schedulers(cfg, optimizers), flop_counters=flop_counters,
+                   lr_at=language_lr_schedule(cfg))
 
 
 def _stage_shapes(cfg: JobConfig, lm_args, place, lm: BuiltModule, dtype: torch.dtype) -> dict:
