@@ -32,14 +32,14 @@ INIT_STD = 0.02
 """Standard deviation of the default (truncated at ±2σ) normal init of linears and embeddings."""
 
 
-def param_generator(seed: int, fqn: str) -> torch.Generator:
-    """A CPU generator seeded from (seed, fqn) with a stable hash.
+def param_generator(seed: int, fqn: str, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator (CPU unless `device` says otherwise) seeded from (seed, fqn) with a stable hash.
 
     Python's `hash()` is salted per process, so ranks would disagree; sha256 is stable across
     processes, machines and Python versions.
     """
     digest = hashlib.sha256(f"{seed}/{fqn}".encode()).digest()
-    g = torch.Generator(device="cpu")
+    g = torch.Generator(device=device)
     g.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
     return g
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import sys
 import time
@@ -39,13 +38,14 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
+from titan_mimo import metrics
+from titan_mimo.build import apply_block_options
 from titan_mimo.init import init_module_weights
 from titan_mimo.models import build_model, merge_embeddings, model_args
-from titan_mimo.models.common import init_parameter
+from titan_mimo.models.common import init_parameter, param_generator
 from titan_mimo.models.language import parallelize as lm_parallel
 from titan_mimo.models.vision import parallelize as vit_parallel
 
-PEAK_BF16_DENSE = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 """Fallback peak table (dense bf16 FLOP/s) used when torchtitan is not importable."""
 
 
@@ -68,14 +68,8 @@ class BenchResult:
 
 
 def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    try:
-        from torchtitan.tools.utils import get_peak_flops
-    except ImportError:
-        return next((v for k, v in PEAK_BF16_DENSE.items() if k in name), None)
-    return float(get_peak_flops(name))
+    """The trainer's peak (torchtitan's table for the GPU); None where unknown (CPU)."""
+    return metrics.peak_flops(device, configured_tflops=0.0) or None
 
 
 def _blocks(module_name: str, model: nn.Module) -> nn.ModuleDict:
@@ -87,12 +81,9 @@ def _build(module_name: str, model_name: str, device: torch.device, *, compile_b
     """meta build → per-block compile → (FSDP2) → to_empty; weights are set by the caller."""
     with torch.device("meta"):
         model = build_model(model_name, **overrides)
-    if compile_blocks:
-        # torchtitan's per-block compile: every block is the same graph, so the compile cache
-        # makes blocks after the first cheap; FSDP hooks stay outside the compiled region.
-        blocks = _blocks(module_name, model)
-        for key in list(blocks.keys()):
-            blocks[key] = torch.compile(blocks[key])
+    # torchtitan's per-block compile, exactly as the trainer applies it: every block is the
+    # same graph, so the compile cache makes blocks after the first cheap.
+    apply_block_options(list(_blocks(module_name, model).values()), "none", compile_blocks)
     if fsdp_mesh is not None:
         if module_name == "vision":
             vit_parallel.apply_fsdp(model, fsdp_mesh, param_dtype)
@@ -119,8 +110,7 @@ def init_on_device(module: nn.Module, seed: int, prefix: str) -> None:
                 raise ValueError(f"init_on_device: {fqn} is sharded; the benchmark uses one rank")
             on_device = isinstance(owner, (nn.Linear, nn.Embedding)) and param.numel() >= 2**16
             gen_device = local.device if on_device else torch.device("cpu")
-            g = torch.Generator(device=gen_device)
-            g.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{fqn}".encode()).digest()[:8], "little") & (2**63 - 1))
+            g = param_generator(seed, fqn, gen_device)
             full = torch.empty(param.shape, dtype=torch.float32, device=gen_device)
             init_parameter(owner, pname, full, g)
             local.copy_(full)
