@@ -73,8 +73,13 @@ def local_grad_sq(module: BuiltModule, stage_ranks: int) -> float:
         g = p.grad
         n_pieces = 1
         if isinstance(g, DTensor):
+            # "Not replicated", not `is_shard()`: a parameter sharded on the same dim by TP and
+            # FSDP carries `_StridedShard` on its FSDP axis, and on torch 2.13 that class is no
+            # longer a `Shard` (`is_shard()` is False), which undercounted such parameters and
+            # changed the clip coefficient with dp_shard x tp (the lm_dp2_tp2 mismatch).
             for mesh_dim, placement in enumerate(g.placements):
-                if placement.is_shard():
+                assert not placement.is_partial(), f"unreduced gradient ({g.placements}) in the norm"
+                if not placement.is_replicate():
                     n_pieces *= g.device_mesh.size(mesh_dim)
             g = g.to_local()
         total += g.detach().double().pow(2).sum().cpu() * (n_pieces / stage_ranks)

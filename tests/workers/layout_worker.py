@@ -61,13 +61,14 @@ def main() -> None:
         placements = resolve_placements(cfg, env_world_size(), {n: a.tp_divisors() for n, a in args.items()})
         trainer = build_trainer(cfg, args, placements, build_dataset(cfg, args), device)
         init = snapshot(trainer, "param")
-        losses, grads = [], {}
+        losses, grad_norms, grads = [], [], {}
         for step in range(case["steps"]):
             out = trainer.forward_backward(step)
             if step == 0:
                 grads = snapshot(trainer, "grad")
             trainer.optimizer_step(step, out)
             losses.append(out["loss"])
+            grad_norms.append(out["grad_norm"])
         params = snapshot(trainer, "param")
         case_dir = out_root / case["name"]
         case_dir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +76,7 @@ def main() -> None:
         (case_dir / f"events{rank}.json").write_text(json.dumps(trainer.runner.events))
         if rank == 0:
             (case_dir / "losses.json").write_text(json.dumps(losses))
+            (case_dir / "grad_norms.json").write_text(json.dumps(grad_norms))
         dist.barrier()
     dist.destroy_process_group()
 
