@@ -14,12 +14,14 @@ define `init_param(self, name, t, g)`; it must fill `t` in place using only `g` 
 import hashlib
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
 __all__ = [
     "INIT_STD",
     "RMSNorm",
+    "fused_linears",
     "init_model_for_testing",
     "init_parameter",
     "local_tensor",
@@ -102,3 +104,27 @@ def local_tensor(t: Tensor) -> Tensor:
     local channels. A no-op for plain tensors; differentiable, so gradients reach the DTensor.
     """
     return t.to_local() if isinstance(t, DTensor) else t
+
+
+def fused_linears(x: Tensor, linears: list[nn.Linear]) -> list[Tensor]:
+    """[lin(x) for lin in linears], computed as ONE GEMM over the concatenated weights.
+
+    Several projections of the same input (q/k/v, Mamba2's z/x/B/C/dt) stay separate Linear
+    modules so tensor parallelism can column-shard each one, but one wide GEMM is faster than
+    several narrow ones (and its backward is one input-gradient GEMM instead of a GEMM per
+    projection plus the sums). The outputs are views of the wide result. The weight concat is a
+    copy of the weights per call, small next to the GEMM on a real batch. Falls back to calling
+    each module where a wrapper owns the Linear's semantics: DTensor weights or input (tensor
+    parallel hooks), or a Linear subclass (e.g. a float8 swap). In fp32 the values equal the
+    separate GEMMs' up to round-off (BLAS may block the wider GEMM differently).
+    """
+    weights = [lin.weight for lin in linears]
+    if (isinstance(x, DTensor) or any(type(lin) is not nn.Linear for lin in linears)
+            or any(isinstance(w, DTensor) for w in weights)):
+        return [lin(x) for lin in linears]
+    has_bias = [lin.bias is not None for lin in linears]
+    if any(has_bias) and not all(has_bias):
+        return [lin(x) for lin in linears]
+    bias = torch.cat([lin.bias for lin in linears]) if all(has_bias) else None
+    out = F.linear(x, torch.cat(weights), bias)
+    return list(out.split([w.shape[0] for w in weights], dim=-1))

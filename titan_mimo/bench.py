@@ -25,6 +25,7 @@ dense when torchtitan is absent; none on CPU).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
@@ -56,6 +57,9 @@ class BenchResult:
     module: str
     model: str
     compile: bool
+    batch: int
+    ac: str
+    loss_kind: str
     step_s: float
     tokens_per_s: float
     images_per_s: float
@@ -76,13 +80,25 @@ def _blocks(module_name: str, model: nn.Module) -> nn.ModuleDict:
     return model.encoder.layers if module_name == "vision" else model.layers
 
 
-def _build(module_name: str, model_name: str, device: torch.device, *, compile_blocks: bool,
+def _checkpointed(module_name: str, model: nn.Module, ac: str) -> list[nn.Module]:
+    """Blocks to activation-checkpoint: none, all ("full"), or the LM's MLP blocks ("mlp")."""
+    blocks = _blocks(module_name, model)
+    if ac == "full":
+        return list(blocks.values())
+    if ac == "mlp" and module_name == "language":
+        return [b for key, b in blocks.items() if model.args.layer_pattern[int(key)] == "-"]
+    return []
+
+
+def _build(module_name: str, model_name: str, device: torch.device, *, compile_blocks: bool, ac: str,
            fsdp_mesh, param_dtype: torch.dtype, overrides: dict) -> nn.Module:
-    """meta build → per-block compile → (FSDP2) → to_empty; weights are set by the caller."""
+    """meta build → per-block AC and compile → (FSDP2) → to_empty; weights are set by the caller."""
     with torch.device("meta"):
         model = build_model(model_name, **overrides)
-    # torchtitan's per-block compile, exactly as the trainer applies it: every block is the
-    # same graph, so the compile cache makes blocks after the first cheap.
+    # torchtitan's per-block AC and compile, exactly as the trainer applies them (AC before
+    # compile on each block): every block of a kind is the same graph, so the compile cache
+    # makes blocks after the first cheap.
+    apply_block_options(_checkpointed(module_name, model, ac), "full", False)
     apply_block_options(list(_blocks(module_name, model).values()), "none", compile_blocks)
     if fsdp_mesh is not None:
         if module_name == "vision":
@@ -163,11 +179,11 @@ def build_modules(args, wl: Workload, device, *, fsdp_mesh, param_dtype) -> dict
     """name → module ("vision" and/or "language"), weights still unset."""
     out = {}
     if args.module in ("language", "model"):
-        out["language"] = _build("language", wl.names[-1], device, compile_blocks=args.compile,
+        out["language"] = _build("language", wl.names[-1], device, compile_blocks=args.compile, ac=args.ac,
                                  fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=lm_overrides(args))
     if args.module in ("vision", "model"):
         over = {"out_dim": model_args(wl.names[-1]).dim} if args.module == "model" else {}
-        out["vision"] = _build("vision", wl.names[0], device, compile_blocks=args.compile,
+        out["vision"] = _build("vision", wl.names[0], device, compile_blocks=args.compile, ac=args.ac,
                                fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=over)
     return out
 
@@ -190,20 +206,27 @@ def make_batch(args, modules: dict[str, nn.Module], device) -> dict[str, torch.T
     return batch
 
 
-def step_loss(modules: dict[str, nn.Module], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def step_loss(modules: dict[str, nn.Module], batch: dict[str, torch.Tensor], loss_kind: str = "logits") -> torch.Tensor:
+    """The step's loss. "logits": logits out of the model, then F.cross_entropy on their fp32
+    copy (what the trainer's schedule does today); "fused": the model's chunked head + CE
+    (`HybridLM.forward(labels=...)`), which never holds the whole logits."""
     if "language" not in modules:
         emb_ND = modules["vision"](batch["images"])
         return emb_ND.float().square().mean()
     lm = modules["language"]
+    merge_args = []
     if "vision" in modules:
         placeholder = lm.args.vocab_size - 1
         lm.input_merge = lambda h, tok, emb: merge_embeddings(h, tok, {placeholder: emb})
-        logits = lm(batch["tokens"], modules["vision"](batch["images"]))
-    else:
-        logits = lm(batch["tokens"])
+        merge_args = [modules["vision"](batch["images"])]
     # Summed per token, divided by the count of loss tokens: the trainer's normalisation.
-    labels = batch["labels"].flatten()
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels, ignore_index=-100, reduction="sum")
+    labels = batch["labels"]
+    if loss_kind == "fused":
+        loss = lm(batch["tokens"], *merge_args, labels=labels)
+    else:
+        logits = lm(batch["tokens"], *merge_args)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                               reduction="sum")
     return loss / (labels != -100).sum()
 
 
@@ -213,11 +236,11 @@ def _sync(device) -> None:
 
 
 def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, autocast_dtype,
-               profile: bool = False):
+               profile: bool = False, loss_kind: str = "logits"):
     """Warm up, then time `steps` full training steps; returns (seconds per step, last loss)."""
     def one_step():
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = step_loss(modules, batch)
+            loss = step_loss(modules, batch, loss_kind)
         loss.backward()
         for opt in optimizers:
             opt.step()
@@ -279,11 +302,13 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     batch = make_batch(args, modules, device)
     autocast = param_dtype if (bare and param_dtype != torch.float32) else None
     step_s, loss = time_steps(modules, batch, optimizers, device, warmup=args.warmup, steps=args.steps,
-                              autocast_dtype=autocast, profile=args.profile and not bare)
+                              autocast_dtype=autocast, profile=args.profile and not bare,
+                              loss_kind=args.loss)
     peak = peak_flops(device)
     tflops = wl.flops_per_step / step_s
     result = BenchResult(
         run="bare" if bare else "titan_mimo", module=args.module, model=args.model, compile=args.compile,
+        batch=args.batch, ac=args.ac, loss_kind=args.loss,
         step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
         tflops=tflops / 1e12, mfu=tflops / peak if peak else None,
         peak_mem_gib=(torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else 0.0,
@@ -299,9 +324,20 @@ def fmt(r: BenchResult) -> str:
     rate = (f"tokens/s={r.tokens_per_s:,.0f} " if r.tokens_per_s else "") + \
            (f"images/s={r.images_per_s:.2f} " if r.images_per_s else "")
     mfu = f"MFU={100 * r.mfu:.1f}% " if r.mfu is not None else ""
-    return (f"[{r.run:10s}] {r.module} {r.model} {'compile' if r.compile else 'eager'}: "
+    return (f"[{r.run:10s}] {r.module} {r.model} b={r.batch} {'compile' if r.compile else 'eager'} "
+            f"ac={r.ac} loss={r.loss_kind}: "
             f"step={r.step_s * 1e3:.1f} ms {rate}{r.tflops:.1f} TFLOP/s {mfu}"
             f"peak_mem={r.peak_mem_gib:.1f} GiB loss={r.loss:.4f}")
+
+
+def sdpa_backend(name: str):
+    """Context restricting SDPA to one backend ("auto": PyTorch's own choice). Compiled blocks
+    pick their SDPA kernel while tracing, which happens inside this context (warm-up)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                        "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name])
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -325,12 +361,13 @@ def run(argv: list[str] | None = None) -> dict:
               f"dtype={args.dtype} compile={args.compile} device={device} "
               f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) "
               f"torch={torch.__version__} flops/step={wl.flops_per_step:.4g}", flush=True)
-        trainer, state = run_one(args, wl, device, bare=False, state=None)
-        print(fmt(trainer), flush=True)
-        bare = None
-        if not args.no_bare:
-            bare, _ = run_one(args, wl, device, bare=True, state=state)
-            print(fmt(bare), flush=True)
+        with sdpa_backend(args.sdpa):
+            trainer, state = run_one(args, wl, device, bare=False, state=None)
+            print(fmt(trainer), flush=True)
+            bare = None
+            if not args.no_bare:
+                bare, _ = run_one(args, wl, device, bare=True, state=state)
+                print(fmt(bare), flush=True)
         overhead = trainer.step_s / bare.step_s - 1 if bare else None
         if overhead is not None:
             print(f"trainer overhead vs bare loop: {100 * overhead:+.1f}%", flush=True)
@@ -354,6 +391,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=8192, help="LM sequence length")
     p.add_argument("--image", type=int, default=1024, help="square image side in pixels")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
+    p.add_argument("--ac", choices=["none", "full", "mlp"], default="none",
+                   help="activation checkpointing: every block ('full') or the LM's MLP blocks ('mlp')")
+    p.add_argument("--loss", choices=["logits", "fused"], default="logits",
+                   help="'fused': chunked head + cross-entropy in the LM (no whole-batch logits)")
+    p.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient", "math"], default="auto",
+                   help="restrict F.scaled_dot_product_attention to one backend")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..common import fused_linears
 from .args import HybridLMArgs
 
 __all__ = ["Attention", "apply_rope", "rope_cos_sin"]
@@ -48,9 +49,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
     def forward(self, x_BSD: Tensor) -> Tensor:
-        q = self.wq(x_BSD)
-        k = self.wk(x_BSD)
-        v = self.wv(x_BSD)
+        q, k, v = fused_linears(x_BSD, [self.wq, self.wk, self.wv])
         # b, s and head counts come from the projections, not from x or args: under sequence
         # parallelism x holds a slice of the sequence, under tensor parallelism q a slice of heads.
         b, s = q.shape[:2]

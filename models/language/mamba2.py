@@ -1,9 +1,10 @@
 """Mamba2 mixer in pure PyTorch (the reference path; GPU kernels replace only the SSD scan).
 
 Projections are separate Linear layers (z, x, B, C, dt) rather than mamba-ssm's single fused
-in_proj, so tensor parallelism can shard heads and groups by plain column sharding; likewise one
-depthwise conv per stream (x, B, C), which is mathematically identical to mamba-ssm's conv over
-the concatenated xBC because a depthwise conv treats channels independently.
+in_proj, so tensor parallelism can shard heads and groups by plain column sharding; without
+tensor parallelism they still run as one GEMM (`fused_linears`). Likewise one depthwise conv per
+stream (x, B, C), which is mathematically identical to mamba-ssm's conv over the concatenated xBC
+because a depthwise conv treats channels independently.
 
 Shape legend:
     B batch, S sequence, D model dim, H SSM heads, P head dim, G groups, N state size,
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..common import local_tensor
+from ..common import fused_linears, local_tensor
 from .args import HybridLMArgs
 from .ssd_kernels import ssd_function
 
@@ -38,6 +39,8 @@ class DepthwiseCausalConv1d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x_BSC: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return self._shifted_sum(x_BSC)
         seq_len, channels = x_BSC.shape[1:]
         # Pad K-1 on both sides and keep the first S outputs: output t sees inputs t-K+1..t only.
         # groups comes from the input so a tensor-parallel shard of the channels works unchanged.
@@ -49,6 +52,24 @@ class DepthwiseCausalConv1d(nn.Module):
             groups=channels,
         )
         return y_BCS[..., :seq_len].transpose(1, 2)
+
+    def _shifted_sum(self, x_BSC: Tensor) -> Tensor:
+        """The same convolution as K shifted multiply-adds on [B, S, C], in float32.
+
+        Used under torch.compile (the eager path keeps cuDNN/ATen's conv1d, so eager numerics are
+        unchanged): Inductor fuses the padding, the K products, the bias and the caller's SiLU into
+        one kernel with no [B, C, S] transposes, where ATen's depthwise conv (a generic
+        conv_depthwise2d kernel plus layout copies) was ~5% of the hybrid's GPU time.
+        Runs in at least float32; equal to the conv up to round-off (summation order).
+        """
+        k, seq_len = self.kernel_size, x_BSC.shape[1]
+        dtype = torch.promote_types(x_BSC.dtype, torch.float32)
+        w_CK = local_tensor(self.weight)[:, 0, :].to(dtype)
+        xp_BSC = F.pad(x_BSC.to(dtype), (0, 0, k - 1, 0))
+        y_BSC = local_tensor(self.bias).to(dtype) + xp_BSC[:, 0:seq_len] * w_CK[:, 0]
+        for j in range(1, k):
+            y_BSC = y_BSC + xp_BSC[:, j:j + seq_len] * w_CK[:, j]
+        return y_BSC.to(x_BSC.dtype)
 
     def init_param(self, name: str, t: Tensor, g: torch.Generator) -> None:
         # nn.Conv1d's default (kaiming_uniform with a=sqrt(5)), which is what mamba-ssm keeps:
@@ -113,12 +134,13 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(d_inner, args.dim, bias=False)
 
     def forward(self, u_BSD: Tensor) -> Tensor:
-        z_BSI = self.in_proj_z(u_BSD)
-        x_BSI = F.silu(self.conv_x(self.in_proj_x(u_BSD)))
-        B_BSC = F.silu(self.conv_B(self.in_proj_B(u_BSD)))
-        C_BSC = F.silu(self.conv_C(self.in_proj_C(u_BSD)))
+        z_BSI, x_BSI, B_BSC, C_BSC, dt_BSH = fused_linears(
+            u_BSD, [self.in_proj_z, self.in_proj_x, self.in_proj_B, self.in_proj_C, self.in_proj_dt])
+        x_BSI = F.silu(self.conv_x(x_BSI))
+        B_BSC = F.silu(self.conv_B(B_BSC))
+        C_BSC = F.silu(self.conv_C(C_BSC))
         # softplus in float32: dt spans 1e-3..1e-1 and feeds exp(dt * A) in the scan.
-        dt_BSH = F.softplus((self.in_proj_dt(u_BSD) + local_tensor(self.dt_bias)).float())
+        dt_BSH = F.softplus((dt_BSH + local_tensor(self.dt_bias)).float())
         # Local head/group counts come from the projected shapes: under tensor parallelism this
         # rank holds a slice of the heads, not args.mamba_n_heads.
         b, s, h = dt_BSH.shape

@@ -10,9 +10,11 @@ Shape legend: B batch, S sequence, D model dim, V vocab size.
 from collections.abc import Callable
 
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from .args import HybridLMArgs
 from .attention import Attention
+from .loss import linear_cross_entropy_sum
 from .mamba2 import Mamba2Mixer
 from .mlp import MLP
 
@@ -98,20 +100,42 @@ class HybridLM(nn.Module):
             return self.output(h_BSD)
         return h_BSD
 
-    def forward(self, x: Tensor, *merge_args: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *merge_args: Tensor, labels: Tensor | None = None) -> Tensor:
         """Tokens [B, S] → logits [B, S, V] on a full model; on a stage, hidden states in/out.
+
+        With `labels` [B, S] (full model only): the summed float32 cross-entropy of the labelled
+        positions instead of the logits, through `linear_cross_entropy_sum`, which never holds the
+        whole [B, S, V] logits (the memory that decides the batch size of a big-vocabulary model).
 
         If `input_merge` is set (a plain callable, not a submodule), the embedded tokens pass
         through `input_merge(h_BSD, tokens_BS, *merge_args)` before the layers: that is where a
         multimodal composite scatters encoder embeddings into the placeholder positions, inside
         this module's forward so parallel wrappers (FSDP's root hooks) see one forward call.
         """
+        if labels is not None:
+            return self._loss_sum(x, merge_args, labels)
         if self.tok_embeddings is None:
             return self.forward_hidden(x)
-        h_BSD = self.embed(x)
+        return self.forward_hidden(self._embed_merged(x, merge_args))
+
+    def _embed_merged(self, tokens_BS: Tensor, merge_args: tuple[Tensor, ...]) -> Tensor:
+        h_BSD = self.embed(tokens_BS)
         if self.input_merge is not None:
-            h_BSD = self.input_merge(h_BSD, x, *merge_args)
-        return self.forward_hidden(h_BSD)
+            h_BSD = self.input_merge(h_BSD, tokens_BS, *merge_args)
+        return h_BSD
+
+    def _loss_sum(self, tokens_BS: Tensor, merge_args: tuple[Tensor, ...], labels_BS: Tensor) -> Tensor:
+        if self.tok_embeddings is None or self.norm is None or self.output is None:
+            raise ValueError("forward(labels=...) needs the full model (embedding, norm and head); "
+                             "a pipeline stage returns hidden states or logits")
+        if isinstance(self.output.weight, DTensor):
+            raise ValueError("forward(labels=...) does not support a tensor-parallel output head; "
+                             "compute the loss from the logits (forward without labels)")
+        h_BSD = self._embed_merged(tokens_BS, merge_args)
+        for layer in self.layers.values():
+            h_BSD = layer(h_BSD)
+        h_BSD = self.norm(h_BSD)
+        return linear_cross_entropy_sum(h_BSD.flatten(0, 1), self.output.weight, labels_BS.flatten())
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

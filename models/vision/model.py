@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..common import INIT_STD
+from ..common import INIT_STD, fused_linears
 from .args import ViTArgs
 from .projector import Projector
 
@@ -41,7 +41,7 @@ class ViTAttention(nn.Module):
         self.wo = nn.Linear(dim, dim)
 
     def forward(self, x_BTD: Tensor, attn_mask_TT: Tensor | None = None) -> Tensor:
-        q, k, v = self.wq(x_BTD), self.wk(x_BTD), self.wv(x_BTD)
+        q, k, v = fused_linears(x_BTD, [self.wq, self.wk, self.wv])
         # Head count from the projection: under tensor parallelism q holds a slice of the heads.
         b, t = q.shape[:2]
         q, k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2) for y in (q, k, v))

@@ -90,3 +90,12 @@ def test_gated_norm_is_groupwise():
     y2 = y.clone()
     y2[..., :4] *= 10
     assert torch.allclose(norm(y2, z, 2)[..., 4:], out[..., 4:])
+
+
+def test_depthwise_conv_shifted_sum_equals_conv1d():
+    # The form torch.compile runs (K shifted multiply-adds) matches the eager conv1d.
+    conv = DepthwiseCausalConv1d(6, 4)
+    init_model_for_testing(conv, 1)
+    x = torch.randn(2, 9, 6, dtype=torch.float64)
+    conv = conv.double()
+    torch.testing.assert_close(conv._shifted_sum(x), conv(x), rtol=1e-12, atol=1e-12)
