@@ -7,3 +7,6 @@ ln -sfn "$PWD/models" titan_mimo/models; ln -sfn "$PWD/torchtitan_ext" titan_mim
 export PYTHONPATH=/tmp/site:$PWD/.whl/mamba_src:$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+# mamba-ssm's Triton autotuning takes ~2 min per new shape: keep its results on disk so later
+# processes of the same call reuse them.
+export TRITON_CACHE_AUTOTUNING=1

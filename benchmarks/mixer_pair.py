@@ -72,10 +72,15 @@ init_model_for_testing(ours, 0)
 ours = ours.cuda().bfloat16()
 t_eager, _ = timeit(ours)
 report("titan_mimo Mamba2Mixer eager", t_eager)
+with torch.no_grad():
+    y_eager = ours(u).float()
 ours.compile()
 t0 = time.perf_counter()
 t_comp, comp_step = timeit(ours)
 report(f"titan_mimo Mamba2Mixer compiled (compile {time.perf_counter() - t0:.0f} s incl. timing)", t_comp)
+with torch.no_grad():
+    y_comp = ours(u).float()
+print(f"compiled vs eager output: relative L2 error {((y_comp - y_eager).norm() / y_eager.norm()).item():.2e}")
 print(f"ratio vs mamba-ssm layer: eager {t_peer / t_eager:.2f}x, compiled {t_peer / t_comp:.2f}x (target 1.5x)",
       flush=True)
 if "--profile" in sys.argv:
