@@ -170,8 +170,9 @@ class Parallelism:
 
 @dataclass(kw_only=True)
 class Data:
-    dataset: Literal["mock"] = "mock"
-    """Data source; "mock" is the seeded synthetic image-caption task."""
+    dataset: Literal["mock", "local"] = "mock"
+    """Data source: "mock" (the seeded synthetic image-caption task) or "local" (image-text
+    records from local files: `sources`, `tokenizer`; see docs/data.md)."""
     image_sizes: list[list[int]] = field(default_factory=lambda: [[16, 16]])
     """Image sizes [height, width] the mock data draws from, per sample."""
     num_values: int = 16
@@ -180,6 +181,52 @@ class Data:
     """Mock task: fraction of samples that carry no image."""
     pad_id: int = 0
     """Padding token id (never in the text pool; its labels are -100)."""
+    sources: list[str] = field(default_factory=list)
+    """Local data: training datasets, each a .jsonl file, a .parquet file (needs pyarrow) or
+    .tar shards (a glob such as "data/shards/*.tar"); several are mixed by `weights`."""
+    weights: list[float] = field(default_factory=list)
+    """Local data: mixing weight per source (any scale); empty = proportional to record counts."""
+    validation_sources: list[str] = field(default_factory=list)
+    """Local data: held-out datasets for validation (read in order, not shuffled)."""
+    tokenizer: str = ""
+    """Local data: path of a Hugging Face tokenizer.json."""
+    image_token: str = "<image>"
+    """Local data: the tokenizer's image placeholder token (its id must be the encoder's
+    placeholder_id) and the marker that places images in the text."""
+    pad_token: str = "<pad>"
+    """Local data: the tokenizer's padding token (its id must be pad_id)."""
+    bos_token: str = "<s>"
+    """Local data: token that starts every record; empty for none."""
+    eos_token: str = "</s>"
+    """Local data: token that ends captions and assistant turns (and is trained); empty for none."""
+    resize: Literal["dynamic", "fixed"] = "dynamic"
+    """Local data: "dynamic" keeps the aspect ratio within [min_pixels, max_pixels], sides rounded
+    to multiples of patch_size * pixel_shuffle; "fixed" resizes every image to fixed_size."""
+    fixed_size: list[int] = field(default_factory=lambda: [16, 16])
+    """Local data, resize = "fixed": [height, width] of every image."""
+    min_pixels: int = 256
+    """Local data, resize = "dynamic": smallest image area after resizing."""
+    max_pixels: int = 1024
+    """Local data, resize = "dynamic": largest image area after resizing (bounds image tokens)."""
+    max_aspect_ratio: float = 20.0
+    """Local data: images more elongated than this are skipped."""
+    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    """Local data: per-channel mean subtracted after scaling pixels to [0, 1]."""
+    image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    """Local data: per-channel standard deviation the pixels are divided by."""
+    pack: bool = False
+    """Local data: pack several records per sequence (first fit of pack_max_records candidates)."""
+    pack_max_records: int = 8
+    """Local data, pack = true: candidate records per packed sequence."""
+    balance_patches: bool = False
+    """Local data: reorder samples inside each micro-batch so every encoder dp rank gets a similar
+    number of image tokens (losses then match other encoder dp sizes to round-off, not bitwise)."""
+    max_skips: int = 100
+    """Local data: consecutive bad records tolerated for one sample before the run stops."""
+    num_workers: int = 2
+    """Local data: data-loader worker processes per rank (0 = load in the training process)."""
+    prefetch_steps: int = 2
+    """Local data: steps each worker prepares ahead."""
 
     def __post_init__(self) -> None:
         if not self.image_sizes or any(len(s) != 2 or min(s) < 1 for s in self.image_sizes):
@@ -188,6 +235,31 @@ class Data:
             raise ValueError(f"num_values = {self.num_values} must be >= 2")
         if not 0.0 <= self.text_only_fraction <= 1.0:
             raise ValueError(f"text_only_fraction = {self.text_only_fraction} must be in [0, 1]")
+        if self.dataset == "local":
+            if not self.sources:
+                raise ValueError('dataset = "local" needs sources (paths of .jsonl/.parquet files or .tar shards)')
+            if not self.tokenizer:
+                raise ValueError('dataset = "local" needs tokenizer (path of a tokenizer.json)')
+        if self.dataset == "mock" and (self.balance_patches or self.pack):
+            raise ValueError('balance_patches and pack apply to dataset = "local" only')
+        if self.weights and len(self.weights) != len(self.sources):
+            raise ValueError(f"weights has {len(self.weights)} entries for {len(self.sources)} sources")
+        if any(w < 0 for w in self.weights) or (self.weights and sum(self.weights) <= 0):
+            raise ValueError(f"weights = {self.weights} must be >= 0 with a positive sum")
+        if len(self.fixed_size) != 2 or min(self.fixed_size) < 1:
+            raise ValueError(f"fixed_size = {self.fixed_size} must be [height, width]")
+        if not 1 <= self.min_pixels <= self.max_pixels:
+            raise ValueError(f"min_pixels = {self.min_pixels} and max_pixels = {self.max_pixels} "
+                             "need 1 <= min_pixels <= max_pixels")
+        if self.max_aspect_ratio < 1:
+            raise ValueError(f"max_aspect_ratio = {self.max_aspect_ratio} must be >= 1")
+        if any(s <= 0 for s in self.image_std):
+            raise ValueError(f"image_std = {self.image_std} must be > 0")
+        for name in ("pack_max_records", "prefetch_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be >= 1")
+        if self.max_skips < 0 or self.num_workers < 0:
+            raise ValueError(f"max_skips = {self.max_skips} and num_workers = {self.num_workers} must be >= 0")
 
 
 @dataclass(kw_only=True)

@@ -48,6 +48,10 @@ class Sample:
     """[S] int64 next-token targets, -100 where nothing is predicted."""
     images: dict[str, list[Tensor]]
     """Per encoder name: the sample's images, each [C, H, W] float32 (0 or 1 image)."""
+    skipped: int = 0
+    """Records rejected (bad or too long) before this sample's record was found (real data)."""
+    blank_images: int = 0
+    """Images whose pixels failed to decode and were replaced by blanks (real data)."""
 
 
 @dataclass(kw_only=True)
@@ -58,6 +62,10 @@ class Batch:
     """[B, S]"""
     images: dict[str, list[Tensor]]
     """Per encoder: images of all samples in slot order."""
+    skipped: int = 0
+    """Sum of the samples' `skipped`."""
+    blank_images: int = 0
+    """Sum of the samples' `blank_images`."""
 
 
 def _generator(*keys: int | str) -> torch.Generator:
