@@ -2,8 +2,10 @@
 colocated run. One torchrun launch per world size runs all its layouts; each is compared with
 the single-rank reference on step-0 gradients, per-step losses and final parameters.
 
-Also here, because it reads the same runs: the schedule-order check (encoder forward of i+1
-overlaps the language model's work on i; encoder backward of i runs before its last forward).
+Also here, because they read the same runs: validation (forward-only through the same schedule)
+gives the single-rank loss in every layout; the schedule-order check (encoder forward of i+1
+overlaps the language model's work on i; encoder backward of i runs before its last forward);
+the pipeline-bubble and bridge-wait metrics.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ BF16 = ("bf16_dp2_dp2", 4, "base", {"training.mixed_precision": "bf16"})
 # later position has a label) get ~1e-8 of reduction-order round-off in some layouts; AdamW
 # with eps 1e-8 turns that into a near-full lr step. eps 1e-6 keeps such updates at round-off
 # size in every layout alike, so the comparison measures the layout, not Adam's amplification.
-TEST_OVERRIDES = {"optimizer.eps": 1e-6}
+TEST_OVERRIDES = {"optimizer.eps": 1e-6, "validation.enable": True, "validation.steps": 1}
 
 
 def _case(name: str, ref: str, extra: dict) -> dict:
@@ -79,6 +81,7 @@ def _load(out: Path, name: str) -> dict:
             merged[k].update(part[k])
     merged["losses"] = json.loads((case_dir / "losses.json").read_text())
     merged["grad_norms"] = json.loads((case_dir / "grad_norms.json").read_text())
+    merged["metrics"] = json.loads((case_dir / "metrics.json").read_text())
     merged["events"] = {int(f.stem[6:]): json.loads(f.read_text()) for f in case_dir.glob("events*.json")}
     return merged
 
@@ -129,6 +132,37 @@ def test_layout_final_params_match_single_rank(runs: Path, layout: str) -> None:
     for fqn, p in ref["params"].items():
         diff = float((got["params"][fqn] - p).abs().max())
         assert diff <= 1e-3, f"{layout}: final {fqn} differs by {diff}"
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_validation_loss_matches_single_rank(runs: Path, layout: str) -> None:
+    """Forward-only evaluation on the held-out split, run between training steps 1 and 2."""
+    _, ref_name, _ = LAYOUTS[layout]
+    got, ref = _load(runs, layout), _load(runs, f"ref_{ref_name}")
+    a, b = got["metrics"]["val_loss"], ref["metrics"]["val_loss"]
+    assert abs(a - b) <= 1e-5 * abs(b), f"{layout}: val_loss {a} vs {b}"
+    # Held out: not the training batch's loss (evaluated after step 1, between losses 1 and 2).
+    assert 0 < b < 10 and b not in ref["losses"]
+
+
+PIPELINED = {"pp2_1f1b": 1 / 5, "pp2_gpipe": 1 / 5, "pp2_interleaved": 1 / 9}
+"""(p - 1) / (v m + p - 1) with p = 2 ranks, m = 4 micro-batches, v stages per rank."""
+
+
+@pytest.mark.parametrize("layout", ["ref_base", "dp2_dp2", "tp2_tp2_sp", *PIPELINED])
+def test_bubble_and_bridge_wait_metrics(runs: Path, layout: str) -> None:
+    rec = _load(runs, layout)["metrics"]
+    assert rec["step"] == STEPS and rec["step_time_s"] > 0
+    if layout in PIPELINED:
+        assert rec["bubble_fraction_theory"] == pytest.approx(PIPELINED[layout])
+        # Each language rank waits on its neighbour at least during the ramp-up/down.
+        assert 0 < rec["bubble_fraction"] < 1 and 0 < rec["bubble_s"] < rec["step_time_s"]
+    else:
+        assert rec["bubble_s"] == rec["bubble_fraction"] == rec["bubble_fraction_theory"] == 0
+    if layout == "ref_base":  # colocated: no bridge
+        assert rec["bridge_wait_s"] == 0
+    else:  # encoder ranks block on every returning gradient
+        assert 0 < rec["bridge_wait_s"] < rec["step_time_s"]
 
 
 @pytest.mark.parametrize("layout", ["fan_in", "pp2_interleaved", "tp2_tp2_sp", "lm_dp2_tp2"])

@@ -1,6 +1,43 @@
 """The one place private torch APIs are used. Checked on torch 2.13 (CPU); torch 2.11 (GPU)
 ships the same names."""
 
+import functools
+import time
+from collections.abc import Callable
+
 from torch.distributed._composable import checkpoint as composable_checkpoint
 
-__all__ = ["composable_checkpoint"]
+__all__ = ["composable_checkpoint", "time_stage_work"]
+
+# The methods a torch.distributed.pipelining schedule calls on a stage to do that stage's own
+# work for one micro-batch (forward; backward, or its input and weight halves) and, once per
+# step, its data-parallel gradient reduction. Between these calls a schedule only posts and
+# waits on point-to-point transfers with the neighbouring stages.
+_STAGE_WORK = ("forward_one_chunk", "backward_one_chunk", "backward_weight_one_chunk", "perform_reduce_grad")
+
+
+def time_stage_work(stage, add_seconds: Callable[[float], None]) -> None:
+    """Report the wall time of every call a schedule makes into `stage`'s own work.
+
+    Schedules look these methods up on the stage object, so instance attributes shadow them.
+    Only the outermost call is timed (some versions implement one of them through another);
+    a method a torch version lacks is skipped (its work then happens inside another one).
+    """
+    depth = [0]
+    for name in _STAGE_WORK:
+        method = getattr(stage, name, None)
+        if method is None:
+            continue
+
+        @functools.wraps(method)
+        def timed(*args, _method=method, **kwargs):
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    add_seconds(time.perf_counter() - t0)
+
+        setattr(stage, name, timed)

@@ -11,6 +11,12 @@
   each arriving gradient is back-propagated before the next forward, so encoder forward of i+1
   overlaps the language model's work on i and encoder backward of i starts as soon as its
   gradient returns.
+- Evaluation (`train=False`) runs the same path forward-only under `no_grad`: no gradient
+  crosses the bridge, so encoders send every micro-batch's embeddings without waiting.
+
+Each run records where this rank's time went (`StepTiming`): waiting on the bridge, and, on
+pipelined language ranks, the pipeline bubble = the schedule's wall time minus the time spent
+inside this rank's own stage work (forward, backward, gradient reduction).
 
 Legend: B samples of a micro-batch on this rank, S sequence, D language hidden, N image tokens.
 """
@@ -28,6 +34,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 
 from titan_mimo.bridge import Bridge
 from titan_mimo.build import BuiltModule
+from titan_mimo.compat import time_stage_work
 from titan_mimo.data.mock import IGNORE_INDEX, Batch
 from titan_mimo.models import merge_embeddings
 from titan_mimo.models.language.parallelize import scatter_sequence
@@ -55,6 +62,39 @@ class StepData:
     """Language ranks: tokens/labels of this rank's language dp slots, per micro-batch."""
     images: dict[str, list[Batch]] = field(default_factory=dict)
     """Encoder ranks: per encoder, a batch of this rank's encoder dp slots, per micro-batch."""
+
+
+@dataclass(kw_only=True)
+class StepTiming:
+    """Where one run's wall time went on this rank (seconds)."""
+
+    run_s: float = 0.0
+    """The whole run: every role's forward (+ backward) of every micro-batch."""
+    bridge_wait_s: float = 0.0
+    """Blocked on bridge receives (embeddings on the language first stage, gradients on encoders)."""
+    schedule_s: float = 0.0
+    """Inside the language model's pipeline schedule (0 unless this rank is a pp > 1 language rank)."""
+    stage_work_s: float = 0.0
+    """Inside this rank's own stage work within the schedule; includes the first stage's bridge
+    waits, since the bridge is received inside the stage forward."""
+
+    @property
+    def bubble_s(self) -> float:
+        """Idle in the pipeline schedule: waiting for neighbouring stages' activations/gradients."""
+        return max(0.0, self.schedule_s - self.stage_work_s)
+
+    @property
+    def bubble_fraction(self) -> float:
+        return self.bubble_s / self.schedule_s if self.schedule_s > 0 else 0.0
+
+
+def theoretical_bubble_fraction(lm_pp: int, n_microbatches: int, stages_per_rank: int = 1) -> float:
+    """Idle share of a pipeline rank with equal stage times and free communication:
+    (p - 1) / (v m + p - 1) for p ranks, m micro-batches, v stages per rank (GPipe and 1F1B:
+    v = 1; Interleaved1F1B divides the ramp by v). 0 without pipelining."""
+    if lm_pp <= 1:
+        return 0.0
+    return (lm_pp - 1) / (stages_per_rank * n_microbatches + lm_pp - 1)
 
 
 def encoder_lead(schedule_name: str, lm_pp: int, n_microbatches: int) -> int:
@@ -105,6 +145,10 @@ class StepRunner:
         self.zero_embeddings = zero_embeddings
         self.global_tokens = 1.0
         self.data = StepData()
+        self.timing = StepTiming()
+        """Of the last run; `train_timing` of the last training run."""
+        self.train_timing = StepTiming()
+        self._stage_work_s = 0.0
         self.events: list[tuple[str, str, int, float]] = []
         """(module, op, micro-batch, wall time) of the last step, in the order this rank ran them;
         the time is when a language forward starts and when any other op ends."""
@@ -120,11 +164,16 @@ class StepRunner:
                 stages = [PipelineStage(part, sid, lm.n_stages, device, group=pp_group,
                                         **stage_shapes[sid])
                           for part, sid in zip(lm.parts, lm.stage_ids)]
+                for stage in stages:
+                    time_stage_work(stage, self._add_stage_work)
                 cls = SCHEDULES[schedule_name]
                 self.schedule = cls(stages if len(stages) > 1 or cls is ScheduleInterleaved1F1B else stages[0],
                                     n_microbatches, loss_fn=self._loss_fn, scale_grads=False)
                 self.holds_first = 0 in lm.stage_ids
                 self.holds_last = lm.n_stages - 1 in lm.stage_ids
+
+    def _add_stage_work(self, seconds: float) -> None:
+        self._stage_work_s += seconds
 
     # ---- language side -----------------------------------------------------------------------
 
@@ -179,10 +228,15 @@ class StepRunner:
         losses: list[Tensor] = []
         if self.holds_last:
             kwargs = {"target": torch.cat([b.labels for b in text]).to(self.device), "losses": losses}
+        t0 = time.perf_counter()
         if train:
             self.schedule.step(*args, **kwargs)
         else:
-            self.schedule.eval(*args, **kwargs)
+            # Pipelining's eval only skips the backward; no_grad also keeps it from building
+            # graphs (and the bridge from arming its gradient send).
+            with torch.no_grad():
+                self.schedule.eval(*args, **kwargs)
+        self.timing.schedule_s = time.perf_counter() - t0
         return float(sum(l.detach() for l in losses)) if losses else 0.0
 
     # ---- encoder side ------------------------------------------------------------------------
@@ -219,14 +273,22 @@ class StepRunner:
         """Forward (+ backward) of all micro-batches; returns this rank's loss contribution."""
         self.data, self.global_tokens = data, global_tokens
         self.events = []
+        self.timing, self._stage_work_s = StepTiming(), 0.0
+        bridges = [role.bridge for role in self.encoders.values() if role.bridge is not None]
+        wait0 = sum(b.stats.wait_s for b in bridges)
+        t0 = time.perf_counter()
         loss = 0.0
         for name, role in self.encoders.items():
             if role.bridge is not None and role.module is not None:
                 self._run_encoder(name, train)
         if self.language is not None:
             loss = self._run_language(train)
-        for role in self.encoders.values():
-            if role.bridge is not None:
-                role.bridge.wait_sends()
+        for bridge in bridges:
+            bridge.wait_sends()
+        self.timing.run_s = time.perf_counter() - t0
+        self.timing.bridge_wait_s = sum(b.stats.wait_s for b in bridges) - wait0
+        self.timing.stage_work_s = self._stage_work_s
+        if train:
+            self.train_timing = self.timing
         return loss
 

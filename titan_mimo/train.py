@@ -24,7 +24,7 @@ from titan_mimo.data.mock import EncoderSpec, MockImageCaption
 from titan_mimo.data.plan import SamplePlan
 from titan_mimo.distributed import env_world_size, init_distributed, pick_device, world_max, world_sum
 from titan_mimo.metrics import MetricsWriter, memory_gib, peak_flops
-from titan_mimo.schedule import EncoderRole, StepData, StepRunner
+from titan_mimo.schedule import EncoderRole, StepData, StepRunner, theoretical_bubble_fraction
 from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, count_loss_tokens,
                              language_lr_schedule, local_grad_sq, scale_grads)
 from titan_mimo.topology import Topology, build_topology, resolve_placements
@@ -141,6 +141,10 @@ class Trainer:
         return out
 
     def evaluate(self, step: int) -> float:
+        """Validation loss: the mean over `validation.steps` held-out batches of each batch's
+        token-mean loss, forward-only through the same schedule and bridges as training (so
+        every layout gives the single-rank value). The batches are the same at every
+        evaluation, so values compare across steps. Every rank calls this (world reductions)."""
         total = 0.0
         for k in range(self.cfg.validation.steps):
             data = self.load_step(k, "validation")
@@ -165,20 +169,24 @@ class Trainer:
                     f += sum(self.flop_counters[name].flops_per_image(*im.shape[-2:])
                              for im in batch.images[name])
             flops_local.append(f)
-        bridge_wait = 0.0
-        for role in self.runner.encoders.values():
-            if role.bridge is not None:
-                bridge_wait += role.bridge.stats.wait_s
-                role.bridge.stats.wait_s = 0.0
+        # Of this step (the last training run), not accumulated since the last logged step.
+        timing = self.runner.train_timing
+        lm_place = topo.placements[cfg.language_name]
+        bubble = [timing.bubble_s, timing.bubble_fraction] if cfg.language_name in self.modules else [0.0, 0.0]
         mem = [memory_gib(self.device) if n in self.modules else 0.0 for n in names]
-        sums = world_sum(flops_local, self.device)
-        maxes = world_max(mem + [bridge_wait, out["time"]], self.device)
+        sums = world_sum(flops_local + bubble, self.device)
+        maxes = world_max(mem + [timing.bridge_wait_s, out["time"]], self.device)
         step_time = maxes[-1]
         peak = peak_flops(self.device, cfg.metrics.peak_tflops)
         tokens = cfg.training.global_batch_size * cfg.training.seq_len
         record = {"step": step + 1, "loss": out["loss"], "grad_norm": out["grad_norm"],
                   "lr": self.lr_at(step), "tokens_per_s": tokens / step_time, "step_time_s": step_time,
-                  "bridge_wait_s": maxes[-2], "loss_tokens": out["global_tokens"], "modules": {}}
+                  "bridge_wait_s": maxes[-2], "loss_tokens": out["global_tokens"],
+                  # Mean over the language model's ranks; 0 without pipeline parallelism.
+                  "bubble_s": sums[-2] / lm_place.size, "bubble_fraction": sums[-1] / lm_place.size,
+                  "bubble_fraction_theory": theoretical_bubble_fraction(
+                      lm_place.pp, topo.n_microbatches, cfg.parallelism.stages_per_rank),
+                  "modules": {}}
         for i, name in enumerate(names):
             size = topo.placements[name].size
             if name == cfg.language_name:

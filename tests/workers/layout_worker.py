@@ -1,6 +1,9 @@
 """Runs a list of training cases in one torchrun launch and saves what the layout tests compare:
-per-step losses (rank 0), full step-0 gradients and full final parameters (one writer rank per
-module stage), and each rank's schedule events.
+per-step losses and gradient norms (rank 0), full step-0 gradients and full final parameters (one
+writer rank per module stage), each rank's schedule events of the last step, the last step's
+metrics record and, when `validation.enable`, the validation loss evaluated after the first step
+(between training steps, as `train()` does, so the steps after it also show that evaluation
+leaves training untouched).
 
 Usage: torchrun --nproc-per-node N tests/workers/layout_worker.py CASES.json OUT_DIR
 CASES.json: [{"name": str, "config": path, "overrides": {"a.b": value}, "steps": int}, ...]
@@ -61,7 +64,7 @@ def main() -> None:
         placements = resolve_placements(cfg, env_world_size(), {n: a.tp_divisors() for n, a in args.items()})
         trainer = build_trainer(cfg, args, placements, build_dataset(cfg, args), device)
         init = snapshot(trainer, "param")
-        losses, grad_norms, grads = [], [], {}
+        losses, grad_norms, grads, val_loss = [], [], {}, None
         for step in range(case["steps"]):
             out = trainer.forward_backward(step)
             if step == 0:
@@ -69,6 +72,9 @@ def main() -> None:
             trainer.optimizer_step(step, out)
             losses.append(out["loss"])
             grad_norms.append(out["grad_norm"])
+            if step == 0 and cfg.validation.enable:
+                val_loss = trainer.evaluate(step)
+        record = trainer.step_metrics(case["steps"] - 1, out)
         params = snapshot(trainer, "param")
         case_dir = out_root / case["name"]
         case_dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +83,7 @@ def main() -> None:
         if rank == 0:
             (case_dir / "losses.json").write_text(json.dumps(losses))
             (case_dir / "grad_norms.json").write_text(json.dumps(grad_norms))
+            (case_dir / "metrics.json").write_text(json.dumps({**record, "val_loss": val_loss}))
         dist.barrier()
     dist.destroy_process_group()
 
