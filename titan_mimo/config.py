@@ -301,6 +301,42 @@ class Comm:
 
 
 @dataclass(kw_only=True)
+class Checkpoint:
+    enable: bool = False
+    """Save DCP checkpoints and resume from the newest complete one when the command is re-run."""
+    folder: str = "checkpoint"
+    """Checkpoint folder; relative paths are under job.dump_folder. Holds step-N/ directories."""
+    interval: int = 500
+    """Save every this many steps (and always after the last step)."""
+    keep_latest_k: int = 0
+    """Keep only the newest k complete checkpoints (0 = keep all). Incomplete ones are never deleted."""
+    load_step: int = -1
+    """Step to resume from: -1 = the newest complete checkpoint (if any); N = step-N, which must
+    exist and be complete (an error otherwise)."""
+    async_mode: Literal["disabled", "async"] = "disabled"
+    """"async" writes in a background thread (over its own gloo group) while training goes on;
+    the checkpoint is marked complete once every rank's write has finished."""
+    initial_load_path: str = ""
+    """A folder written by `python -m titan_mimo.export` (safetensors + export.json): weights
+    only, loaded at step 0 when there is no checkpoint to resume from."""
+    export_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of exported weights (export_at_end and the export CLI's default)."""
+    export_at_end: bool = False
+    """After the last step, export the final checkpoint's weights to folder/export-step-N."""
+
+    def __post_init__(self) -> None:
+        if self.interval < 1:
+            raise ValueError(f"interval = {self.interval} must be >= 1")
+        if self.keep_latest_k < 0:
+            raise ValueError(f"keep_latest_k = {self.keep_latest_k} must be >= 0 (0 keeps all)")
+        if self.load_step == 0 or self.load_step < -1:
+            raise ValueError(f"load_step = {self.load_step}: use -1 (newest complete checkpoint) or a "
+                             "saved step >= 1; to start from scratch, point folder somewhere empty")
+        if self.export_at_end and not self.enable:
+            raise ValueError("export_at_end = true needs enable = true (the export reads the final checkpoint)")
+
+
+@dataclass(kw_only=True)
 class JobConfig:
     job: Job = field(default_factory=Job)
     """Where outputs go."""
@@ -321,7 +357,9 @@ class JobConfig:
     metrics: Metrics = field(default_factory=Metrics)
     """Logging."""
     comm: Comm = field(default_factory=Comm)
-    """Timeouts."""
+    """Collective timeouts."""
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    """DCP checkpoints, resume, weight export/import."""
 
     def validate(self) -> None:
         """Checks across sections that need neither the world size nor model shapes."""

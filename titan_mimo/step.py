@@ -21,37 +21,44 @@ from titan_mimo.data.mock import IGNORE_INDEX
 
 
 def build_optimizers(cfg: JobConfig, modules: dict[str, BuiltModule], device: torch.device
-                     ) -> dict[str, torch.optim.Optimizer]:
-    """One AdamW per trainable module this rank holds, at lr * the module's lr_scale."""
+                     ) -> dict[str, list[torch.optim.Optimizer]]:
+    """AdamW at lr * the module's lr_scale for every trainable module this rank holds: one
+    optimizer per part (pipeline stage), so each optimizer's state maps onto one part's
+    fully-qualified parameter names, which is what DCP checkpoints and reshards by. AdamW is
+    elementwise, so splitting it by part changes no number."""
     o = cfg.optimizer
     impl = o.implementation
     if impl == "auto":
         impl = "fused" if device.type == "cuda" else "foreach"
     opts = {}
     for name, m in modules.items():
-        params = [p for p in m.parameters() if p.requires_grad]
-        if m.frozen or not params:
+        if m.frozen:
             continue
-        opts[name] = torch.optim.AdamW(
-            params, lr=o.lr * m.lr_scale, betas=(o.beta1, o.beta2), eps=o.eps,
-            weight_decay=o.weight_decay, fused=impl == "fused", foreach=impl == "foreach",
-        )
+        per_part = []
+        for part in m.parts:
+            params = [p for p in part.parameters() if p.requires_grad]
+            if params:
+                per_part.append(torch.optim.AdamW(
+                    params, lr=o.lr * m.lr_scale, betas=(o.beta1, o.beta2), eps=o.eps,
+                    weight_decay=o.weight_decay, fused=impl == "fused", foreach=impl == "foreach"))
+        if per_part:
+            opts[name] = per_part
     return opts
 
 
-def build_schedulers(cfg: JobConfig, optimizers: dict[str, torch.optim.Optimizer]):
-    """torchtitan's warmup + decay LambdaLR, one per optimizer, all with the same factor."""
+def build_schedulers(cfg: JobConfig, optimizers: dict[str, list[torch.optim.Optimizer]]) -> dict:
+    """torchtitan's warmup + decay LambdaLR container per module, all with the same factor."""
     tt_cfg = TTLRSchedulerConfig(warmup_steps=cfg.lr_scheduler.warmup_steps,
                                  decay_type=cfg.lr_scheduler.decay_type,
                                  min_lr_factor=cfg.lr_scheduler.min_lr_factor)
-    return build_lr_schedulers(list(optimizers.values()), tt_cfg, cfg.training.steps) if optimizers else None
+    return {name: build_lr_schedulers(opts, tt_cfg, cfg.training.steps) for name, opts in optimizers.items()}
 
 
 def language_lr_schedule(cfg: JobConfig):
     """step (0-based) -> the language module's LR, the same on every rank (including ranks with
     no optimizer): torchtitan's warmup/decay factor times lr times the module's lr_scale."""
     dummy = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
-    factor = build_schedulers(cfg, {"x": dummy}).schedulers[0].lr_lambdas[0]
+    factor = build_schedulers(cfg, {"x": [dummy]})["x"].schedulers[0].lr_lambdas[0]
     peak = cfg.optimizer.lr * cfg.modules[cfg.language_name].lr_scale
     return lambda step: peak * factor(step)
 

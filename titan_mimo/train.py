@@ -7,8 +7,11 @@ optimizers, bridges, schedule) -> train (steps, evaluation, metrics).
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +20,13 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from titan_mimo.bridge import Bridge
+from titan_mimo.checkpoint import Checkpointer, ResumePoint, checkpoint_folder, find_resume
 from titan_mimo.build import COMPUTE_DTYPES, BuiltModule, build_modules, module_args
 from titan_mimo.models import build_model
 from titan_mimo.config import JobConfig, load_config, write_config
 from titan_mimo.data.mock import EncoderSpec, MockImageCaption
 from titan_mimo.data.plan import SamplePlan
+from titan_mimo.export import export_checkpoint, load_weights, read_index
 from titan_mimo.distributed import env_world_size, init_distributed, pick_device, world_max, world_sum
 from titan_mimo.metrics import MetricsWriter, memory_gib, peak_flops
 from titan_mimo.schedule import EncoderRole, StepData, StepRunner, theoretical_bubble_fraction
@@ -32,6 +37,12 @@ from titan_mimo.topology import Topology, build_topology, resolve_placements
 
 class NonFiniteError(RuntimeError):
     pass
+
+
+PREEMPTED_EXIT_CODE = 75
+"""Exit code of a run stopped by SIGTERM/SIGUSR1 after saving a complete checkpoint (EX_TEMPFAIL):
+not finished, so a retry loop (`until torchrun ...; do :; done`) re-runs it and it resumes."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def build_dataset(cfg: JobConfig, args: dict) -> MockImageCaption:
@@ -56,11 +67,18 @@ class Trainer:
     plan: SamplePlan
     args: dict
     optimizers: dict
-    schedulers: object
+    """module -> one AdamW per part this rank holds (trainable modules only)."""
+    schedulers: dict
+    """module -> torchtitan LR scheduler container over that module's optimizers."""
     flop_counters: dict
     """Meta-device models per module, for their FLOP formulas."""
     lr_at: object
     """step -> the language module's LR (for metrics)."""
+    tokens_seen: int = 0
+    """Tokens (samples x seq_len) of every completed step, restored on resume."""
+    stop_signal: str = ""
+    """Name of a stop signal this rank received; every rank learns of it at the next step's
+    reduction and the run saves and stops at that step boundary."""
 
     # ---- data --------------------------------------------------------------------------------
 
@@ -85,6 +103,14 @@ class Trainer:
                                  for mb in range(self.plan.n_microbatches)]
         return data
 
+    def data_state_dict(self) -> dict:
+        """This rank's data-loader state for checkpoints (mock data is indexed by step: none)."""
+        return {}
+
+    def load_data_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"mock data has no loader state, but the checkpoint holds {sorted(state)}")
+
     def _is_loss_rank(self) -> bool:
         lm = self.cfg.language_name
         return (lm in self.topo.my_modules and self.topo.is_last_stage(lm)
@@ -107,9 +133,11 @@ class Trainer:
         loss_local = self.runner.run(data, global_tokens, train=True)
         grad_sq = sum(local_grad_sq(m, self.topo.placements[n].size // self.topo.placements[n].pp)
                       for n, m in self.modules.items())
-        loss, grad_sq = world_sum([loss_local if self._is_loss_rank() else 0.0, grad_sq], self.device)
+        # The stop flag rides on the step's one reduction, so all ranks stop at the same step.
+        loss, grad_sq, stop = world_sum([loss_local if self._is_loss_rank() else 0.0, grad_sq,
+                                         float(bool(self.stop_signal))], self.device)
         return {"loss": loss, "grad_norm": math.sqrt(grad_sq), "global_tokens": global_tokens,
-                "data": data, "t0": t0}
+                "data": data, "t0": t0, "stop": stop > 0}
 
     def optimizer_step(self, step: int, out: dict) -> None:
         """Clip with the one global coefficient, step every module's optimizer and schedule."""
@@ -122,15 +150,17 @@ class Trainer:
                 print(f"titan_mimo: {msg}: step skipped", file=sys.stderr, flush=True)
         else:
             scale_grads(self.modules, clip_coefficient(grad_norm, cfg.training.max_norm))
-            for opt in self.optimizers.values():
-                opt.step()
-        for opt in self.optimizers.values():
-            opt.zero_grad(set_to_none=True)
+            for opts in self.optimizers.values():
+                for opt in opts:
+                    opt.step()
+        for opts in self.optimizers.values():
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
         for m in self.modules.values():  # frozen or skipped modules may still hold grads
             for part in m.parts:
                 part.zero_grad(set_to_none=True)
-        if self.schedulers is not None:
-            self.schedulers.step()
+        for schedulers in self.schedulers.values():
+            schedulers.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         out["time"] = time.perf_counter() - out["t0"]
@@ -262,8 +292,43 @@ def _stage_shapes(cfg: JobConfig, lm_args, place, lm: BuiltModule, dtype: torch.
     return shapes
 
 
-def train(trainer: Trainer) -> list[dict]:
+@contextmanager
+def stop_on_signals(trainer: Trainer):
+    """SIGTERM/SIGUSR1 (preemption) only set a flag; the loop saves at the next step boundary."""
+    def handler(signum, frame):
+        trainer.stop_signal = signal.Signals(signum).name
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def restore(trainer: Trainer, checkpointer: Checkpointer | None, resume: ResumePoint | None,
+            initial: dict | None) -> int:
+    """Resume from a checkpoint, or load initial weights, or neither; returns the first step."""
     cfg, topo = trainer.cfg, trainer.topo
+    if resume is not None:
+        start = checkpointer.load(trainer, resume)
+        if topo.rank == 0:
+            print(f"titan_mimo: resumed from {resume.path} (step {start})", flush=True)
+        return start
+    if initial is not None:
+        path = Path(cfg.checkpoint.initial_load_path)
+        for name, m in trainer.modules.items():
+            load_weights(m.parts, path, name, initial)
+        if topo.rank == 0:
+            print(f"titan_mimo: initial weights from {path} (exported at step {initial.get('step')})", flush=True)
+    return 0
+
+
+def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | None = None) -> list[dict]:
+    cfg, topo = trainer.cfg, trainer.topo
+    ckpt_cfg = cfg.checkpoint
+    checkpointer = (Checkpointer(cfg, topo.placements, topo.world_size, topo.rank)
+                    if ckpt_cfg.enable else None)
+    start = restore(trainer, checkpointer, resume, initial)
     writer = None
     if topo.rank == 0:
         dump = Path(cfg.job.dump_folder)
@@ -273,20 +338,68 @@ def train(trainer: Trainer) -> list[dict]:
               f"{cfg.parallelism.pipeline_schedule if topo.placements[cfg.language_name].pp > 1 else 'no PP'}",
               flush=True)
     records = []
+    tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
     try:
-        for step in range(cfg.training.steps):
-            out = trainer.train_step(step)
-            if (step + 1) % cfg.metrics.log_freq == 0 or step == cfg.training.steps - 1:
-                record = trainer.step_metrics(step, out)
-                if cfg.validation.enable and (step + 1) % cfg.validation.freq == 0:
-                    record["val_loss"] = trainer.evaluate(step)
-                records.append(record)
-                if writer is not None:
-                    writer.log(record)
+        with stop_on_signals(trainer):
+            for step in range(start, cfg.training.steps):
+                out = trainer.train_step(step)
+                trainer.tokens_seen += tokens_per_step
+                done = step + 1
+                if done % cfg.metrics.log_freq == 0 or done == cfg.training.steps:
+                    record = trainer.step_metrics(step, out)
+                    if cfg.validation.enable and done % cfg.validation.freq == 0:
+                        record["val_loss"] = trainer.evaluate(step)
+                    records.append(record)
+                    if writer is not None:
+                        writer.log(record)
+                if checkpointer is not None and (done % ckpt_cfg.interval == 0 or done == cfg.training.steps
+                                                 or out["stop"]):
+                    checkpointer.save(trainer, done)
+                if out["stop"]:
+                    trainer.stop_signal = trainer.stop_signal or "a signal on another rank"
+                    if topo.rank == 0:
+                        saved = (f"checkpoint step-{done} is complete; re-run the same command to resume"
+                                 if checkpointer is not None else "checkpointing is off: nothing saved")
+                        print(f"titan_mimo: stopping after step {done} ({trainer.stop_signal}): {saved}",
+                              file=sys.stderr, flush=True)
+                    break
+            if checkpointer is not None:
+                checkpointer.wait()
     finally:
         if writer is not None:
             writer.close()
+    finished = not trainer.stop_signal
+    if finished and ckpt_cfg.export_at_end and topo.rank == 0:
+        steps = cfg.training.steps
+        out_dir = checkpoint_folder(cfg) / f"export-step-{steps}"
+        export_checkpoint(checkpoint_folder(cfg) / f"step-{steps}", out_dir, ckpt_cfg.export_dtype)
+        print(f"titan_mimo: exported weights ({ckpt_cfg.export_dtype}) to {out_dir}", flush=True)
     return records
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything main() checks before any process group exists."""
+    cfg: JobConfig
+    args: dict
+    placements: dict
+    dataset: MockImageCaption
+    resume: ResumePoint | None
+    initial: dict | None
+
+
+def prepare(argv: list[str]) -> Setup:
+    """Parse and validate config, placements, data and the checkpoint to resume from, reading
+    only files: raises ValueError with the message a user sees."""
+    cfg = load_config(argv)
+    args = module_args(cfg)
+    placements = resolve_placements(cfg, env_world_size(), {n: a.tp_divisors() for n, a in args.items()})
+    dataset = build_dataset(cfg, args)
+    resume = find_resume(cfg, verbose=os.environ.get("RANK", "0") == "0")
+    initial = None
+    if cfg.checkpoint.initial_load_path and resume is None:
+        initial = read_index(Path(cfg.checkpoint.initial_load_path), {n: m.model for n, m in cfg.modules.items()})
+    return Setup(cfg, args, placements, dataset, resume, initial)
 
 
 @record
@@ -294,23 +407,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # Everything that can be checked without communication is checked first, so a bad config
     # fails in a second with a message instead of after process-group start-up.
     try:
-        cfg = load_config(sys.argv[1:] if argv is None else argv)
-        args = module_args(cfg)
-        placements = resolve_placements(cfg, env_world_size(), {n: a.tp_divisors() for n, a in args.items()})
-        dataset = build_dataset(cfg, args)
+        setup = prepare(sys.argv[1:] if argv is None else argv)
     except ValueError as e:
         print(f"titan_mimo: configuration error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     device = pick_device()
-    init_distributed(device, cfg.comm.timeout_seconds)
+    init_distributed(device, setup.cfg.comm.timeout_seconds)
     try:
-        trainer = build_trainer(cfg, args, placements, dataset, device)
-        return train(trainer)
+        trainer = build_trainer(setup.cfg, setup.args, setup.placements, setup.dataset, device)
+        records = train(trainer, setup.resume, setup.initial)
     except BaseException as e:
         print(f"titan_mimo: rank {dist.get_rank()} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         raise
     finally:
         dist.destroy_process_group()
+    if trainer.stop_signal:
+        raise SystemExit(PREEMPTED_EXIT_CODE)
+    return records
 
 
 if __name__ == "__main__":
