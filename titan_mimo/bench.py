@@ -59,7 +59,11 @@ class BenchResult:
     compile: bool
     batch: int
     ac: str
+    """Activation checkpointing ("none", "full", "mlp"; "lm/vision:x" for the whole model)."""
     loss_kind: str
+    """"logits" (fp32 copy of the whole logits + F.cross_entropy) or "fused" (chunked head+CE)."""
+    sdpa: str
+    """SDPA backend restriction ("auto": PyTorch's choice)."""
     step_s: float
     tokens_per_s: float
     images_per_s: float
@@ -85,7 +89,7 @@ def _checkpointed(module_name: str, model: nn.Module, ac: str) -> list[nn.Module
     blocks = _blocks(module_name, model)
     if ac == "full":
         return list(blocks.values())
-    if ac == "mlp" and module_name == "language":
+    if ac == "mlp":
         return [b for key, b in blocks.items() if model.args.layer_pattern[int(key)] == "-"]
     return []
 
@@ -183,7 +187,7 @@ def build_modules(args, wl: Workload, device, *, fsdp_mesh, param_dtype) -> dict
                                  fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=lm_overrides(args))
     if args.module in ("vision", "model"):
         over = {"out_dim": model_args(wl.names[-1]).dim} if args.module == "model" else {}
-        out["vision"] = _build("vision", wl.names[0], device, compile_blocks=args.compile, ac=args.ac,
+        out["vision"] = _build("vision", wl.names[0], device, compile_blocks=args.compile, ac=args.vision_ac,
                                fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=over)
     return out
 
@@ -308,7 +312,8 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     tflops = wl.flops_per_step / step_s
     result = BenchResult(
         run="bare" if bare else "titan_mimo", module=args.module, model=args.model, compile=args.compile,
-        batch=args.batch, ac=args.ac, loss_kind=args.loss,
+        batch=args.batch, ac=f"{args.ac}/vision:{args.vision_ac}" if args.module == "model" else
+        (args.vision_ac if args.module == "vision" else args.ac), loss_kind=args.loss, sdpa=args.sdpa,
         step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
         tflops=tflops / 1e12, mfu=tflops / peak if peak else None,
         peak_mem_gib=(torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else 0.0,
@@ -325,7 +330,7 @@ def fmt(r: BenchResult) -> str:
            (f"images/s={r.images_per_s:.2f} " if r.images_per_s else "")
     mfu = f"MFU={100 * r.mfu:.1f}% " if r.mfu is not None else ""
     return (f"[{r.run:10s}] {r.module} {r.model} b={r.batch} {'compile' if r.compile else 'eager'} "
-            f"ac={r.ac} loss={r.loss_kind}: "
+            f"ac={r.ac} loss={r.loss_kind} sdpa={r.sdpa}: "
             f"step={r.step_s * 1e3:.1f} ms {rate}{r.tflops:.1f} TFLOP/s {mfu}"
             f"peak_mem={r.peak_mem_gib:.1f} GiB loss={r.loss:.4f}")
 
@@ -392,7 +397,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image", type=int, default=1024, help="square image side in pixels")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
     p.add_argument("--ac", choices=["none", "full", "mlp"], default="none",
-                   help="activation checkpointing: every block ('full') or the LM's MLP blocks ('mlp')")
+                   help="LM activation checkpointing: every block ('full') or the MLP blocks ('mlp')")
+    p.add_argument("--vision-ac", choices=["none", "full"], default="none",
+                   help="ViT activation checkpointing: every block ('full')")
     p.add_argument("--loss", choices=["logits", "fused"], default="logits",
                    help="'fused': chunked head + cross-entropy in the LM (no whole-batch logits)")
     p.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient", "math"], default="auto",
