@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,9 @@ from titan_mimo.build import COMPUTE_DTYPES, BuiltModule, build_modules, module_
 from titan_mimo.models import build_model
 from titan_mimo.config import JobConfig, load_config, write_config
 from titan_mimo.data.mock import EncoderSpec, MockImageCaption
+from titan_mimo.data.build import build_local_dataset
+from titan_mimo.data.dataset import ImageTextDataset
+from titan_mimo.data.loader import Roles, StepLoader, load_roles
 from titan_mimo.data.plan import SamplePlan
 from titan_mimo.export import export_checkpoint, load_weights, read_index
 from titan_mimo.distributed import env_world_size, init_distributed, pick_device, world_max, world_sum
@@ -45,7 +48,9 @@ not finished, so a retry loop (`until torchrun ...; do :; done`) re-runs it and 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
-def build_dataset(cfg: JobConfig, args: dict) -> MockImageCaption:
+def build_dataset(cfg: JobConfig, args: dict) -> MockImageCaption | ImageTextDataset:
+    if cfg.data.dataset == "local":
+        return build_local_dataset(cfg, args)
     lm_args = args[cfg.language_name]
     encoders = [EncoderSpec(name=n, placeholder_id=m.placeholder_id,
                             cell=args[n].patch_size * args[n].pixel_shuffle, channels=args[n].in_channels)
@@ -63,7 +68,7 @@ class Trainer:
     device: torch.device
     modules: dict[str, BuiltModule]
     runner: StepRunner
-    dataset: MockImageCaption
+    dataset: MockImageCaption | ImageTextDataset
     plan: SamplePlan
     args: dict
     optimizers: dict
@@ -79,37 +84,97 @@ class Trainer:
     stop_signal: str = ""
     """Name of a stop signal this rank received; every rank learns of it at the next step's
     reduction and the run saves and stops at that step boundary."""
+    loader: StepLoader | None = None
+    """Local data: the worker-process loader of training steps (built on first use)."""
+    data_counts: dict = field(default_factory=lambda: {"skipped": 0, "blank": 0})
+    """Records skipped and images blanked in this process's training steps (for metrics)."""
 
     # ---- data --------------------------------------------------------------------------------
 
+    def data_roles(self) -> Roles:
+        """What this rank loads: text on first/last language stages (middle stages take hidden
+        states from their neighbours: no data), images on encoder ranks."""
+        topo, lm = self.topo, self.cfg.language_name
+        text = None
+        if lm in topo.my_modules and (topo.is_first_stage(lm) or topo.is_last_stage(lm)):
+            text = (topo.placements[lm].dp, topo.dp_rank(lm))
+        mine = [n for n in self.cfg.encoders if n in topo.my_modules]
+        balance = 0
+        if self.cfg.data.balance_patches and self.cfg.encoders:
+            balance = topo.placements[next(iter(self.cfg.encoders))].dp
+        return Roles(text=text, text_with_images=topo.colocated,
+                     images={} if topo.colocated else {n: (topo.placements[n].dp, topo.dp_rank(n)) for n in mine},
+                     colocated_encoders=tuple(mine) if topo.colocated else (), balance_dp=balance)
+
+    def _step_loader(self) -> StepLoader | None:
+        """Worker-process loader of training steps (local data only; mock data is generated in
+        the training process)."""
+        if self.cfg.data.dataset == "mock":
+            return None
+        if self.loader is None:
+            roles = self.data_roles()
+            workers = self.cfg.data.num_workers if roles.text or roles.images else 0
+            self.loader = StepLoader(self.dataset, self.plan, roles, self.cfg.training.steps, workers,
+                                     self.cfg.data.prefetch_steps)
+        return self.loader
+
     def load_step(self, step: int, split: str) -> StepData:
         """Only what this rank's roles need: text on language ranks, images on encoder ranks."""
-        topo, data = self.topo, StepData()
-        lm = self.cfg.language_name
-        # Middle pipeline stages take hidden states from their neighbours: no data.
-        if lm in topo.my_modules and (topo.is_first_stage(lm) or topo.is_last_stage(lm)):
-            dp, dp_rank = topo.placements[lm].dp, topo.dp_rank(lm)
-            data.text = [self.dataset.batch(self.plan.owned(step, mb, dp, dp_rank), split,
-                                            with_images=topo.colocated)
-                         for mb in range(self.plan.n_microbatches)]
-        for name in self.cfg.encoders:
-            if name not in topo.my_modules:
-                continue
-            if topo.colocated:
-                data.images[name] = data.text
-                continue
-            dp, dp_rank = topo.placements[name].dp, topo.dp_rank(name)
-            data.images[name] = [self.dataset.batch(self.plan.owned(step, mb, dp, dp_rank), split)
-                                 for mb in range(self.plan.n_microbatches)]
-        return data
+        loader = self._step_loader() if split == "train" else None
+        if loader is not None:
+            text, images = loader.get(step)
+        else:
+            text, images = load_roles(self.dataset, self.plan, self.data_roles(), step, split)
+        if split == "train":  # each sample counted once: on the loss rank / encoder tp 0 ranks
+            if self._is_loss_rank():
+                self.data_counts["skipped"] += sum(b.skipped for b in text)
+            for name, batches in images.items():
+                if name in self.modules and self.topo.coords(name)["tp"] == 0:
+                    self.data_counts["blank"] += sum(b.blank_images for b in batches)
+        return StepData(text=text, images=images)
 
     def data_state_dict(self) -> dict:
-        """This rank's data-loader state for checkpoints (mock data is indexed by step: none)."""
-        return {}
+        """This rank's data-loader state for checkpoints, plain Python objects: the loader's
+        position and the skip counters (mock data is indexed by step: none)."""
+        loader = self._step_loader()
+        return {} if loader is None else {"loader": loader.state_dict(), "counts": dict(self.data_counts)}
 
     def load_data_state_dict(self, state: dict) -> None:
+        loader = self._step_loader()
+        if loader is None:
+            if state:
+                raise ValueError(f"mock data has no loader state, but the checkpoint holds {sorted(state)}")
+            return
         if state:
-            raise ValueError(f"mock data has no loader state, but the checkpoint holds {sorted(state)}")
+            loader.load_state_dict(state["loader"])
+            self.data_counts.update(state["counts"])
+
+    def data_metrics(self, data: StepData) -> dict:
+        """Every rank calls this (two world reductions): records skipped as bad or too long and
+        images blanked since this process started (training split), and per encoder the patch
+        imbalance of this step over the encoder's dp ranks: the mean over micro-batches of
+        max / mean patches per rank (1.0 = balanced)."""
+        encoders, patches, counted = list(self.cfg.encoders), [], []
+        for name in encoders:
+            holds = name in self.modules and self.topo.coords(name)["tp"] == 0 and name in data.images
+            patch = self.args[name].patch_size
+            per_mb = [0.0] * self.plan.n_microbatches
+            if holds:
+                for mb, batch in enumerate(data.images[name]):
+                    per_mb[mb] = sum(im.shape[-2] * im.shape[-1] / patch**2 for im in batch.images[name])
+            patches += per_mb
+            counted.append(float(holds))
+        sums = world_sum([self.data_counts["skipped"], self.data_counts["blank"]] + patches + counted,
+                         self.device)
+        maxes = world_max(patches, self.device)
+        n_mb = self.plan.n_microbatches
+        out = {"skipped_samples": int(sums[0]), "blank_images": int(sums[1])}
+        for e, name in enumerate(encoders):
+            ranks = sums[2 + len(patches) + e]
+            ratios = [maxes[e * n_mb + mb] / (sums[2 + e * n_mb + mb] / ranks)
+                      for mb in range(n_mb) if sums[2 + e * n_mb + mb] > 0]
+            out[f"patch_imbalance/{name}"] = sum(ratios) / len(ratios) if ratios else 1.0
+        return out
 
     def _is_loss_rank(self) -> bool:
         lm = self.cfg.language_name
@@ -228,6 +293,7 @@ class Trainer:
                 "tflops_per_device": flops / step_time / size / 1e12,
                 "memory_gib": maxes[i],
             }
+        record.update(self.data_metrics(out["data"]))
         return record
 
 

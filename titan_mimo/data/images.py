@@ -18,13 +18,24 @@ import math
 from dataclasses import dataclass
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from titan_mimo.data.records import ImageRef, RecordError
 
 _EXIF_ORIENTATION = 0x0112
-_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+# EXIF orientation -> the transpose that displays the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+            7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_TRANSPOSED = {5, 6, 7, 8}  # orientations that swap width and height
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation from what `Image.open` parsed. `getexif()` alone could decode the whole
+    file to find a late EXIF chunk (PNG), and both roles must see the same value: only EXIF
+    present at open time counts."""
+    return im.getexif().get(_EXIF_ORIENTATION, 1) if "exif" in im.info else 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,7 +91,7 @@ class ImagePolicy:
         try:
             with ref.open(handles) as f, Image.open(f) as im:
                 width, height = im.size
-                if im.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED:
+                if _orientation(im) in _TRANSPOSED:
                     width, height = height, width
         except RecordError:
             raise
@@ -94,7 +105,9 @@ class ImagePolicy:
     def load(self, ref: ImageRef, handles, size: tuple[int, int]) -> Tensor:
         """Decoded, EXIF-rotated, resized to `size` (H, W) and normalised: [C, H, W] float32."""
         with ref.open(handles) as f, Image.open(f) as im:
-            im = ImageOps.exif_transpose(im)
+            orientation = _orientation(im)
+            if orientation in _UPRIGHT:
+                im = im.transpose(_UPRIGHT[orientation])
             im = im.convert("RGB" if self.channels == 3 else "L")
             im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
             pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)

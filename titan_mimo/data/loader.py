@@ -22,12 +22,16 @@ rather than bitwise.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from titan_mimo.data.mock import Batch
 from titan_mimo.data.plan import SamplePlan, owned_slots
+
+# torchdata 0.11 calls a deprecated torch API each time an iterator starts; nothing to act on.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
 
 @dataclass(frozen=True, kw_only=True)
