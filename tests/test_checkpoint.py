@@ -130,6 +130,9 @@ def test_resume_onto_another_placement(runs: Path, target: str) -> None:
 
 def test_checkpoint_contents(runs: Path) -> None:
     step3 = _step3(runs / "dp2")
+    records = _records(runs / "dp2")
+    assert [s for s, r in records.items() if "checkpoint_s" in r] == [3, 6]
+    assert all(r["checkpoint_s"] > 0 for r in records.values() if "checkpoint_s" in r)
     marker = json.loads((step3 / MARKER).read_text())
     assert marker["step"] == SAVE_AT and marker["world_size"] == 4
     assert set(marker["files"]) == {".metadata", *(f"__{r}_0.distcp" for r in range(4))}

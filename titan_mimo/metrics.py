@@ -53,6 +53,8 @@ class MetricsWriter:
             parts.append(f"{name}: mfu {100 * m['mfu']:.1f}% mem {m['memory_gib']:.2f}GiB")
         if "val_loss" in record:
             parts.append(f"val_loss {record['val_loss']:.4f}")
+        if "checkpoint_s" in record:
+            parts.append(f"checkpoint {record['checkpoint_s']:.2f}s")
         print(" | ".join(parts), file=sys.stdout, flush=True)
 
     def close(self) -> None:

@@ -411,16 +411,22 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
                 out = trainer.train_step(step)
                 trainer.tokens_seen += tokens_per_step
                 done = step + 1
+                saved_s = None
+                if checkpointer is not None and (done % ckpt_cfg.interval == 0 or done == cfg.training.steps
+                                                 or out["stop"]):
+                    checkpointer.save(trainer, done)
+                    if out["stop"]:
+                        checkpointer.wait()
+                    saved_s = checkpointer.blocked_s
                 if done % cfg.metrics.log_freq == 0 or done == cfg.training.steps:
                     record = trainer.step_metrics(step, out)
                     if cfg.validation.enable and done % cfg.validation.freq == 0:
                         record["val_loss"] = trainer.evaluate(step)
+                    if saved_s is not None:
+                        record["checkpoint_s"] = saved_s  # time the loop was blocked by the save
                     records.append(record)
                     if writer is not None:
                         writer.log(record)
-                if checkpointer is not None and (done % ckpt_cfg.interval == 0 or done == cfg.training.steps
-                                                 or out["stop"]):
-                    checkpointer.save(trainer, done)
                 if out["stop"]:
                     trainer.stop_signal = trainer.stop_signal or "a signal on another rank"
                     if topo.rank == 0:
