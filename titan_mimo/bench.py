@@ -72,6 +72,9 @@ class BenchResult:
     mfu: float | None
     """Fraction of the device's dense bf16 peak; None where the peak is unknown (CPU)."""
     peak_mem_gib: float
+    alloc_retries: int
+    """cudaMalloc retries of the caching allocator since warm-up (each frees cached blocks and
+    synchronises the device: a sign the run is at its memory limit)."""
     loss: float
 
 
@@ -256,11 +259,16 @@ def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, a
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.reset_accumulated_memory_stats(device)
     start = time.perf_counter()
     for _ in range(steps):
         loss = one_step()
+    host_s = (time.perf_counter() - start) / steps
     _sync(device)
     step_s = (time.perf_counter() - start) / steps
+    # The host runs ahead of the device unless something synchronises or the host is the
+    # bottleneck: host time close to step time means launch overhead or syncs, not kernels.
+    print(f"  host time to issue a step: {host_s * 1e3:.1f} ms of {step_s * 1e3:.1f} ms", flush=True)
     if profile:
         print_profile(one_step, device)
     return step_s, float(loss.detach())
@@ -317,6 +325,7 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
         step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
         tflops=tflops / 1e12, mfu=tflops / peak if peak else None,
         peak_mem_gib=(torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else 0.0,
+        alloc_retries=torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if device.type == "cuda" else 0,
         loss=loss)
     del modules, optimizers, batch
     gc.collect()
@@ -332,7 +341,7 @@ def fmt(r: BenchResult) -> str:
     return (f"[{r.run:10s}] {r.module} {r.model} b={r.batch} {'compile' if r.compile else 'eager'} "
             f"ac={r.ac} loss={r.loss_kind} sdpa={r.sdpa}: "
             f"step={r.step_s * 1e3:.1f} ms {rate}{r.tflops:.1f} TFLOP/s {mfu}"
-            f"peak_mem={r.peak_mem_gib:.1f} GiB loss={r.loss:.4f}")
+            f"peak_mem={r.peak_mem_gib:.1f} GiB alloc_retries={r.alloc_retries} loss={r.loss:.4f}")
 
 
 def sdpa_backend(name: str):

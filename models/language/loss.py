@@ -20,6 +20,39 @@ IGNORE_INDEX = -100
 """Label of positions without loss (image placeholders, padding), as in F.cross_entropy."""
 
 
+def _chunk_loss_and_grad(logits_cV: Tensor, labels_c: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed float32 loss of one chunk and d(loss)/d(logits) in the logits' dtype.
+
+    d(sum of losses)/d(logits) = softmax - onehot(label) on rows with a label, 0 elsewhere.
+    Written out of place so torch.compile fuses it into two passes over the logits (row
+    log-sum-exp, then loss and gradient) without float32 copies; eager (CPU) runs it as written.
+    """
+    dtype = logits_cV.dtype
+    is_valid_c = labels_c != IGNORE_INDEX
+    safe_labels_c = torch.where(is_valid_c, labels_c, 0)
+    logits_cV = logits_cV.float()
+    lse_c = torch.logsumexp(logits_cV, dim=-1)
+    target_c = logits_cV.gather(1, safe_labels_c[:, None])[:, 0]
+    loss = torch.where(is_valid_c, lse_c - target_c, 0.0).sum()
+    vocab_V = torch.arange(logits_cV.shape[1], device=logits_cV.device)
+    onehot_cV = vocab_V[None, :] == safe_labels_c[:, None]
+    grad_cV = (torch.exp(logits_cV - lse_c[:, None]) - onehot_cV.float()) * is_valid_c[:, None]
+    return loss, grad_cV.to(dtype)
+
+
+_compiled_chunk_loss_and_grad = None
+
+
+def _chunk_fn(device: torch.device):
+    """The compiled chunk function on CUDA (Triton), the eager one elsewhere (CPU tests)."""
+    global _compiled_chunk_loss_and_grad
+    if device.type != "cuda":
+        return _chunk_loss_and_grad
+    if _compiled_chunk_loss_and_grad is None:
+        _compiled_chunk_loss_and_grad = torch.compile(_chunk_loss_and_grad, dynamic=False)
+    return _compiled_chunk_loss_and_grad
+
+
 class _LinearCrossEntropySum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_ND: Tensor, weight_VD: Tensor, labels_N: Tensor, chunk: int) -> Tensor:
@@ -27,20 +60,12 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=h_ND.device)
         grad_h_ND = torch.empty_like(h_ND)
         grad_w_VD = torch.zeros(weight_VD.shape, dtype=torch.float32, device=weight_VD.device)
+        chunk_fn = _chunk_fn(h_ND.device)
         for start in range(0, n, chunk):
             h_cD, labels_c = h_ND[start:start + chunk], labels_N[start:start + chunk]
-            is_valid_c = labels_c != IGNORE_INDEX
-            safe_labels_c = torch.where(is_valid_c, labels_c, 0)
             # Logits in the compute dtype (as the unfused head's GEMM), softmax in float32.
-            logits_cV = (h_cD @ weight_VD.T).float()
-            lse_c = torch.logsumexp(logits_cV, dim=-1)
-            target_c = logits_cV.gather(1, safe_labels_c[:, None])[:, 0]
-            loss += torch.where(is_valid_c, lse_c - target_c, 0.0).sum()
-            # d(sum of losses)/d(logits) = softmax - onehot(label) on rows with a label, else 0.
-            grad_cV = logits_cV.sub_(lse_c[:, None]).exp_()
-            grad_cV.scatter_add_(1, safe_labels_c[:, None], -torch.ones_like(grad_cV[:, :1]))
-            grad_cV.mul_(is_valid_c[:, None])
-            grad_cV = grad_cV.to(h_ND.dtype)
+            loss_c, grad_cV = chunk_fn(h_cD @ weight_VD.T, labels_c)
+            loss += loss_c
             torch.mm(grad_cV, weight_VD, out=grad_h_ND[start:start + chunk])
             if grad_w_VD.dtype == h_ND.dtype:
                 grad_w_VD.addmm_(grad_cV.T, h_cD)
