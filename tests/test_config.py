@@ -150,7 +150,7 @@ BAD_DICTS = [
     ("unknown_top_level_key", base(trainig={"steps": 3}),
      r"config: unknown key 'trainig' in the top level \(did you mean 'training'\?\); "
      r"valid keys: job, modules, training, optimizer, lr_scheduler, parallelism, data, "
-     r"validation, metrics, comm$"),
+     r"validation, metrics, comm, checkpoint$"),
     ("unknown_section_key", base(training={"step": 3}),
      r"unknown key 'step' in \[training\] \(did you mean 'steps'\?\); valid keys: steps, "),
     ("unknown_module_key", _with_module("vision", tpp=2),
@@ -324,3 +324,46 @@ def test_invalid_toml(tmp_path):
     path.write_text("[training]\nsteps = = 3\n")
     with pytest.raises(ValueError, match=re.escape(f"{path}: invalid TOML: ") + ".*line 2"):
         load_config(["--config", str(path)])
+
+
+# --------------------------------------------------------------------------------------------
+# Model arg overrides per module
+
+
+def test_model_args_from_toml_and_cli(tmp_path):
+    from titan_mimo.build import module_args
+
+    data = base()
+    data["modules"]["language"]["model_args"] = {"ssd_backend": "torch", "layer_pattern": "M*M-"}
+    cfg = config_from_dict(data)
+    assert cfg.modules["language"].model_args == {"ssd_backend": "torch", "layer_pattern": "M*M-"}
+    args = module_args(cfg)
+    assert args["language"].n_layers == 4 and args["vision"].out_dim == args["language"].dim
+    write_config(cfg, tmp_path / "c.toml")
+    again = load_config(["--config", str(tmp_path / "c.toml"), "--modules.language.model_args.layer_pattern=M-",
+                         "--modules.vision.model_args.n_layers=1"])
+    assert again.modules["language"].model_args == {"ssd_backend": "torch", "layer_pattern": "M-"}
+    assert module_args(again)["vision"].n_layers == 1 and module_args(again)["language"].n_layers == 2
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--modules.language.model_args.no_such_field=1"],
+     r"modules.language.model_args: model 'hybrid_lm/debug': unknown override\(s\) \['no_such_field'\]; valid fields"),
+    (["--modules.language.model_args.ssd_backend=cuda_magic"], r"modules.language.model_args: .*ssd_backend='cuda_magic'"),
+])
+def test_model_args_errors(argv, match):
+    from titan_mimo.build import module_args
+
+    with pytest.raises(ValueError, match=match):
+        module_args(load(*argv))
+
+
+def test_model_args_must_be_values():
+    data = base()
+    data["modules"]["language"]["model_args"] = {"nested": {"a": 1}}
+    with pytest.raises(ValueError, match=r"\[modules.language.model_args\] must be a table of values"):
+        config_from_dict(data)
+    with pytest.raises(ValueError, match="holds plain values, not tables"):
+        load("--modules.language.model_args.a.b=1")
+    with pytest.raises(ValueError, match="names a table"):
+        load("--modules.language.model_args=1")

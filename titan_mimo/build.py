@@ -45,11 +45,20 @@ class BuiltModule:
 
 def module_args(cfg: JobConfig) -> dict[str, object]:
     """Model args of every module; encoders project into the language model's width."""
-    lm_args = model_args(cfg.modules[cfg.language_name].model)
+    lm = cfg.modules[cfg.language_name]
+    lm_args = _model_args(cfg.language_name, lm.model, lm.model_args)
     out = {}
     for name, m in cfg.modules.items():
-        out[name] = lm_args if name == cfg.language_name else model_args(m.model, out_dim=lm_args.dim)
+        out[name] = (lm_args if name == cfg.language_name
+                     else _model_args(name, m.model, {**m.model_args, "out_dim": lm_args.dim}))
     return out
+
+
+def _model_args(name: str, model: str, overrides: dict):
+    try:
+        return model_args(model, **overrides)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"modules.{name}.model_args: {e}") from None
 
 
 def stage_layers(n_layers: int, n_stages: int) -> list[range]:
@@ -92,7 +101,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
         tp_mesh = mesh["tp"] if place.tp > 1 else None
         if mcfg.feeds:
             with torch.device("meta"):
-                model = build_model(mcfg.model, out_dim=args[cfg.language_name].dim)
+                model = build_model(mcfg.model, **mcfg.model_args, out_dim=args[cfg.language_name].dim)
             if tp_mesh is not None:
                 vit_parallel.apply_tp(model, tp_mesh)
             apply_block_options(list(model.encoder.layers.values()), mcfg.activation_checkpoint, mcfg.compile)
@@ -102,7 +111,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
             n_stages = place.pp * cfg.parallelism.stages_per_rank
             stage_ids = stage_ids_of(coords["pp"], place.pp, cfg.parallelism.stages_per_rank)
             with torch.device("meta"):
-                full = build_model(mcfg.model)
+                full = build_model(mcfg.model, **mcfg.model_args)
             ranges = stage_layers(len(full.layers), n_stages)
             parts = []
             for sid in stage_ids:

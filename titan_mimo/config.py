@@ -55,6 +55,9 @@ class Module:
     """Activation checkpointing per block."""
     compile: bool = False
     """torch.compile each block."""
+    model_args: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the model flavor's args, e.g. `{ssd_backend = "mamba_ssm"}` or
+    `--modules.language.model_args.n_layers=4`; unknown names list the valid ones."""
 
     def __post_init__(self) -> None:
         for name in ("ranks", "dp_replicate", "tp", "pp"):
@@ -483,6 +486,10 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, sub)
+        elif tp == dict[str, Any]:
+            if not isinstance(value, dict) or any(isinstance(v, dict) for v in value.values()):
+                raise ValueError(f"[{sub}] must be a table of values (name = value)")
+            kwargs[key] = dict(value)
         elif typing.get_origin(tp) is dict:
             _, val_tp = typing.get_args(tp)
             if not isinstance(value, dict):
@@ -519,7 +526,11 @@ def _apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
     node, tp = data, JobConfig
     for depth, key in enumerate(keys):
         prefix = ".".join(keys[:depth])
-        if typing.get_origin(tp) is dict:  # the modules table: keys are module names
+        if tp == dict[str, Any]:  # free-form values (model_args): checked where they are used
+            if depth != len(keys) - 1:
+                raise ValueError(f"--{dotted}: {prefix} holds plain values, not tables")
+            tp = Any
+        elif typing.get_origin(tp) is dict:  # the modules table: keys are module names
             if key not in node:
                 raise ValueError(
                     f"--{dotted}: no module named {key!r} in [{prefix}]; "
@@ -535,7 +546,7 @@ def _apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
             raise ValueError(f"--{dotted}: {prefix} is a value, not a table")
         if depth < len(keys) - 1:
             node = node.setdefault(key, {})
-    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
+    if dataclasses.is_dataclass(tp) or tp == dict[str, Any] or typing.get_origin(tp) is dict:
         raise ValueError(f"--{dotted} names a table; set one of its keys, e.g. --{dotted}.<key>=...")
     node[keys[-1]] = _parse_cli_value(value, tp) if isinstance(value, str) else value
 

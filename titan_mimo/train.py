@@ -330,7 +330,7 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
                         stage_shapes=stage_shapes, zero_embeddings=cfg.training.zero_encoder_embeddings)
     optimizers = build_optimizers(cfg, modules, device)
     with torch.device("meta"):  # FLOP formulas need the module objects, not their weights
-        flop_counters = {n: build_model(m.model, **({"out_dim": args[lm_name].dim} if m.feeds else {}))
+        flop_counters = {n: build_model(m.model, **m.model_args, **({"out_dim": args[lm_name].dim} if m.feeds else {}))
                          for n, m in cfg.modules.items()}
     plan = SamplePlan(global_batch_size=cfg.training.global_batch_size,
                       micro_batch_size=cfg.training.micro_batch_size, language_dp=lm_place.dp)
