@@ -3,6 +3,7 @@ placeholder counts, loss masks, skip-and-count, packing, mixing weights."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from data_helpers import dataset, write_jsonl
 
+from titan_mimo.data.check import check
 from titan_mimo.data.mixture import BLOCK, Mixture, block_counts
 from titan_mimo.data.mock import IGNORE_INDEX
 
@@ -106,6 +108,16 @@ def test_bad_records_are_skipped_counted_and_agreed_on(mixed_quality: Path, samp
     s = ds.sample(corrupt)
     assert s.blank_images == 1 and float(s.images["vision"][0].abs().sum()) == 0.0
     assert ds.sample(corrupt, with_images=False).blank_images == 0
+
+
+def test_check_lists_every_bad_record(mixed_quality: Path, sample_dir: Path) -> None:
+    ds = dataset(mixed_quality, ["q.jsonl"], seq_len=48, tokenizer_dir=sample_dir)
+    out = io.StringIO()
+    assert check(ds, out) == 5
+    lines = out.getvalue().splitlines()
+    assert [line.split(": ")[1].rsplit(":", 1)[1] for line in lines[:5]] == ["2", "3", "4", "5", "6"]
+    assert "pixels do not decode" in lines[3]
+    assert lines[5].endswith("6 records, 1 good, 5 bad, 16 image tokens, 7 text tokens"), lines[5]
 
 
 def test_all_bad_stops_with_a_message(tmp_path: Path, sample_dir: Path) -> None:

@@ -150,7 +150,10 @@ class ImageTextDataset:
         elif markers != len(raw.images):
             raise RecordError(f"{raw.where}: {markers} {marker!r} markers in the text but "
                               f"{len(raw.images)} images")
-        sizes = [self.policy.target_size(*self.policy.header_size(ref, self._handles)) for ref in raw.images]
+        try:
+            sizes = [self.policy.target_size(*self.policy.header_size(ref, self._handles)) for ref in raw.images]
+        except RecordError as e:
+            raise RecordError(f"{raw.where}: {e}") from None
         lay = Layout(images=list(zip(raw.images, sizes)), where=[raw.where])
         if tok.bos_id is not None:
             lay.add([tok.bos_id], False)
