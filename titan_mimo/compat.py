@@ -41,3 +41,24 @@ def time_stage_work(stage, add_seconds: Callable[[float], None]) -> None:
                     add_seconds(time.perf_counter() - t0)
 
         setattr(stage, name, timed)
+
+
+def first_stage_forwards_ahead(schedule) -> int | None:
+    """How far stage 0's forwards run ahead of its backwards in a multi-stage schedule's own
+    action list (`pipeline_order`, pp rank 0): max over micro-batches i of (stage-0 forwards
+    before the backward of i) - i. None for single-stage schedules, which have no action list.
+    """
+    order = getattr(schedule, "pipeline_order", None)
+    if order is None:
+        return None
+    forwards, backwards, ahead = 0, 0, 0
+    for action in order[0]:
+        if action is None or action.stage_index != 0:
+            continue
+        kind = action.computation_type.name
+        if kind == "FORWARD":
+            forwards += 1
+        elif kind in ("FULL_BACKWARD", "BACKWARD_INPUT"):
+            ahead = max(ahead, forwards - backwards)
+            backwards += 1
+    return ahead

@@ -34,7 +34,8 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 
 from titan_mimo.bridge import Bridge
 from titan_mimo.build import BuiltModule
-from titan_mimo.compat import time_stage_work
+from titan_mimo.compat import first_stage_forwards_ahead, time_stage_work
+from titan_mimo.distributed import world_max
 from titan_mimo.data.mock import IGNORE_INDEX, Batch
 from titan_mimo.models import merge_embeddings
 from titan_mimo.models.language.parallelize import scatter_sequence
@@ -97,16 +98,20 @@ def theoretical_bubble_fraction(lm_pp: int, n_microbatches: int, stages_per_rank
     return (lm_pp - 1) / (stages_per_rank * n_microbatches + lm_pp - 1)
 
 
-def encoder_lead(schedule_name: str, lm_pp: int, n_microbatches: int) -> int:
+def encoder_lead(schedule_name: str, lm_pp: int, n_microbatches: int, first_stage_ahead: int | None = None) -> int:
     """How many micro-batches an encoder runs forward before waiting for the oldest gradient.
 
-    It must cover the forwards the language model's first stage runs before its first backward,
-    or the two wait on each other: 1 with pp = 1, pp with 1F1B (torch's warm-up on stage 0),
-    every micro-batch with GPipe and Interleaved1F1B. One more than the minimum lets encoder
-    forward of i+1 overlap the language model's work on i.
+    It must cover how far the language model's first stage runs forwards ahead of its backwards
+    (before the backward of micro-batch i it has run at most i + ahead forwards), or the two
+    wait on each other: 1 with pp = 1, pp with 1F1B (torch's warm-up on stage 0), every
+    micro-batch with GPipe; multi-stage schedules (Interleaved1F1B) pass `first_stage_ahead`,
+    read from their own action list. One more than the minimum lets encoder forward of i+1
+    overlap the language model's work on i.
     """
     if lm_pp == 1:
         need = 1
+    elif first_stage_ahead is not None:
+        need = first_stage_ahead
     elif schedule_name == "1F1B":
         need = lm_pp
     else:
@@ -152,7 +157,6 @@ class StepRunner:
         self.events: list[tuple[str, str, int, float]] = []
         """(module, op, micro-batch, wall time) of the last step, in the order this rank ran them;
         the time is when a language forward starts and when any other op ends."""
-        self.in_flight = encoder_lead(schedule_name, lm_pp, n_microbatches)
         self._pending_emb: dict[tuple[str, int], Tensor] = {}
         self.schedule = None
         if language is not None:
@@ -171,6 +175,16 @@ class StepRunner:
                                     n_microbatches, loss_fn=self._loss_fn, scale_grads=False)
                 self.holds_first = 0 in lm.stage_ids
                 self.holds_last = lm.n_stages - 1 in lm.stage_ids
+        # Only the language rank holding stage 0 can read a multi-stage schedule's action list;
+        # one world max (every rank builds a StepRunner, in the same order) tells the encoders.
+        ahead = -1
+        if self.schedule is not None and self.holds_first:
+            exact = first_stage_forwards_ahead(self.schedule)
+            ahead = -1 if exact is None else exact
+        (ahead,) = world_max([ahead], device)
+        self.in_flight = encoder_lead(schedule_name, lm_pp, n_microbatches,
+                                      None if ahead < 0 else int(ahead))
+        """Encoder forwards sent ahead of the oldest returning gradient."""
 
     def _add_stage_work(self, seconds: float) -> None:
         self._stage_work_s += seconds
