@@ -101,7 +101,8 @@ class Trainer:
         mine = [n for n in self.cfg.encoders if n in topo.my_modules]
         balance = 0
         if self.cfg.data.balance_patches and self.cfg.encoders:
-            balance = topo.placements[next(iter(self.cfg.encoders))].dp
+            # Colocated, each rank encodes the images of its language dp slots.
+            balance = topo.placements[lm if topo.colocated else next(iter(self.cfg.encoders))].dp
         return Roles(text=text, text_with_images=topo.colocated,
                      images={} if topo.colocated else {n: (topo.placements[n].dp, topo.dp_rank(n)) for n in mine},
                      colocated_encoders=tuple(mine) if topo.colocated else (), balance_dp=balance)
@@ -112,6 +113,8 @@ class Trainer:
         if self.cfg.data.dataset == "mock":
             return None
         if self.loader is None:
+            # The loss ranks together see every sample once: they report bad records.
+            self.dataset.verbose = self._is_loss_rank()
             roles = self.data_roles()
             workers = self.cfg.data.num_workers if roles.text or roles.images else 0
             self.loader = StepLoader(self.dataset, self.plan, roles, self.cfg.training.steps, workers,

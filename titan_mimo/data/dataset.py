@@ -95,6 +95,9 @@ class ImageTextDataset:
             w = weights.get(split) or [float(n) for n in sizes]
             self.mixtures[split] = Mixture(sizes, w, seed, split, shuffle=split == "train")
         self._handles = _Handles()
+        self.verbose = os.environ.get("RANK", "0") == "0"
+        """Print the first MAX_WARNINGS bad records (the trainer turns it on for the ranks that
+        see every sample once: the loss ranks)."""
         self._warned = 0
         self._init_cache()
 
@@ -187,7 +190,7 @@ class ImageTextDataset:
     # ---- sample index -> layout ----------------------------------------------------------------
 
     def _warn(self, e: RecordError) -> None:
-        if self._warned < MAX_WARNINGS and os.environ.get("RANK", "0") == "0":
+        if self.verbose and self._warned < MAX_WARNINGS:
             self._warned += 1
             tail = " (further bad records are counted, not printed)" if self._warned == MAX_WARNINGS else ""
             print(f"titan_mimo: skipping a record: {e}{tail}", file=sys.stderr, flush=True)

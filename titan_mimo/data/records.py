@@ -113,16 +113,21 @@ class JsonlSource:
 
     def __init__(self, path: str) -> None:
         self.path, self.base = path, Path(path).parent
-        data = np.fromfile(path, dtype=np.uint8)
-        ends = np.flatnonzero(data == ord("\n"))
-        if len(data) and data[-1] != ord("\n"):
-            ends = np.append(ends, len(data))
-        starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else np.zeros(0, np.int64)
-        # A line is blank when it holds no byte other than whitespace.
-        visible = np.concatenate([[0], np.cumsum(~np.isin(data, np.frombuffer(b" \t\r\n", np.uint8)))])
-        nonblank = np.flatnonzero(visible[ends] > visible[starts])
-        self.starts, self.ends = starts[nonblank], ends[nonblank]
-        self.line_numbers = nonblank + 1
+        size = os.path.getsize(path)
+        data = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        chunk = 1 << 26  # scan in 64 MiB pieces: the file is never held in memory at once
+        ends = np.concatenate([np.flatnonzero(data[o: o + chunk] == ord("\n")) + o
+                               for o in range(0, size, chunk)] or [np.zeros(0, np.int64)]).astype(np.int64)
+        if size and data[-1] != ord("\n"):
+            ends = np.append(ends, size)
+        starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64) if len(ends) else ends
+        # Drop whitespace-only lines; only short lines can be, so only those are looked at.
+        short = np.flatnonzero(ends - starts <= 16)
+        blank = [i for i in short if not bytes(data[starts[i]: ends[i]]).strip()]
+        keep = np.setdiff1d(np.arange(len(ends)), np.asarray(blank, dtype=np.int64))
+        self.starts, self.ends = starts[keep], ends[keep]
+        self.line_numbers = keep + 1
+        del data
         self._handles = _Handles()
 
     def __len__(self) -> int:
