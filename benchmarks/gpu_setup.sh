@@ -10,3 +10,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 # mamba-ssm's Triton autotuning takes ~2 min per new shape: keep its results on disk so later
 # processes of the same call reuse them.
 export TRITON_CACHE_AUTOTUNING=1
+# Compile caches in the working tree: a call can end with `tar czf $OUT/dcache.tgz .dcache`, and
+# the next call (carrying .dcache, unpacked here) skips Inductor compiles and Triton autotuning.
+mkdir -p .dcache/triton .dcache/inductor
+export TRITON_CACHE_DIR=$PWD/.dcache/triton TORCHINDUCTOR_CACHE_DIR=$PWD/.dcache/inductor

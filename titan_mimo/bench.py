@@ -275,20 +275,27 @@ def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, a
 
 
 def print_profile(one_step, device, n_steps: int = 2, top: int = 15) -> None:
-    """Top kernels by device time over n_steps, with their share of all kernel time."""
+    """Top kernels by device time over n_steps, with their share of all kernel time, then the
+    host-side ops with the most self CPU time (launch overhead, hooks, synchronisations)."""
     from torch.profiler import ProfilerActivity, profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         for _ in range(n_steps):
             one_step()
         _sync(device)
-    events = [e for e in prof.key_averages()
-              if device.type == "cuda" and e.device_type == torch.autograd.DeviceType.CUDA]
+    averages = prof.key_averages()
+    # The optimizer's record_function range shows up as a device event spanning its kernels.
+    events = [e for e in averages if device.type == "cuda" and e.device_type == torch.autograd.DeviceType.CUDA
+              and not e.key.startswith("Optimizer.")]
     total = sum(e.self_device_time_total for e in events) or 1.0
     print(f"  profile: {total / n_steps / 1e3:.1f} ms kernel time per step; top kernels:", flush=True)
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
         print(f"    {100 * e.self_device_time_total / total:5.1f}%  {e.self_device_time_total / n_steps / 1e3:7.2f} ms"
               f"  x{e.count // n_steps:<4d} {e.key[:110]}", flush=True)
+    host = [e for e in averages if e.device_type == torch.autograd.DeviceType.CPU]
+    print("  host ops by self CPU time per step:", flush=True)
+    for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:12]:
+        print(f"    {e.self_cpu_time_total / n_steps / 1e3:7.2f} ms  x{e.count // n_steps:<5d} {e.key[:100]}", flush=True)
 
 
 def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
