@@ -98,7 +98,7 @@ def _checkpointed(module_name: str, model: nn.Module, ac: str) -> list[nn.Module
 
 
 def _build(module_name: str, model_name: str, device: torch.device, *, compile_blocks: bool, ac: str,
-           fsdp_mesh, param_dtype: torch.dtype, overrides: dict) -> nn.Module:
+           fsdp_mesh, param_dtype: torch.dtype, overrides: dict, reshard: bool = True) -> nn.Module:
     """meta build → per-block AC and compile → (FSDP2) → to_empty; weights are set by the caller."""
     with torch.device("meta"):
         model = build_model(model_name, **overrides)
@@ -111,7 +111,7 @@ def _build(module_name: str, model_name: str, device: torch.device, *, compile_b
         if module_name == "vision":
             vit_parallel.apply_fsdp(model, fsdp_mesh, param_dtype)
         else:
-            lm_parallel.apply_fsdp(model, fsdp_mesh, param_dtype, reshard_after_forward=True)
+            lm_parallel.apply_fsdp(model, fsdp_mesh, param_dtype, reshard_after_forward=reshard)
     model.to_empty(device=device)
     return model
 
@@ -187,10 +187,12 @@ def build_modules(args, wl: Workload, device, *, fsdp_mesh, param_dtype) -> dict
     out = {}
     if args.module in ("language", "model"):
         out["language"] = _build("language", wl.names[-1], device, compile_blocks=args.compile, ac=args.ac,
+                                 reshard=not args.no_reshard,
                                  fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=lm_overrides(args))
     if args.module in ("vision", "model"):
         over = {"out_dim": model_args(wl.names[-1]).dim} if args.module == "model" else {}
-        out["vision"] = _build("vision", wl.names[0], device, compile_blocks=args.compile, ac=args.vision_ac,
+        out["vision"] = _build("vision", wl.names[0], device, compile_blocks=args.compile and not args.vision_eager,
+                               ac=args.vision_ac,
                                fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=over)
     return out
 
@@ -416,6 +418,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="LM activation checkpointing: every block ('full') or the MLP blocks ('mlp')")
     p.add_argument("--vision-ac", choices=["none", "full"], default="none",
                    help="ViT activation checkpointing: every block ('full')")
+    p.add_argument("--vision-eager", action="store_true", help="with --compile: leave the ViT blocks eager")
+    p.add_argument("--no-reshard", action="store_true",
+                   help="LM FSDP keeps gathered params from forward to backward (a what-if: the "
+                        "trainer reshards after forward when the LM is not pipelined, as here by default)")
     p.add_argument("--loss", choices=["logits", "fused"], default="logits",
                    help="'fused': chunked head + cross-entropy in the LM (no whole-batch logits)")
     p.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient", "math"], default="auto",
