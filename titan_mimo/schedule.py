@@ -35,8 +35,8 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from titan_mimo.bridge import Bridge
 from titan_mimo.build import BuiltModule
 from titan_mimo.compat import first_stage_forwards_ahead, time_stage_work
-from titan_mimo.distributed import world_max
 from titan_mimo.data.mock import IGNORE_INDEX, Batch
+from titan_mimo.distributed import world_max
 from titan_mimo.models import merge_embeddings
 from titan_mimo.models.language.parallelize import scatter_sequence
 
