@@ -2,8 +2,8 @@
 ships the same names."""
 
 import functools
-import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from torch.distributed._composable import checkpoint as composable_checkpoint
 
@@ -16,11 +16,12 @@ __all__ = ["composable_checkpoint", "time_stage_work"]
 _STAGE_WORK = ("forward_one_chunk", "backward_one_chunk", "backward_weight_one_chunk", "perform_reduce_grad")
 
 
-def time_stage_work(stage, add_seconds: Callable[[float], None]) -> None:
-    """Report the wall time of every call a schedule makes into `stage`'s own work.
+def time_stage_work(stage, span: Callable[[], AbstractContextManager]) -> None:
+    """Run every call a schedule makes into `stage`'s own work inside `span()`, a context
+    manager that measures it.
 
     Schedules look these methods up on the stage object, so instance attributes shadow them.
-    Only the outermost call is timed (some versions implement one of them through another);
+    Only the outermost call is measured (some versions implement one of them through another);
     a method a torch version lacks is skipped (its work then happens inside another one).
     """
     depth = [0]
@@ -31,14 +32,14 @@ def time_stage_work(stage, add_seconds: Callable[[float], None]) -> None:
 
         @functools.wraps(method)
         def timed(*args, _method=method, **kwargs):
-            depth[0] += 1
-            t0 = time.perf_counter()
-            try:
+            if depth[0]:
                 return _method(*args, **kwargs)
+            depth[0] += 1
+            try:
+                with span():
+                    return _method(*args, **kwargs)
             finally:
                 depth[0] -= 1
-                if depth[0] == 0:
-                    add_seconds(time.perf_counter() - t0)
 
         setattr(stage, name, timed)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -77,7 +78,8 @@ class StepTiming:
     """Inside the language model's pipeline schedule (0 unless this rank is a pp > 1 language rank)."""
     stage_work_s: float = 0.0
     """Inside this rank's own stage work within the schedule; includes the first stage's bridge
-    waits, since the bridge is received inside the stage forward."""
+    waits, since the bridge is received inside the stage forward. Both this and `schedule_s`
+    are stream time on CUDA (`SpanClock`)."""
 
     @property
     def bubble_s(self) -> float:
@@ -87,6 +89,43 @@ class StepTiming:
     @property
     def bubble_fraction(self) -> float:
         return self.bubble_s / self.schedule_s if self.schedule_s > 0 else 0.0
+
+
+class SpanClock:
+    """Sums the durations of spans of work: host wall time on CPU; on CUDA, time on the current
+    stream between events recorded around each span (kernels run asynchronously, so host time
+    would only count their launches, and a pipeline's waits are stream waits, not host waits).
+    Read `total_s()` once the spans' work is queued; it synchronises on CUDA."""
+
+    def __init__(self, device: torch.device):
+        self.is_cuda = device.type == "cuda"
+        self.reset()
+
+    def reset(self) -> None:
+        self._host_s = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    @contextmanager
+    def span(self):
+        if self.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._events.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._host_s += time.perf_counter() - t0
+
+    def total_s(self) -> float:
+        if self._events:
+            self._events[-1][1].synchronize()
+        return self._host_s + sum(start.elapsed_time(end) for start, end in self._events) / 1e3
 
 
 def theoretical_bubble_fraction(lm_pp: int, n_microbatches: int, stages_per_rank: int = 1) -> float:
@@ -153,7 +192,7 @@ class StepRunner:
         self.timing = StepTiming()
         """Of the last run; `train_timing` of the last training run."""
         self.train_timing = StepTiming()
-        self._stage_work_s = 0.0
+        self._stage_clock, self._schedule_clock = SpanClock(device), SpanClock(device)
         self.events: list[tuple[str, str, int, float]] = []
         """(module, op, micro-batch, wall time) of the last step, in the order this rank ran them;
         the time is when a language forward starts and when any other op ends."""
@@ -169,7 +208,7 @@ class StepRunner:
                                         **stage_shapes[sid])
                           for part, sid in zip(lm.parts, lm.stage_ids)]
                 for stage in stages:
-                    time_stage_work(stage, self._add_stage_work)
+                    time_stage_work(stage, self._stage_clock.span)
                 cls = SCHEDULES[schedule_name]
                 self.schedule = cls(stages if len(stages) > 1 or cls is ScheduleInterleaved1F1B else stages[0],
                                     n_microbatches, loss_fn=self._loss_fn, scale_grads=False)
@@ -185,9 +224,6 @@ class StepRunner:
         self.in_flight = encoder_lead(schedule_name, lm_pp, n_microbatches,
                                       None if ahead < 0 else int(ahead))
         """Encoder forwards sent ahead of the oldest returning gradient."""
-
-    def _add_stage_work(self, seconds: float) -> None:
-        self._stage_work_s += seconds
 
     # ---- language side -----------------------------------------------------------------------
 
@@ -242,15 +278,14 @@ class StepRunner:
         losses: list[Tensor] = []
         if self.holds_last:
             kwargs = {"target": torch.cat([b.labels for b in text]).to(self.device), "losses": losses}
-        t0 = time.perf_counter()
-        if train:
-            self.schedule.step(*args, **kwargs)
-        else:
-            # Pipelining's eval only skips the backward; no_grad also keeps it from building
-            # graphs (and the bridge from arming its gradient send).
-            with torch.no_grad():
-                self.schedule.eval(*args, **kwargs)
-        self.timing.schedule_s = time.perf_counter() - t0
+        with self._schedule_clock.span():
+            if train:
+                self.schedule.step(*args, **kwargs)
+            else:
+                # Pipelining's eval only skips the backward; no_grad also keeps it from building
+                # graphs (and the bridge from arming its gradient send).
+                with torch.no_grad():
+                    self.schedule.eval(*args, **kwargs)
         return float(sum(l.detach() for l in losses)) if losses else 0.0
 
     # ---- encoder side ------------------------------------------------------------------------
@@ -287,7 +322,9 @@ class StepRunner:
         """Forward (+ backward) of all micro-batches; returns this rank's loss contribution."""
         self.data, self.global_tokens = data, global_tokens
         self.events = []
-        self.timing, self._stage_work_s = StepTiming(), 0.0
+        self.timing = StepTiming()
+        self._stage_clock.reset()
+        self._schedule_clock.reset()
         bridges = [role.bridge for role in self.encoders.values() if role.bridge is not None]
         wait0 = sum(b.stats.wait_s for b in bridges)
         t0 = time.perf_counter()
@@ -301,7 +338,8 @@ class StepRunner:
             bridge.wait_sends()
         self.timing.run_s = time.perf_counter() - t0
         self.timing.bridge_wait_s = sum(b.stats.wait_s for b in bridges) - wait0
-        self.timing.stage_work_s = self._stage_work_s
+        self.timing.schedule_s = self._schedule_clock.total_s()
+        self.timing.stage_work_s = self._stage_clock.total_s()
         if train:
             self.train_timing = self.timing
         return loss
