@@ -39,7 +39,8 @@ WORKER = REPO / "tests/workers/layout_worker.py"
 DEBUG = "train_configs/debug_cpu.toml"
 GPU_CONFIG = "train_configs/vlm_hybrid_8gpu.toml"
 
-# name: (world size, overrides of debug_cpu.toml); the reference is the 1-process run.
+# name: (world size, overrides of debug_cpu.toml); the reference is the 1-process run with the
+# same training.* overrides (a layout that needs another batch gets its own reference).
 LAYOUTS = {
     "dp2|dp2": (4, {}),
     "fan_in 2|1": (3, {"modules.vision.ranks": 2, "modules.language.ranks": 1}),
@@ -75,13 +76,23 @@ def torchrun(nproc: int, target: list[str], *, cpu: bool, timeout: int, log: Pat
 # ---- invariance ----------------------------------------------------------------------------
 
 
+def _reference(over: dict) -> dict:
+    return {k: v for k, v in over.items() if k.startswith("training.")}
+
+
+def _ref_name(over: dict, prec: str) -> str:
+    return "ref_" + "_".join([prec, *(f"{k.split('.')[-1]}{v}" for k, v in sorted(_reference(over).items()))])
+
+
 def invariance(args) -> list[dict]:
     out = args.out / "invariance"
     out.mkdir(parents=True, exist_ok=True)
     by_world: dict[int, list[dict]] = {1: []}
     for prec, p_over in PRECISIONS.items():
-        by_world[1].append({"name": f"ref_{prec}", "config": DEBUG, "steps": STEPS,
-                            "overrides": {"optimizer.eps": 1e-6, **p_over}})
+        refs = {_ref_name(over, prec): _reference(over) for w, over in LAYOUTS.values() if w <= args.gpus}
+        for ref, r_over in refs.items():
+            by_world[1].append({"name": ref, "config": DEBUG, "steps": STEPS,
+                                "overrides": {"optimizer.eps": 1e-6, **p_over, **r_over}})
         for name, (world, over) in LAYOUTS.items():
             if world <= args.gpus:
                 by_world.setdefault(world, []).append(
@@ -96,10 +107,10 @@ def invariance(args) -> list[dict]:
         print(f"world {world}: {len(cases)} cases in {time.time() - t0:.0f} s", file=sys.stderr)
     rows = []
     for prec in PRECISIONS:
-        ref = json.loads((out / f"ref_{prec}" / "losses.json").read_text())
-        for name, (world, _) in LAYOUTS.items():
+        for name, (world, over) in LAYOUTS.items():
             if world > args.gpus:
                 continue
+            ref = json.loads((out / _ref_name(over, prec) / "losses.json").read_text())
             got = json.loads((out / f"{name}_{prec}".replace(" ", "_").replace("|", "-") / "losses.json").read_text())
             rel = max(abs(a - b) / abs(b) for a, b in zip(got, ref, strict=True))
             rows.append({"layout": name, "world": world, "precision": prec, "max_rel_loss_diff": rel,
