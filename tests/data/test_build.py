@@ -74,14 +74,19 @@ def test_real_data_trains_and_resumes_exactly(sample_dir: Path, tmp_path: Path) 
     """The README command on the tiny dataset, 4 ranks (vision dp 2 | language dp 2), worker
     loaders, patch balancing, validation: the loss falls and the metrics carry the data counters.
     Then a second run resumes from the first one's step-4 checkpoint (its DCP state holds every
-    rank's loader state): steps 5-8 repeat bit for bit, skip counters included."""
+    rank's loader state): steps 5-8 repeat bit for bit, skip counters included. A third run,
+    colocated (both modules on all 4 ranks, language dp 4, one micro-batch a step, patches
+    balanced over 4 instead of 2), gives the same losses to round-off: same samples per step."""
     common = ["--training.steps=8", "--metrics.log_freq=1", "--validation.freq=8",
               "--checkpoint.enable=true", "--checkpoint.interval=4", "--metrics.enable_tensorboard=false"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight, resumed, colocated = tmp_path / "straight", tmp_path / "resumed", tmp_path / "colocated"
     step4 = Path("checkpoint") / "step-4"
     cases = [{"argv": _args(sample_dir, *common, f"--job.dump_folder={straight}"), "copy": None, "export": None},
              {"argv": _args(sample_dir, *common, f"--job.dump_folder={resumed}"),
-              "copy": [str(straight / step4), str(resumed / step4)], "export": None}]
+              "copy": [str(straight / step4), str(resumed / step4)], "export": None},
+             {"argv": _args(sample_dir, *common, "--checkpoint.enable=false",
+                            "--validation.enable=false", "--parallelism.colocated=true",
+                            f"--job.dump_folder={colocated}"), "copy": None, "export": None}]
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     sys.path.insert(0, str(REPO / "tests"))
     from launcher import torchrun
@@ -102,3 +107,8 @@ def test_real_data_trains_and_resumes_exactly(sample_dir: Path, tmp_path: Path) 
     assert [r["step"] for r in again] == [5, 6, 7, 8]
     for a, b in zip(again, records[4:]):
         assert (a["loss"], a["grad_norm"], a["skipped_samples"]) == (b["loss"], b["grad_norm"], b["skipped_samples"])
+    other = [json.loads(x) for x in (colocated / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in other] == list(range(1, 9))
+    assert [r["loss_tokens"] for r in other] == [r["loss_tokens"] for r in records]
+    for a, b in zip(other, records):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a["loss"], b["loss"])
