@@ -88,12 +88,14 @@ def _blocks(module_name: str, model: nn.Module) -> nn.ModuleDict:
 
 
 def _checkpointed(module_name: str, model: nn.Module, ac: str) -> list[nn.Module]:
-    """Blocks to activation-checkpoint: none, all ("full"), or the LM's MLP blocks ("mlp")."""
+    """Blocks to activation-checkpoint: none, all ("full"), the LM's MLP blocks ("mlp"), or every
+    second MLP block ("mlp-half": half the recompute, for runs just over the memory limit)."""
     blocks = _blocks(module_name, model)
     if ac == "full":
         return list(blocks.values())
-    if ac == "mlp":
-        return [b for key, b in blocks.items() if model.args.layer_pattern[int(key)] == "-"]
+    if ac in ("mlp", "mlp-half"):
+        mlps = [b for key, b in blocks.items() if model.args.layer_pattern[int(key)] == "-"]
+        return mlps if ac == "mlp" else mlps[::2]
     return []
 
 
@@ -414,8 +416,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=8192, help="LM sequence length")
     p.add_argument("--image", type=int, default=1024, help="square image side in pixels")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
-    p.add_argument("--ac", choices=["none", "full", "mlp"], default="none",
-                   help="LM activation checkpointing: every block ('full') or the MLP blocks ('mlp')")
+    p.add_argument("--ac", choices=["none", "full", "mlp", "mlp-half"], default="none",
+                   help="LM activation checkpointing: every block ('full'), the MLP blocks ('mlp'), "
+                        "every second MLP block ('mlp-half')")
     p.add_argument("--vision-ac", choices=["none", "full"], default="none",
                    help="ViT activation checkpointing: every block ('full')")
     p.add_argument("--vision-eager", action="store_true", help="with --compile: leave the ViT blocks eager")
