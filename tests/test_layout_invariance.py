@@ -1,6 +1,7 @@
 """Layout invariance (DESIGN.md invariant 1): every placement trains exactly like the single-rank
 colocated run. One torchrun launch per world size runs all its layouts; each is compared with
-the single-rank reference on step-0 gradients, per-step losses and final parameters.
+the single-rank reference on step-0 gradients, per-step losses and global gradient norms, and
+final parameters.
 
 Also here, because they read the same runs: validation (forward-only through the same schedule)
 gives the single-rank loss in every layout; the schedule-order check (encoder forward of i+1
@@ -59,7 +60,8 @@ BF16 = ("bf16_dp2_dp2", 4, "base", {"training.mixed_precision": "bf16"})
 
 # Evaluation between steps 1 and 2 in every case (validation_loss test). The optimizer runs
 # with the config's eps (1e-8): with the gradient norm counting every shard once, final
-# parameters agree to round-off even where Adam amplifies near-zero gradients.
+# parameters agree to <= 5e-5 in every layout (2026-11-24), even where Adam amplifies
+# near-zero gradients.
 TEST_OVERRIDES = {"validation.enable": True, "validation.steps": 1}
 
 
