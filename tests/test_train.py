@@ -48,11 +48,15 @@ def test_loss_falls_only_through_the_vision_path(tmp_path: Path) -> None:
 
 
 def test_outputs_follow_the_contract(tmp_path: Path) -> None:
-    proc = _launch(4, tmp_path, "--training.steps=3", "--metrics.log_freq=1")
+    # Logging every 5 steps, validating every 2: a validation step is logged too (with its
+    # val_loss), as is the last step.
+    proc = _launch(4, tmp_path, "--training.steps=3", "--metrics.log_freq=5", "--validation.enable=true",
+                   "--validation.freq=2", "--validation.steps=1")
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output[-5000:]
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["step"] for r in records] == [2, 3]
+    assert records[0]["val_loss"] > 0 and "val_loss" not in records[1]
     for r in records:
         for key in ("loss", "grad_norm", "lr", "tokens_per_s", "step_time_s", "bridge_wait_s"):
             assert r[key] >= 0

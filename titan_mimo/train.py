@@ -421,9 +421,11 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
                     if out["stop"]:
                         checkpointer.wait()
                     saved_s = checkpointer.blocked_s
-                if done % cfg.metrics.log_freq == 0 or done == cfg.training.steps:
+                validate = cfg.validation.enable and done % cfg.validation.freq == 0
+                # A validation step is also a logged step, so its val_loss has a record to go in.
+                if done % cfg.metrics.log_freq == 0 or done == cfg.training.steps or validate:
                     record = trainer.step_metrics(step, out)
-                    if cfg.validation.enable and done % cfg.validation.freq == 0:
+                    if validate:
                         record["val_loss"] = trainer.evaluate(step)
                     if saved_s is not None:
                         record["checkpoint_s"] = saved_s  # time the loop was blocked by the save
