@@ -170,3 +170,21 @@ def test_two_sources_mix_jsonl_and_tar_shards(sample_dir: Path) -> None:
         assert ("tar" in ds.resolve(i, "train").where[0]) == (picks[i] == 1)
     tar_sample = next(i for i in range(20) if "tar" in ds.resolve(i, "train").where[0])
     assert _targets(ds, ds.sample(tar_sample)).endswith("</s>")
+
+
+def test_make_sample_from_your_own_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from titan_mimo.data.make_sample import build
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for name, size in [("red_car.png", (40, 24)), ("a-blue-boat.jpg", (16, 16)), ("notes.txt", None)]:
+        if size:
+            Image.new("RGB", size, (200, 30, 30)).save(pics / name)
+        else:
+            (pics / name).write_text("not a picture")
+    paths = build(tmp_path / "out", images=pics, bad_records=False)
+    records = [json.loads(x) for x in paths["captions"].read_text().splitlines()]
+    assert [r["text"] for r in records] == ["a blue boat", "red car"]
+    ds = dataset(tmp_path / "out", ["captions.jsonl"])
+    assert sorted(int((ds.sample(i).tokens == IMAGE).sum()) for i in range(2)) == [4, 15]  # 16x16, 24x40
