@@ -39,6 +39,13 @@ def test_jsonl_offsets_skip_blank_lines_and_name_the_line(tmp_path: Path) -> Non
     assert r2.where == f"{path}:5" and r2.fields["text"] == "three"
 
 
+def test_jsonl_with_byte_order_mark_and_crlf(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "one"}\r\n{"text": "two"}\r\n')
+    src = JsonlSource(str(path))
+    assert [src.record(i).fields["text"] for i in range(len(src))] == ["one", "two"]
+
+
 def test_jsonl_bad_json_is_a_record_error_naming_the_line(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "ok"}\n{"text": oops}\n')

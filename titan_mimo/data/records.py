@@ -121,6 +121,8 @@ class JsonlSource:
         if size and data[-1] != ord("\n"):
             ends = np.append(ends, size)
         starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64) if len(ends) else ends
+        if size >= 3 and bytes(data[:3]) == b"\xef\xbb\xbf":  # a UTF-8 byte-order mark
+            starts[0] = 3
         # Drop whitespace-only lines; only short lines can be, so only those are looked at.
         short = np.flatnonzero(ends - starts <= 16)
         blank = [i for i in short if not bytes(data[starts[i]: ends[i]]).strip()]
