@@ -13,10 +13,10 @@ from PIL import Image
 
 from titan_mimo.data.images import ImagePolicy
 from titan_mimo.data.records import (
+    FileHandles,
     JsonlSource,
     RecordError,
     TarSource,
-    _Handles,
     open_source,
 )
 
@@ -68,7 +68,7 @@ def test_tar_shards_group_members_by_key(tmp_path: Path) -> None:
     k1, k2, k3 = (src.record(i) for i in range(3))
     assert k1.fields == {"text": "a caption"} and k1.where == f"{shard}:k1"
     assert k2.fields["conversations"][0]["value"] == "hi" and k3.images == ()
-    policy, handles = ImagePolicy(cell=8), _Handles()
+    policy, handles = ImagePolicy(cell=8), FileHandles()
     assert [policy.header_size(ref, handles) for ref in k1.images + k2.images] == [(8, 16), (8, 8), (16, 8)]
 
 
@@ -81,7 +81,7 @@ def test_parquet_rows_with_hf_image_structs(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "d.parquet", row_group_size=2)
     src = open_source(str(tmp_path / "d.parquet"))
     assert len(src) == 3
-    policy, handles = ImagePolicy(cell=8), _Handles()
+    policy, handles = ImagePolicy(cell=8), FileHandles()
     r0, r1, r2 = (src.record(i) for i in range(3))
     assert [policy.header_size(r.images[0], handles) for r in (r0, r1)] == [(8, 24), (16, 8)]
     assert r2.images == () and r2.fields == {"text": "third"}
@@ -124,7 +124,7 @@ def test_load_resizes_and_normalises(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(_png(30, 50, colour=(255, 0, 128)))
     policy = ImagePolicy(cell=8, min_pixels=256, max_pixels=1024, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     from titan_mimo.data.records import ImageRef
-    ref, handles = ImageRef(path=str(tmp_path / "a.png")), _Handles()
+    ref, handles = ImageRef(path=str(tmp_path / "a.png")), FileHandles()
     size = policy.target_size(*policy.header_size(ref, handles))
     x = policy.load(ref, handles, size)
     assert x.shape == (3, *size) and x.dtype == torch.float32
@@ -137,7 +137,7 @@ def test_exif_rotation_swaps_the_header_size(tmp_path: Path) -> None:
     exif[0x0112] = 6  # rotate 90 degrees on display
     im.save(tmp_path / "r.jpg", exif=exif)
     from titan_mimo.data.records import ImageRef
-    policy, ref, handles = ImagePolicy(cell=8, min_pixels=64), ImageRef(path=str(tmp_path / "r.jpg")), _Handles()
+    policy, ref, handles = ImagePolicy(cell=8, min_pixels=64), ImageRef(path=str(tmp_path / "r.jpg")), FileHandles()
     assert policy.header_size(ref, handles) == (24, 8)
     assert policy.load(ref, handles, (24, 8)).shape == (3, 24, 8)
 
@@ -146,7 +146,7 @@ def test_header_errors_are_record_errors(tmp_path: Path) -> None:
     from titan_mimo.data.records import ImageRef
     (tmp_path / "t.png").write_text("not a png")
     (tmp_path / "thin.png").write_bytes(_png(1, 64))
-    policy, handles = ImagePolicy(cell=8), _Handles()
+    policy, handles = ImagePolicy(cell=8), FileHandles()
     with pytest.raises(RecordError, match="cannot open image .*missing.png"):
         policy.header_size(ImageRef(path=str(tmp_path / "missing.png")), handles)
     with pytest.raises(RecordError, match="UnidentifiedImageError"):

@@ -44,10 +44,10 @@ from titan_mimo.data.images import ImagePolicy
 from titan_mimo.data.mixture import Mixture
 from titan_mimo.data.mock import IGNORE_INDEX, Batch, Sample
 from titan_mimo.data.records import (
+    FileHandles,
     ImageRef,
     RawRecord,
     RecordError,
-    _Handles,
     open_source,
 )
 from titan_mimo.data.tokenizer import TextTokenizer
@@ -72,6 +72,7 @@ class Layout:
     skipped: int = 0
     """Records rejected on the way."""
     n_image_tokens: int = 0
+    """Placeholder tokens of all its images (what the encoder's work scales with)."""
 
     def add(self, ids: list[int], trained: bool) -> None:
         self.tokens.extend(ids)
@@ -94,7 +95,7 @@ class ImageTextDataset:
             sizes = [len(s) for s in srcs]
             w = weights.get(split) or [float(n) for n in sizes]
             self.mixtures[split] = Mixture(sizes, w, seed, split, shuffle=split == "train")
-        self._handles = _Handles()
+        self._handles = FileHandles()
         self.verbose = os.environ.get("RANK", "0") == "0"
         """Print the first MAX_WARNINGS bad records (the trainer turns it on for the ranks that
         see every sample once: the loss ranks)."""

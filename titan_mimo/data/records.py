@@ -40,7 +40,7 @@ class ImageRef:
     size: int = -1
     data: bytes | None = None
 
-    def open(self, handles: _Handles) -> io.BufferedIOBase:
+    def open(self, handles: FileHandles) -> io.BufferedIOBase:
         if self.data is not None:
             return io.BytesIO(self.data)
         if self.offset >= 0:
@@ -65,7 +65,7 @@ class RawRecord:
     """file:line, shard:key or file:row, for messages."""
 
 
-class _Handles:
+class FileHandles:
     """File handles opened lazily, per process (a forked worker must not share a parent's
     file offset)."""
 
@@ -130,7 +130,7 @@ class JsonlSource:
         self.starts, self.ends = starts[keep], ends[keep]
         self.line_numbers = keep + 1
         del data
-        self._handles = _Handles()
+        self._handles = FileHandles()
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -173,7 +173,7 @@ class TarSource:
             except tarfile.TarError as e:
                 raise ValueError(f"{path}: not a readable uncompressed tar shard: {e}") from None
             self.keys.extend((path, key, members) for key, members in groups.items())
-        self._handles = _Handles()
+        self._handles = FileHandles()
 
     def __len__(self) -> int:
         return len(self.keys)
