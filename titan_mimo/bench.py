@@ -100,7 +100,8 @@ def _checkpointed(module_name: str, model: nn.Module, ac: str) -> list[nn.Module
 
 
 def _build(module_name: str, model_name: str, device: torch.device, *, compile_blocks: bool, ac: str,
-           fsdp_mesh, param_dtype: torch.dtype, overrides: dict, reshard: bool = True) -> nn.Module:
+           fsdp_mesh, param_dtype: torch.dtype, overrides: dict, reshard: bool = True,
+           compile_forward_only: bool = False) -> nn.Module:
     """meta build → per-block AC and compile → (FSDP2) → to_empty; weights are set by the caller."""
     with torch.device("meta"):
         model = build_model(model_name, **overrides)
@@ -108,7 +109,13 @@ def _build(module_name: str, model_name: str, device: torch.device, *, compile_b
     # compile on each block): every block of a kind is the same graph, so the compile cache
     # makes blocks after the first cheap.
     apply_block_options(_checkpointed(module_name, model, ac), "full", False)
-    apply_block_options(list(_blocks(module_name, model).values()), "none", compile_blocks)
+    if compile_blocks and compile_forward_only:
+        # What-if: compile each block's forward alone, so module hooks (FSDP's unshard/reshard,
+        # checkpointing) run eagerly around one graph instead of inside the compiled call.
+        for block in _blocks(module_name, model).values():
+            block.forward = torch.compile(block.forward)
+    else:
+        apply_block_options(list(_blocks(module_name, model).values()), "none", compile_blocks)
     if fsdp_mesh is not None:
         if module_name == "vision":
             vit_parallel.apply_fsdp(model, fsdp_mesh, param_dtype)
@@ -189,12 +196,12 @@ def build_modules(args, wl: Workload, device, *, fsdp_mesh, param_dtype) -> dict
     out = {}
     if args.module in ("language", "model"):
         out["language"] = _build("language", wl.names[-1], device, compile_blocks=args.compile, ac=args.ac,
-                                 reshard=not args.no_reshard,
+                                 reshard=not args.no_reshard, compile_forward_only=args.compile_forward,
                                  fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=lm_overrides(args))
     if args.module in ("vision", "model"):
         over = {"out_dim": model_args(wl.names[-1]).dim} if args.module == "model" else {}
         out["vision"] = _build("vision", wl.names[0], device, compile_blocks=args.compile and not args.vision_eager,
-                               ac=args.vision_ac,
+                               ac=args.vision_ac, compile_forward_only=args.compile_forward,
                                fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=over)
     return out
 
@@ -421,6 +428,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "every second MLP block ('mlp-half')")
     p.add_argument("--vision-ac", choices=["none", "full"], default="none",
                    help="ViT activation checkpointing: every block ('full')")
+    p.add_argument("--compile-forward", action="store_true",
+                   help="with --compile: torch.compile each block's forward instead of the module "
+                        "call (hooks stay eager; a what-if against the trainer's Module.compile)")
     p.add_argument("--vision-eager", action="store_true", help="with --compile: leave the ViT blocks eager")
     p.add_argument("--no-reshard", action="store_true",
                    help="LM FSDP keeps gathered params from forward to backward (a what-if: the "
