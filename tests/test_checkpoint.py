@@ -28,6 +28,7 @@ from titan_mimo.models import build_model
 from titan_mimo.train import stop_on_signals
 
 CONFIG = "train_configs/debug_cpu.toml"
+TWO_ENCODERS = "train_configs/debug_two_encoders_cpu.toml"
 STEPS, SAVE_AT = 6, 3
 COMMON = [f"--training.steps={STEPS}", "--metrics.log_freq=1", "--metrics.enable_tensorboard=false",
           "--checkpoint.enable=true", f"--checkpoint.interval={SAVE_AT}"]
@@ -36,6 +37,11 @@ LAYOUTS = {
     "pp": ["--modules.vision.ranks=1", "--modules.language.ranks=2", "--modules.language.pp=2"],
     "fan_in": ["--modules.vision.ranks=2", "--modules.language.ranks=1"],
     "one": ["--parallelism.colocated=true"],
+    # Two pipeline stages per rank: two parts, two optimizers per rank.
+    "interleaved": ["--modules.language.pp=2", "--parallelism.stages_per_rank=2",
+                    "--parallelism.pipeline_schedule=Interleaved1F1B"],
+    "frozen": ["--modules.vision.frozen=true"],  # no optimizer state for vision
+    "two_encoders": ["--config", str(REPO / TWO_ENCODERS)],
 }
 
 
@@ -80,6 +86,8 @@ def runs(tmp_path_factory) -> Path:
         _case(t / "dp2", "dp2"),
         _case(t / "init_dp2", "dp2", "--training.steps=2", "--checkpoint.enable=false",
               f"--checkpoint.initial_load_path={export}", export=(_step3(t / "dp2"), export)),
+        *[case for layout in ("interleaved", "frozen", "two_encoders")
+          for case in (_case(t / layout, layout), resumed(f"{layout}_resumed", layout, layout))],
     ], t)
     _launch(3, [
         _case(t / "pp", "pp", "--checkpoint.async_mode=async"),
@@ -100,7 +108,7 @@ def _state(run: Path, step: int) -> dict[str, torch.Tensor]:
     return read_tensors(run / "checkpoint" / f"step-{step}", "")
 
 
-@pytest.mark.parametrize("layout", ["pp", "fan_in"])
+@pytest.mark.parametrize("layout", ["pp", "fan_in", "interleaved", "frozen", "two_encoders"])
 def test_resume_is_bitwise_identical(runs: Path, layout: str) -> None:
     """3 steps, stop, resume to 6 == 6 straight: losses, weights and AdamW states bit for bit
     (the pp layout saves asynchronously, so this also checks that an async save is a snapshot)."""
@@ -109,7 +117,9 @@ def test_resume_is_bitwise_identical(runs: Path, layout: str) -> None:
     assert [resumed[s] for s in (4, 5, 6)] == [straight[s] for s in (4, 5, 6)]
     a, b = _state(runs / layout, STEPS), _state(runs / f"{layout}_resumed", STEPS)
     assert sorted(a) == sorted(b)
-    assert any(".optimizer.state." in k and k.endswith("exp_avg_sq") for k in a)
+    assert any(k.startswith("language.optimizer.state.") and k.endswith("exp_avg_sq") for k in a)
+    assert any(k.startswith("vision.optimizer.state.") for k in a) == (layout != "frozen")
+    assert any(k.startswith("vision_small.model.") for k in a) == (layout == "two_encoders")
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
