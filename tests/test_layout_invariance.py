@@ -30,6 +30,7 @@ REFERENCES = {
     "frozen": (BASE, {"modules.vision.frozen": True}),
     "two_encoders": (TWO, {}),
     "order": (BASE, {"training.micro_batch_size": 1}),
+    "blind": (BASE, {"training.zero_encoder_embeddings": True}),
 }
 
 # name: (world size, reference, overrides on top of the reference's)
@@ -48,6 +49,8 @@ LAYOUTS = {
     "frozen_encoder": (4, "frozen", {}),
     "two_encoders": (4, "two_encoders", {}),
     "order": (4, "order", {}),
+    # The zeroed-embeddings ablation across the bridge (once hung: no gradient went back).
+    "zeroed_embeddings": (4, "blind", {}),
     # 8 micro-batches: torch's Interleaved1F1B runs stage 0 only 4 forwards ahead of its backwards.
     "pp2_interleaved_8mb": (3, "order", {"modules.vision.ranks": 1, "modules.language.ranks": 2,
                                          "modules.language.pp": 2, "parallelism.stages_per_rank": 2,

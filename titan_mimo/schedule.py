@@ -246,7 +246,9 @@ class StepRunner:
                 else:
                     rows = (tokens_BS == role.placeholder_id).sum(1).tolist()
                     emb = role.bridge.recv_embeddings(rows, requires_grad=not role.frozen)
-                embeds[role.placeholder_id] = torch.zeros_like(emb) if self.zero_embeddings else emb
+                # `* 0`, not zeros_like: the ablation keeps the graph, so the bridge still sends a
+                # (zero) gradient back and non-colocated encoder ranks do not wait for it forever.
+                embeds[role.placeholder_id] = emb * 0 if self.zero_embeddings else emb
             h_BSD = merge_embeddings(h_BSD, tokens_BS, embeds)
             return scatter_sequence(h_BSD, tp_mesh) if tp_mesh is not None else h_BSD
         return merge
