@@ -38,6 +38,8 @@ LAYOUTS = {
     "fan_in": (3, "base", {"modules.vision.ranks": 2, "modules.language.ranks": 1}),
     "fan_out": (3, "base", {"modules.vision.ranks": 1, "modules.language.ranks": 2}),
     "dp2_dp2": (4, "base", {}),
+    # The reference computes its loss fused (chunked head + cross-entropy); this one from logits.
+    "dp2_dp2_logits_loss": (4, "base", {"training.loss": "logits"}),
     "dp2_dp2_activation_checkpoint": (4, "base", {"modules.vision.activation_checkpoint": "full",
                                                   "modules.language.activation_checkpoint": "full"}),
     "pp2_1f1b": (4, "base", {"modules.language.pp": 2}),

@@ -92,6 +92,10 @@ class Training:
     """Seed of initialisation, data and dropout; layouts with the same seed train identically."""
     mixed_precision: Literal["fp32", "bf16"] = "fp32"
     """Compute dtype; master weights, gradient reduction and optimizer state stay fp32."""
+    loss: Literal["auto", "fused", "logits"] = "auto"
+    """Language-model loss: "fused" = output head + cross-entropy over sequence chunks, so the
+    [tokens, vocab] logits never exist whole (needs language pp = 1 and tp = 1); "logits" =
+    cross-entropy of the full logits; "auto" = fused where it applies, logits elsewhere."""
     max_norm: float = 1.0
     """Global gradient-norm clipping threshold over all modules; <= 0 disables clipping."""
     skip_nonfinite_steps: bool = False

@@ -183,10 +183,12 @@ class StepRunner:
     def __init__(self, *, modules: dict[str, BuiltModule], encoders: dict[str, EncoderRole],
                  language: str | None, n_microbatches: int, schedule_name: str,
                  tp_mesh, pp_group, device: torch.device, lm_pp: int,
-                 stage_shapes: dict | None, zero_embeddings: bool = False):
+                 stage_shapes: dict | None, zero_embeddings: bool = False, fused_loss: bool = False):
         self.modules, self.encoders, self.language = modules, encoders, language
         self.n_mb, self.device = n_microbatches, device
         self.zero_embeddings = zero_embeddings
+        self.fused_loss = fused_loss
+        """Language pp = 1 only: the model returns its summed loss (chunked head + cross-entropy)."""
         self.global_tokens = 1.0
         self.data = StepData()
         self.timing = StepTiming()
@@ -232,6 +234,11 @@ class StepRunner:
         # summed gradient over micro-batches, dp ranks and modules is the same in every layout.
         return cross_entropy_sum(logits_BSV, labels_BS) / self.global_tokens
 
+    def _model_loss(self, model, tokens_BS: Tensor, mb_B: Tensor, labels_BS: Tensor) -> Tensor:
+        if self.fused_loss:
+            return model(tokens_BS, mb_B, labels=labels_BS) / self.global_tokens
+        return self._loss_fn(model(tokens_BS, mb_B), labels_BS)
+
     def _merge_hook(self, tp_mesh):
         def merge(h_BSD: Tensor, tokens_BS: Tensor, mb_B: Tensor) -> Tensor:
             mb = int(mb_B[0])
@@ -262,14 +269,15 @@ class StepRunner:
             for mb, batch in enumerate(text):
                 tokens = batch.tokens.to(self.device)
                 mb_ids = torch.full((tokens.shape[0],), mb, device=self.device)
+                labels = batch.labels.to(self.device)
                 if train:
                     model.set_requires_gradient_sync(mb == self.n_mb - 1)
-                    loss = self._loss_fn(model(tokens, mb_ids), batch.labels.to(self.device))
+                    loss = self._model_loss(model, tokens, mb_ids, labels)
                     loss.backward()
                     self.events.append((self.language, "B", mb, time.time()))
                 else:
                     with torch.no_grad():
-                        loss = self._loss_fn(model(tokens, mb_ids), batch.labels.to(self.device))
+                        loss = self._model_loss(model, tokens, mb_ids, labels)
                 loss_sum += float(loss.detach())
             return loss_sum
         args, kwargs = (), {}

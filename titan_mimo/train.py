@@ -35,7 +35,7 @@ from titan_mimo.metrics import MetricsWriter, memory_gib, peak_flops
 from titan_mimo.schedule import EncoderRole, StepData, StepRunner, theoretical_bubble_fraction
 from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, count_loss_tokens,
                              language_lr_schedule, local_grad_sq, scale_grads)
-from titan_mimo.topology import Topology, build_topology, resolve_placements
+from titan_mimo.topology import Topology, build_topology, resolve_placements, uses_fused_loss
 
 
 class NonFiniteError(RuntimeError):
@@ -330,7 +330,8 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
     runner = StepRunner(modules=modules, encoders=roles, language=lm_name if lm_here else None,
                         n_microbatches=topo.n_microbatches, schedule_name=cfg.parallelism.pipeline_schedule,
                         tp_mesh=tp_mesh, pp_group=pp_group, device=device, lm_pp=lm_place.pp,
-                        stage_shapes=stage_shapes, zero_embeddings=cfg.training.zero_encoder_embeddings)
+                        stage_shapes=stage_shapes, zero_embeddings=cfg.training.zero_encoder_embeddings,
+                        fused_loss=uses_fused_loss(cfg, lm_place))
     optimizers = build_optimizers(cfg, modules, device)
     with torch.device("meta"):  # FLOP formulas need the module objects, not their weights
         flop_counters = {n: build_model(m.model, **m.model_args, **({"out_dim": args[lm_name].dim} if m.feeds else {}))
