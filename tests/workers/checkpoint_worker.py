@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from titan_mimo.distributed import init_distributed, pick_device
 from titan_mimo.export import export_checkpoint
-from titan_mimo.train import build_trainer, prepare, train
+from titan_mimo.train import prepare, train
+from titan_mimo.trainer import build_trainer
 
 
 def main() -> None:

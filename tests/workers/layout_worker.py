@@ -22,7 +22,7 @@ from titan_mimo.build import module_args
 from titan_mimo.config import load_config
 from titan_mimo.distributed import env_world_size, init_distributed, pick_device
 from titan_mimo.topology import resolve_placements
-from titan_mimo.train import build_dataset, build_trainer
+from titan_mimo.trainer import build_dataset, build_trainer
 
 
 def toml_value(v) -> str:
