@@ -43,6 +43,8 @@ LAYOUTS = {
     "dp2_dp2_activation_checkpoint": (4, "base", {"modules.vision.activation_checkpoint": "full",
                                                   "modules.language.activation_checkpoint": "full"}),
     "pp2_1f1b": (4, "base", {"modules.language.pp": 2}),
+    # Pipelined layouts use the chunked loss on the last stage's hidden states; this one logits.
+    "pp2_1f1b_logits_loss": (4, "base", {"modules.language.pp": 2, "training.loss": "logits"}),
     "pp2_gpipe": (4, "base", {"modules.language.pp": 2, "parallelism.pipeline_schedule": "GPipe"}),
     "pp2_interleaved": (4, "base", {"modules.language.pp": 2, "parallelism.stages_per_rank": 2,
                                     "parallelism.pipeline_schedule": "Interleaved1F1B"}),
@@ -57,6 +59,10 @@ LAYOUTS = {
     "pp2_interleaved_8mb": (3, "order", {"modules.vision.ranks": 1, "modules.language.ranks": 2,
                                          "modules.language.pp": 2, "parallelism.stages_per_rank": 2,
                                          "parallelism.pipeline_schedule": "Interleaved1F1B"}),
+    # FSDP over dp 2 inside each pipeline stage: the last stage's head gradient (taken in the
+    # chunked loss, outside the stage's forward) must still be reduce-scattered.
+    "lm_pp2_dp2": (6, "base", {"modules.vision.ranks": 2, "modules.language.ranks": 4,
+                               "modules.language.pp": 2}),
     "lm_dp2_tp2": (6, "base", {"modules.vision.ranks": 2, "modules.language.ranks": 4,
                                "modules.language.tp": 2}),
 }

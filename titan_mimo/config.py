@@ -94,7 +94,7 @@ class Training:
     """Compute dtype; master weights, gradient reduction and optimizer state stay fp32."""
     loss: Literal["auto", "fused", "logits"] = "auto"
     """Language-model loss: "fused" = output head + cross-entropy over sequence chunks, so the
-    [tokens, vocab] logits never exist whole (needs language pp = 1 and tp = 1); "logits" =
+    [tokens, vocab] logits never exist whole (needs language tp = 1); "logits" =
     cross-entropy of the full logits; "auto" = fused where it applies, logits elsewhere."""
     max_norm: float = 1.0
     """Global gradient-norm clipping threshold over all modules; <= 0 disables clipping."""

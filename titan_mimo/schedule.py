@@ -188,7 +188,8 @@ class StepRunner:
         self.n_mb, self.device = n_microbatches, device
         self.zero_embeddings = zero_embeddings
         self.fused_loss = fused_loss
-        """Language pp = 1 only: the model returns its summed loss (chunked head + cross-entropy)."""
+        """Chunked head + cross-entropy: the model's forward(labels=) at pp = 1, the last stage's
+        hidden states through `_stage_fused_loss` under pipelining."""
         self.global_tokens = 1.0
         self.data = StepData()
         self.timing = StepTiming()
@@ -206,6 +207,9 @@ class StepRunner:
                 if sid == 0:
                     part.input_merge = self._merge_hook(tp_mesh)
             if lm.n_stages > 1:
+                if fused_loss and lm.n_stages - 1 in lm.stage_ids:
+                    self._last_part = lm.parts[lm.stage_ids.index(lm.n_stages - 1)]
+                    self._last_part.head_in_loss = True
                 stages = [PipelineStage(part, sid, lm.n_stages, device, group=pp_group,
                                         **stage_shapes[sid])
                           for part, sid in zip(lm.parts, lm.stage_ids)]
@@ -213,7 +217,8 @@ class StepRunner:
                     time_stage_work(stage, self._stage_clock.span)
                 cls = SCHEDULES[schedule_name]
                 self.schedule = cls(stages if len(stages) > 1 or cls is ScheduleInterleaved1F1B else stages[0],
-                                    n_microbatches, loss_fn=self._loss_fn, scale_grads=False)
+                                    n_microbatches, scale_grads=False,
+                                    loss_fn=self._stage_fused_loss if fused_loss else self._loss_fn)
                 self.holds_first = 0 in lm.stage_ids
                 self.holds_last = lm.n_stages - 1 in lm.stage_ids
         # Only the language rank holding stage 0 can read a multi-stage schedule's action list;
@@ -233,6 +238,13 @@ class StepRunner:
         # Divided by the step's global loss-token count (one world all-reduce per step), so the
         # summed gradient over micro-batches, dp ranks and modules is the same in every layout.
         return cross_entropy_sum(logits_BSV, labels_BS) / self.global_tokens
+
+    def _stage_fused_loss(self, h_BSD: Tensor, labels_BS: Tensor) -> Tensor:
+        # The last stage returned final-norm hidden states; its head runs here, chunked with the
+        # cross-entropy. Under pipelining the stage keeps its FSDP parameters unsharded after
+        # forward (reshard_after_forward=False), so the head weight is the gathered one and its
+        # gradient lands before FSDP's post-backward reduce-scatter of that stage.
+        return self._last_part.loss_sum_from_hidden(h_BSD, labels_BS) / self.global_tokens
 
     def _model_loss(self, model, tokens_BS: Tensor, mb_B: Tensor, labels_BS: Tensor) -> Tensor:
         if self.fused_loss:

@@ -121,15 +121,15 @@ def resolve_placements(cfg: JobConfig, world_size: int, tp_divisors: dict[str, d
         )
     _check_batch(cfg, placements)
     lm = placements[cfg.language_name]
-    if cfg.training.loss == "fused" and (lm.pp > 1 or lm.tp > 1):
-        raise ValueError(f"training.loss = \"fused\" needs the language module at pp = 1 and tp = 1 "
-                         f"(it has pp = {lm.pp}, tp = {lm.tp}); use \"auto\" or \"logits\"")
+    if cfg.training.loss == "fused" and lm.tp > 1:
+        raise ValueError(f"training.loss = \"fused\" needs the language module at tp = 1 (it has "
+                         f"tp = {lm.tp}: a vocabulary-parallel head); use \"auto\" or \"logits\"")
     return placements
 
 
 def uses_fused_loss(cfg: JobConfig, language: Placement) -> bool:
     """Whether the language model computes its loss with the fused head + cross-entropy."""
-    return cfg.training.loss == "fused" or (cfg.training.loss == "auto" and language.pp == 1 and language.tp == 1)
+    return cfg.training.loss == "fused" or (cfg.training.loss == "auto" and language.tp == 1)
 
 
 def _check_batch(cfg: JobConfig, placements: dict[str, Placement]) -> None:

@@ -313,7 +313,8 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
         tp_mesh = mesh["tp"] if lm_place.tp > 1 else None
         if lm_place.pp > 1:
             pp_group = mesh["pp"].get_group()
-            stage_shapes = _stage_shapes(cfg, args[lm_name], lm_place, modules[lm_name], compute_dtype)
+            stage_shapes = _stage_shapes(cfg, args[lm_name], lm_place, modules[lm_name], compute_dtype,
+                                         head_in_loss=uses_fused_loss(cfg, lm_place))
     runner = StepRunner(modules=modules, encoders=roles, language=lm_name if lm_here else None,
                         n_microbatches=topo.n_microbatches, schedule_name=cfg.parallelism.pipeline_schedule,
                         tp_mesh=tp_mesh, pp_group=pp_group, device=device, lm_pp=lm_place.pp,
@@ -331,7 +332,8 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
                    lr_at=language_lr_schedule(cfg))
 
 
-def _stage_shapes(cfg: JobConfig, lm_args, place, lm: BuiltModule, dtype: torch.dtype) -> dict:
+def _stage_shapes(cfg: JobConfig, lm_args, place, lm: BuiltModule, dtype: torch.dtype, *,
+                  head_in_loss: bool) -> dict:
     """Static input/output metadata per stage, so pipelining skips shape inference (which would
     run the first stage's forward, bridge receive included, on meta tensors)."""
     mbs, seq = cfg.training.micro_batch_size, cfg.training.seq_len
@@ -343,7 +345,8 @@ def _stage_shapes(cfg: JobConfig, lm_args, place, lm: BuiltModule, dtype: torch.
     for sid in lm.stage_ids:
         inputs = ((torch.empty(mbs, seq, dtype=torch.int64, device=meta),
                    torch.empty(mbs, dtype=torch.int64, device=meta)) if sid == 0 else (hidden,))
+        # With the chunked loss the last stage hands the loss final-norm hidden states, not logits.
         output = (torch.empty(mbs, seq, lm_args.vocab_size, dtype=dtype, device=meta, requires_grad=True)
-                  if sid == lm.n_stages - 1 else hidden)
+                  if sid == lm.n_stages - 1 and not head_in_loss else hidden)
         shapes[sid] = {"input_args": inputs, "output_args": output}
     return shapes

@@ -84,6 +84,10 @@ class HybridLM(nn.Module):
         self.norm: nn.RMSNorm | None = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.output: nn.Linear | None = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.input_merge: Callable[..., Tensor] | None = None
+        self.head_in_loss = False
+        """True: forward stops after the final norm and returns hidden states, not logits; the
+        caller applies the head inside its loss (`loss_sum_from_hidden`), as a pipeline's last
+        stage does for the chunked loss (its output crosses the schedule, its loss does not)."""
 
     def embed(self, tokens_BS: Tensor) -> Tensor:
         if self.tok_embeddings is None:
@@ -96,9 +100,18 @@ class HybridLM(nn.Module):
             h_BSD = layer(h_BSD)
         if self.norm is not None:
             h_BSD = self.norm(h_BSD)
-        if self.output is not None:
+        if self.output is not None and not self.head_in_loss:
             return self.output(h_BSD)
         return h_BSD
+
+    def loss_sum_from_hidden(self, h_BSD: Tensor, labels_BS: Tensor) -> Tensor:
+        """Summed float32 cross-entropy of final-norm hidden states through the output head,
+        chunked over tokens (`linear_cross_entropy_sum`): the logits never exist whole."""
+        if self.output is None:
+            raise ValueError("loss_sum_from_hidden needs the output head (the last pipeline stage)")
+        if isinstance(self.output.weight, DTensor):
+            raise ValueError("the chunked loss does not support a tensor-parallel output head")
+        return linear_cross_entropy_sum(h_BSD.flatten(0, 1), self.output.weight, labels_BS.flatten())
 
     def forward(self, x: Tensor, *merge_args: Tensor, labels: Tensor | None = None) -> Tensor:
         """Tokens [B, S] → logits [B, S, V] on a full model; on a stage, hidden states in/out.
