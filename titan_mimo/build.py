@@ -124,7 +124,10 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                 if sid < n_stages - 1:
                     stage.norm, stage.output = None, None
                 if tp_mesh is not None:
-                    lm_parallel.apply_tp(stage, tp_mesh)
+                    # Without pipelining the head's vocabulary-sharded logits go straight into a
+                    # loss-parallel cross-entropy (schedule.py); a pipeline's last stage hands
+                    # plain logits to pipelining's loss_fn.
+                    lm_parallel.apply_tp(stage, tp_mesh, loss_parallel=n_stages == 1)
                 apply_block_options(list(stage.layers.values()), mcfg.activation_checkpoint, mcfg.compile)
                 # Under PP a stage's parameters are needed again for the backward of every
                 # in-flight micro-batch; resharding after forward would re-gather them each time.

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import loss_parallel
 
 from titan_mimo.bridge import Bridge
 from titan_mimo.build import BuiltModule
@@ -188,6 +190,7 @@ class StepRunner:
         self.n_mb, self.device = n_microbatches, device
         self.zero_embeddings = zero_embeddings
         self.fused_loss = fused_loss
+        self.tp_mesh = tp_mesh
         """Chunked head + cross-entropy: the model's forward(labels=) at pp = 1, the last stage's
         hidden states through `_stage_fused_loss` under pipelining."""
         self.global_tokens = 1.0
@@ -249,7 +252,9 @@ class StepRunner:
     def _model_loss(self, model, tokens_BS: Tensor, mb_B: Tensor, labels_BS: Tensor) -> Tensor:
         if self.fused_loss:
             return model(tokens_BS, mb_B, labels=labels_BS) / self.global_tokens
-        return self._loss_fn(model(tokens_BS, mb_B), labels_BS)
+        loss = self._loss_fn(model(tokens_BS, mb_B), labels_BS)
+        # Loss-parallel cross-entropy returns a replicated DTensor: every TP rank holds the sum.
+        return loss.to_local() if isinstance(loss, DTensor) else loss
 
     def _merge_hook(self, tp_mesh):
         def merge(h_BSD: Tensor, tokens_BS: Tensor, mb_B: Tensor) -> Tensor:
@@ -278,17 +283,21 @@ class StepRunner:
         loss_sum = 0.0
         if self.schedule is None:
             model = lm.parts[0]
+            # TP without pipelining: the head's logits stay sharded over the vocabulary and the
+            # cross-entropy (forward and backward) runs loss-parallel, never gathering them.
+            vocab_parallel = loss_parallel if self.tp_mesh is not None else nullcontext
             for mb, batch in enumerate(text):
                 tokens = batch.tokens.to(self.device)
                 mb_ids = torch.full((tokens.shape[0],), mb, device=self.device)
                 labels = batch.labels.to(self.device)
                 if train:
                     model.set_requires_gradient_sync(mb == self.n_mb - 1)
-                    loss = self._model_loss(model, tokens, mb_ids, labels)
-                    loss.backward()
+                    with vocab_parallel():
+                        loss = self._model_loss(model, tokens, mb_ids, labels)
+                        loss.backward()
                     self.events.append((self.language, "B", mb, time.time()))
                 else:
-                    with torch.no_grad():
+                    with torch.no_grad(), vocab_parallel():
                         loss = self._model_loss(model, tokens, mb_ids, labels)
                 loss_sum += float(loss.detach())
             return loss_sum

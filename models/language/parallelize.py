@@ -38,15 +38,19 @@ def _shard_params_dim0(module: nn.Module, tp_mesh: DeviceMesh) -> None:
         )
 
 
-def apply_tp(model: HybridLM, tp_mesh: DeviceMesh) -> None:
-    """Tensor + sequence parallel over `tp_mesh` (a 1-D mesh)."""
+def apply_tp(model: HybridLM, tp_mesh: DeviceMesh, *, loss_parallel: bool = False) -> None:
+    """Tensor + sequence parallel over `tp_mesh` (a 1-D mesh). `loss_parallel`: the head returns
+    logits as a DTensor sharded on the vocabulary, for a cross-entropy under
+    `torch.distributed.tensor.parallel.loss_parallel()` that never gathers them."""
     top_plan = {}
     if model.tok_embeddings is not None:
         top_plan["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
     if model.norm is not None:
         top_plan["norm"] = SequenceParallel()
     if model.output is not None:
-        top_plan["output"] = ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate())
+        top_plan["output"] = ColwiseParallel(input_layouts=Shard(1),
+                                             output_layouts=Shard(-1) if loss_parallel else Replicate(),
+                                             use_local_output=not loss_parallel)
     parallelize_module(model, tp_mesh, top_plan)
     gather_input = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))
     for block in model.layers.values():
