@@ -348,3 +348,24 @@ def test_stop_signals_only_set_a_flag() -> None:
         time.sleep(0.01)
         assert trainer.stop_signal == "SIGTERM"
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_sigusr1_to_the_workers_saves_and_exits_75(tmp_path: Path) -> None:
+    """SLURM-style preemption signals the training processes themselves: they agree on a step,
+    save it, and each exits with PREEMPTED_EXIT_CODE, which torchrun reports."""
+    proc = _run(4, tmp_path, "--checkpoint.interval=100", "--training.steps=1000")
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first step"
+        time.sleep(0.05)
+    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()  # torchrun's workers
+    assert len(workers) == 4, workers
+    for pid in workers:
+        os.kill(int(pid), signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    saved = list((tmp_path / "checkpoint").iterdir())
+    assert len(saved) == 1 and problem_with(saved[0]) is None, out[-3000:]
+    assert "(SIGUSR1): checkpoint step-" in out and "is complete; re-run the same command to resume" in out
+    assert "exitcode  : 75" in out, out[-3000:]
