@@ -13,14 +13,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from launcher import REPO, free_port, torchrun
+from launcher import REPO, start, torchrun
 from titan_mimo.checkpoint import MARKER, ResumePoint, find_resume, problem_with
 from titan_mimo.config import load_config
 from titan_mimo.export import export_checkpoint, load_weights, read_full_weights, read_index, read_tensors
@@ -270,11 +269,15 @@ def test_checkpoint_config_errors(tmp_path: Path, override: str, message: str) -
 
 
 def _run(nproc: int, out: Path, *extra: str, script: str | None = None, script_args: tuple = ()) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     target = [str(REPO / script), *script_args] if script else ["-m", "titan_mimo.train"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *target, *_argv(out, "dp2", *extra)]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start(nproc, *target, *_argv(out, "dp2", *extra))
+
+
+def _wait_for_first_step(proc: subprocess.Popen, metrics: Path) -> None:
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first step"
+        time.sleep(0.05)
 
 
 def test_killed_during_save_resumes_from_previous_complete(runs: Path, tmp_path: Path) -> None:
@@ -310,10 +313,7 @@ def test_killed_during_save_resumes_from_previous_complete(runs: Path, tmp_path:
 def test_sigterm_saves_at_step_boundary_and_resume_finishes(runs: Path, tmp_path: Path) -> None:
     proc = _run(4, tmp_path, "--checkpoint.interval=100")
     metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 240
-    while not (metrics.exists() and metrics.read_text().strip()):
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first step"
-        time.sleep(0.05)
+    _wait_for_first_step(proc, metrics)
     proc.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to every worker
     out, _ = proc.communicate(timeout=120)
     saved = [p for p in (tmp_path / "checkpoint").iterdir()]
@@ -355,10 +355,7 @@ def test_sigusr1_to_the_workers_saves_and_exits_75(tmp_path: Path) -> None:
     save it, and each exits with PREEMPTED_EXIT_CODE, which torchrun reports."""
     proc = _run(4, tmp_path, "--checkpoint.interval=100", "--training.steps=1000")
     metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 240
-    while not (metrics.exists() and metrics.read_text().strip()):
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first step"
-        time.sleep(0.05)
+    _wait_for_first_step(proc, metrics)
     workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()  # torchrun's workers
     assert len(workers) == 4, workers
     for pid in workers:

@@ -7,23 +7,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 
-from launcher import REPO, free_port
+from launcher import start
 
 CONFIG = "train_configs/debug_cpu.toml"
 
 
 def _launch(nproc: int, out: Path, *overrides: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-           "-m", "titan_mimo.train", "--config", CONFIG, f"--job.dump_folder={out}", *overrides]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return start(nproc, "-m", "titan_mimo.train", "--config", CONFIG, f"--job.dump_folder={out}", *overrides)
 
 
 def _losses(out: Path) -> list[float]:

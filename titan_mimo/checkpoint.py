@@ -40,6 +40,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 
 from titan_mimo.config import JobConfig
+from titan_mimo.step import trainable_parts
+from titan_mimo.topology import Topology
 
 MARKER = "COMPLETE.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -113,11 +115,11 @@ def find_resume(cfg: JobConfig, *, verbose: bool) -> ResumePoint | None:
     return None
 
 
-def placement_signature(cfg: JobConfig, placements: dict, world_size: int) -> dict:
+def placement_signature(cfg: JobConfig, topo: Topology) -> dict:
     """What must be equal for per-rank state (data loaders, RNG) to carry over rank by rank."""
-    return {"world_size": world_size, "colocated": cfg.parallelism.colocated or world_size == 1,
+    return {"world_size": topo.world_size, "colocated": topo.colocated,
             "placements": {n: {"start": p.start, "size": p.size, "dp_replicate": p.dp_replicate, "dp_shard": p.dp_shard,
-                               "tp": p.tp, "pp": p.pp} for n, p in placements.items()},
+                               "tp": p.tp, "pp": p.pp} for n, p in topo.placements.items()},
             "pipeline_schedule": cfg.parallelism.pipeline_schedule,
             "stages_per_rank": cfg.parallelism.stages_per_rank}
 
@@ -147,25 +149,21 @@ def _module_state(trainer, name: str, with_optimizer: bool) -> dict:
     opts = trainer.optimizers.get(name, [])
     if opts and with_optimizer:
         optim = {}
-        for part, opt in zip(_parts_with_optimizer(m), opts, strict=True):
+        for (part, _), opt in zip(trainable_parts(m), opts, strict=True):
             optim.update(get_optimizer_state_dict(part, opt, options=_FLAT))
         out["optimizer"] = optim
         out["lr_scheduler"] = trainer.schedulers[name].state_dict()
     return out
 
 
-def _parts_with_optimizer(m) -> list:
-    return [part for part in m.parts if any(p.requires_grad for p in part.parameters())]
-
-
 class Checkpointer:
     """Saves and loads the trainer's state. Every method is called on every rank, in the same
     order (DCP plans over the whole world)."""
 
-    def __init__(self, cfg: JobConfig, placements: dict, world_size: int, rank: int):
-        self.cfg, self.rank = cfg, rank
+    def __init__(self, cfg: JobConfig, topo: Topology):
+        self.cfg, self.rank = cfg, topo.rank
         self.folder = checkpoint_folder(cfg)
-        self.signature = placement_signature(cfg, placements, world_size)
+        self.signature = placement_signature(cfg, topo)
         self.models = {n: m.model for n, m in cfg.modules.items()}
         self.is_async = cfg.checkpoint.async_mode == "async"
         # A background save talks over its own group, so its collectives never interleave with
@@ -271,12 +269,9 @@ class Checkpointer:
                 set_model_state_dict(part, sd[name]["model"], options=StateDictOptions(strict=False))
             opts = trainer.optimizers.get(name, [])
             if opts and with_optimizer[name]:
-                for part, opt in zip(_parts_with_optimizer(m), opts, strict=True):
+                for (part, _), opt in zip(trainable_parts(m), opts, strict=True):
                     set_optimizer_state_dict(part, opt, sd[name]["optimizer"], options=_FLAT)
                 trainer.schedulers[name].load_state_dict(sd[name]["lr_scheduler"])
-            elif opts:
-                for opt in opts:
-                    opt.state.clear()  # get_optimizer_state_dict initialised it for the template
         if same_placement:
             _load_rank_state(trainer, sd[rank_key])
         trainer.tokens_seen = sd["train"]["tokens_seen"]

@@ -20,6 +20,13 @@ from titan_mimo.config import JobConfig
 from titan_mimo.data.mock import IGNORE_INDEX
 
 
+def trainable_parts(module: BuiltModule) -> list[tuple[nn.Module, list[nn.Parameter]]]:
+    """(part, its trainable parameters) for each part that has any: the parts that get an AdamW,
+    in the order `build_optimizers` lists them (checkpoints pair parts and optimizers by it)."""
+    parts = [(part, [p for p in part.parameters() if p.requires_grad]) for part in module.parts]
+    return [(part, params) for part, params in parts if params]
+
+
 def build_optimizers(cfg: JobConfig, modules: dict[str, BuiltModule], device: torch.device
                      ) -> dict[str, list[torch.optim.Optimizer]]:
     """AdamW at lr * the module's lr_scale for every trainable module this rank holds: one
@@ -34,13 +41,10 @@ def build_optimizers(cfg: JobConfig, modules: dict[str, BuiltModule], device: to
     for name, m in modules.items():
         if m.frozen:
             continue
-        per_part = []
-        for part in m.parts:
-            params = [p for p in part.parameters() if p.requires_grad]
-            if params:
-                per_part.append(torch.optim.AdamW(
-                    params, lr=o.lr * m.lr_scale, betas=(o.beta1, o.beta2), eps=o.eps,
-                    weight_decay=o.weight_decay, fused=impl == "fused", foreach=impl == "foreach"))
+        per_part = [torch.optim.AdamW(params, lr=o.lr * m.lr_scale, betas=(o.beta1, o.beta2), eps=o.eps,
+                                      weight_decay=o.weight_decay, fused=impl == "fused",
+                                      foreach=impl == "foreach")
+                    for _, params in trainable_parts(m)]
         if per_part:
             opts[name] = per_part
     return opts

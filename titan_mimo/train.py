@@ -68,8 +68,7 @@ def restore(trainer: Trainer, checkpointer: Checkpointer | None, resume: ResumeP
 def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | None = None) -> list[dict]:
     cfg, topo = trainer.cfg, trainer.topo
     ckpt_cfg = cfg.checkpoint
-    checkpointer = (Checkpointer(cfg, topo.placements, topo.world_size, topo.rank)
-                    if ckpt_cfg.enable else None)
+    checkpointer = Checkpointer(cfg, topo) if ckpt_cfg.enable else None
     start = restore(trainer, checkpointer, resume, initial)
     writer = None
     if topo.rank == 0:
