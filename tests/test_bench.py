@@ -18,3 +18,29 @@ def test_bench_colocated_model_runs_and_reports_sane_numbers():
     # Same start weights and batch in fp32: the FSDP-built module trains exactly as the bare one.
     assert abs(trainer.loss - bare.loss) < 1e-5, (trainer.loss, bare.loss)
     assert math.isclose(out["overhead"], trainer.step_s / bare.step_s - 1)
+
+
+def test_model_arg_overrides_parse_as_toml_values():
+    from titan_mimo.bench import _parse_model_args
+    assert _parse_model_args(["use_cls_token=false", "n_heads=10", "ssd_backend=mamba_ssm"]) == {
+        "use_cls_token": False, "n_heads": 10, "ssd_backend": "mamba_ssm"}
+    import pytest
+    with pytest.raises(ValueError, match="key=value"):
+        _parse_model_args(["n_heads"])
+
+
+def test_device_busy_counts_overlapping_kernels_once():
+    from types import SimpleNamespace
+
+    import torch
+
+    from titan_mimo.bench import _device_busy
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def ev(start, end, device=cuda, key="kernel", annotation=False):
+        return SimpleNamespace(time_range=SimpleNamespace(start=start, end=end), device_type=device,
+                               key=key, is_user_annotation=annotation)
+    events = [ev(0, 10), ev(5, 20), ev(30, 40), ev(0, 100, device=cpu),
+              ev(0, 100, key="Optimizer.step#AdamW.step"), ev(0, 100, annotation=True)]
+    busy_s, span_s = _device_busy(events)
+    assert busy_s == 30e-6 and span_s == 40e-6

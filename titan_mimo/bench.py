@@ -30,8 +30,11 @@ import gc
 import json
 import sys
 import time
+import traceback
+import warnings
 from dataclasses import asdict, dataclass
 
+import tomllib
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -177,7 +180,7 @@ def workload_for(args: argparse.Namespace) -> Workload:
             tokens = args.batch * args.seq
             flops += tokens * lm.flops_per_token(args.seq)
         if args.module in ("vision", "model"):
-            vit = build_model(names[0], **({"out_dim": lm_dim} if lm_dim else {}))
+            vit = build_model(names[0], **vision_overrides(args, lm_dim))
             images = args.batch
             flops += images * vit.flops_per_image(args.image, args.image)
             if args.module == "model" and vit.tokens_per_image(args.image, args.image) > args.seq:
@@ -187,8 +190,36 @@ def workload_for(args: argparse.Namespace) -> Workload:
                     images_per_step=images)
 
 
+def _parse_model_args(pairs: list[str]) -> dict:
+    """["key=value", ...] → {key: value}, values read as TOML (`n_heads=10`, `use_cls_token=false`,
+    bare words are strings: `ssd_backend=mamba_ssm`), as the trainer's `model_args` overrides."""
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"model argument {pair!r} is not key=value")
+        try:
+            out[key] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = text
+    return out
+
+
 def lm_overrides(args: argparse.Namespace) -> dict:
-    return {"ssd_backend": args.ssd_backend} if args.ssd_backend else {}
+    """The LM flavor's field overrides: `--lm-args`, then `--ssd-backend`."""
+    out = _parse_model_args(args.lm_args)
+    if args.ssd_backend:
+        out["ssd_backend"] = args.ssd_backend
+    return out
+
+
+def vision_overrides(args: argparse.Namespace, lm_dim: int | None) -> dict:
+    """The ViT flavor's field overrides: `--vision-args`, and the LM's width as the projector's
+    output in the whole model."""
+    out = _parse_model_args(args.vision_args)
+    if lm_dim is not None:
+        out["out_dim"] = lm_dim
+    return out
 
 
 def build_modules(args, wl: Workload, device, *, fsdp_mesh, param_dtype) -> dict[str, nn.Module]:
@@ -199,7 +230,8 @@ def build_modules(args, wl: Workload, device, *, fsdp_mesh, param_dtype) -> dict
                                  reshard=not args.no_reshard, compile_forward_only=args.compile_forward,
                                  fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=lm_overrides(args))
     if args.module in ("vision", "model"):
-        over = {"out_dim": model_args(wl.names[-1]).dim} if args.module == "model" else {}
+        lm_dim = model_args(wl.names[-1], **lm_overrides(args)).dim if args.module == "model" else None
+        over = vision_overrides(args, lm_dim)
         out["vision"] = _build("vision", wl.names[0], device, compile_blocks=args.compile and not args.vision_eager,
                                ac=args.vision_ac, compile_forward_only=args.compile_forward,
                                fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=over)
@@ -254,7 +286,7 @@ def _sync(device) -> None:
 
 
 def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, autocast_dtype,
-               profile: bool = False, loss_kind: str = "logits"):
+               profile: bool = False, loss_kind: str = "logits", sync_debug: bool = False):
     """Warm up, then time `steps` full training steps; returns (seconds per step, last loss)."""
     def one_step():
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -282,6 +314,8 @@ def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, a
     print(f"  host time to issue a step: {host_s * 1e3:.1f} ms of {step_s * 1e3:.1f} ms", flush=True)
     if profile:
         print_profile(one_step, device)
+    if sync_debug:
+        report_syncs(one_step, device)
     return step_s, float(loss.detach())
 
 
@@ -303,10 +337,66 @@ def print_profile(one_step, device, n_steps: int = 2, top: int = 15) -> None:
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
         print(f"    {100 * e.self_device_time_total / total:5.1f}%  {e.self_device_time_total / n_steps / 1e3:7.2f} ms"
               f"  x{e.count // n_steps:<4d} {e.key[:110]}", flush=True)
+    busy_s, span_s = _device_busy(prof.events())
+    if span_s > 0:
+        print(f"  device busy {100 * busy_s / span_s:.1f}% of the profiled steps' span "
+              f"({busy_s / n_steps * 1e3:.1f} ms with a kernel running per step): the rest the GPU "
+              "waited for the host or a synchronisation", flush=True)
     host = [e for e in averages if e.device_type == torch.autograd.DeviceType.CPU]
     print("  host ops by self CPU time per step:", flush=True)
     for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:12]:
         print(f"    {e.self_cpu_time_total / n_steps / 1e3:7.2f} ms  x{e.count // n_steps:<5d} {e.key[:100]}", flush=True)
+
+
+def _device_busy(events) -> tuple[float, float]:
+    """(seconds with at least one kernel running, seconds from the first kernel's start to the
+    last one's end) over the profiler's device events; overlapping kernels (FSDP's copy stream
+    beside compute) count once, range annotations not at all."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events
+                   if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation
+                   and not e.key.startswith(("Optimizer.", "ProfilerStep")))
+    busy, cur_start, cur_end = 0.0, None, None
+    for start, end in spans:
+        if cur_end is None or start > cur_end:
+            if cur_end is not None:
+                busy += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    if cur_end is not None:
+        busy += cur_end - cur_start
+    return busy / 1e6, ((spans[-1][1] if spans else 0) - (spans[0][0] if spans else 0)) / 1e6
+
+
+def report_syncs(one_step, device, top: int = 8) -> None:
+    """Run one step with CUDA sync debug mode on and print where the host waited for the device
+    (each synchronising call's Python stack, most frequent first). A sync in the middle of a step
+    lets the GPU run dry while the host issues what follows."""
+    if device.type != "cuda":
+        return
+    sites: dict[str, int] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return
+        frames = [f for f in traceback.extract_stack()[:-1] if "/warnings.py" not in f.filename]
+        ours = [f for f in frames if "titan_mimo" in f.filename or "/models/" in f.filename] or frames
+        site = " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in reversed(ours[-3:]))
+        sites[site] = sites.get(site, 0) + 1
+
+    _sync(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            one_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    _sync(device)
+    print(f"  synchronising calls in one step: {sum(sites.values())}", flush=True)
+    for site, count in sorted(sites.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"    x{count:<4d} {site[:200]}", flush=True)
 
 
 def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
@@ -333,7 +423,7 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     autocast = param_dtype if (bare and param_dtype != torch.float32) else None
     step_s, loss = time_steps(modules, batch, optimizers, device, warmup=args.warmup, steps=args.steps,
                               autocast_dtype=autocast, profile=args.profile and not bare,
-                              loss_kind=args.loss)
+                              loss_kind=args.loss, sync_debug=args.sync_debug and not bare)
     peak = peak_flops(device)
     tflops = wl.flops_per_step / step_s
     result = BenchResult(
@@ -444,6 +534,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
                    help="compute dtype (FSDP param dtype / bare autocast); default bf16 on GPU, fp32 on CPU")
     p.add_argument("--ssd-backend", default=None, help="override the LM's Mamba2 ssd_backend")
+    p.add_argument("--lm-args", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override LM flavor fields, e.g. mamba_chunk_size=128 (a what-if: FLOPs are "
+                        "counted for the overridden shape)")
+    p.add_argument("--vision-args", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override ViT flavor fields, e.g. use_cls_token=false")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="after timing, run one step with CUDA sync debug mode on and list where "
+                        "the host waited for the device")
     p.add_argument("--init", choices=["device", "trainer"], default="device",
                    help="'trainer': the trainer's exact CPU init (slow for billions of params)")
     p.add_argument("--no-bare", action="store_true", help="skip the bare PyTorch loop")

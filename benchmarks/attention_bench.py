@@ -1,0 +1,85 @@
+"""Non-causal attention fwd and fwd+bwd on one GPU: which SDPA backend is fastest at which head
+dim, and how much the ViT-H/16 shape (16 heads x 80 = 1280 wide, 4097 tokens with the class
+token) loses to its head dim and its odd length.
+
+    python3 benchmarks/attention_bench.py [--batch 4] [--width 1280]
+
+Rows keep the model width (heads x head dim = --width), so every row does the same FLOPs at a
+given length: fwd 4·B·T²·width, bwd 2.5x fwd (FlashAttention's count). "pad96"/"pad128" run
+head dim 80 zero-padded to 96/128 (q and k padded: scores unchanged; v padded: extra output
+columns dropped) with the softmax scale of 80, padding copies included in the time.
+"""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def timed(fn, n_it: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n_it):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / n_it / 1e3
+
+
+def attention(q, k, v, pad_to: int | None):
+    e = q.shape[-1]
+    if pad_to is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    q, k, v = (F.pad(t, (0, pad_to - e)) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, scale=e ** -0.5)[..., :e]
+
+
+def time_case(backend, q, k, v, grad, pad: int | None) -> tuple[float, float]:
+    """(forward seconds, forward+backward seconds) of one backend on one shape."""
+    with sdpa_kernel(backend):
+        fwd = timed(lambda: attention(q, k, v, pad))
+        both = timed(lambda: torch.autograd.grad(attention(q, k, v, pad), (q, k, v), grad))
+    return fwd, both
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--lengths", type=int, nargs="*", default=[4096, 4097])
+    p.add_argument("--head-dims", type=int, nargs="*", default=[64, 80, 128])
+    args = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, cuDNN {torch.backends.cudnn.version()}, "
+          f"batch {args.batch}, width {args.width}", flush=True)
+    cases = [(e, None) for e in args.head_dims] + [(80, 96), (80, 128)]
+    for t in args.lengths:
+        flops_fwd = 4 * args.batch * t * t * args.width
+        for e, pad in cases:
+            if args.width % e:
+                continue
+            h = args.width // e
+            q, k, v = (torch.randn(args.batch, h, t, e, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                       for _ in range(3))
+            grad = torch.randn(args.batch, h, t, e, device="cuda", dtype=torch.bfloat16)
+            for name, backend in BACKENDS.items():
+                label = f"T={t} heads={h:2d} x hd={e:3d}{f' pad{pad}' if pad else '':7s} {name:9s}"
+                try:
+                    fwd, both = time_case(backend, q, k, v, grad, pad)
+                except RuntimeError as err:
+                    print(f"{label} not available: {str(err).splitlines()[0][:90]}", flush=True)
+                    continue
+                bwd = both - fwd
+                print(f"{label} fwd {fwd * 1e3:6.2f} ms {flops_fwd / fwd / 1e12:4.0f} TFLOP/s | "
+                      f"bwd {bwd * 1e3:6.2f} ms {2.5 * flops_fwd / bwd / 1e12:4.0f} TFLOP/s | "
+                      f"fwd+bwd {both * 1e3:6.2f} ms {3.5 * flops_fwd / both / 1e12:4.0f} TFLOP/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
