@@ -177,8 +177,17 @@ BAD_DICTS = [
      r"data.image_sizes\[0\]\[1\] = 'a' must be an integer"),
     ("literal_not_allowed", base(training={"mixed_precision": "fp16"}),
      r"training.mixed_precision = 'fp16' is not one of 'fp32', 'bf16'"),
-    ("literal_in_module", _with_module("vision", activation_checkpoint="selective"),
-     r"modules.vision.activation_checkpoint = 'selective' is not one of 'none', 'full'"),
+    ("literal_in_module", _with_module("vision", activation_checkpoint="partial"),
+     r"modules.vision.activation_checkpoint = 'partial' is not one of 'none', 'full', 'selective'"),
+    ("ac_every_zero", _with_module("language", activation_checkpoint="selective", ac_every=0),
+     r"modules.language: ac_every = 0 must be >= 1"),
+    ("ac_layers_unknown_kind", _with_module("language", activation_checkpoint="selective", ac_layers="-x"),
+     r"modules.language: ac_layers = '-x': \['x'\] are not block kinds; use 'M' \(Mamba2\), "
+     r"'\*' \(attention\), '-' \(MLP\)"),
+    ("ac_layers_without_selective", _with_module("language", activation_checkpoint="full", ac_layers="-"),
+     r"modules.language: ac_layers / ac_every only apply to activation_checkpoint = 'selective', not 'full'"),
+    ("ac_layers_on_encoder", _with_module("vision", activation_checkpoint="selective", ac_layers="-"),
+     r"modules.vision: ac_layers = '-': an encoder's blocks are all of one kind; use ac_every alone"),
     ("dp_shard_zero", _with_module("language", dp_shard=0),
      r"modules.language: dp_shard = 0 must be >= 1, or -1 for 'the rest'"),
     ("dp_shard_minus_two", _with_module("language", dp_shard=-2),
@@ -367,3 +376,9 @@ def test_model_args_must_be_values():
         load("--modules.language.model_args.a.b=1")
     with pytest.raises(ValueError, match="names a table"):
         load("--modules.language.model_args=1")
+
+
+@pytest.mark.parametrize("path", sorted((DEBUG_TOML.parent).glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(["--config", str(path)])
+    assert cfg.training.steps > 0 and cfg.language_name in cfg.modules

@@ -42,6 +42,13 @@ LAYOUTS = {
     "dp2_dp2_logits_loss": (4, "base", {"training.loss": "logits"}),
     "dp2_dp2_activation_checkpoint": (4, "base", {"modules.vision.activation_checkpoint": "full",
                                                   "modules.language.activation_checkpoint": "full"}),
+    # Every second MLP block of the LM (counted over the whole model, so per stage here) and
+    # every second ViT block checkpointed.
+    "pp2_selective_ac": (4, "base", {"modules.language.pp": 2,
+                                     "modules.language.activation_checkpoint": "selective",
+                                     "modules.language.ac_layers": "-", "modules.language.ac_every": 2,
+                                     "modules.vision.activation_checkpoint": "selective",
+                                     "modules.vision.ac_every": 2}),
     "pp2_1f1b": (4, "base", {"modules.language.pp": 2}),
     # Pipelined layouts use the chunked loss on the last stage's hidden states; this one logits.
     "pp2_1f1b_logits_loss": (4, "base", {"modules.language.pp": 2, "training.loss": "logits"}),

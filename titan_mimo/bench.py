@@ -43,7 +43,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from titan_mimo import metrics
-from titan_mimo.build import apply_block_options
+from titan_mimo.build import apply_block_options, checkpointed_layers
 from titan_mimo.init import init_module_weights
 from titan_mimo.models import build_model, merge_embeddings, model_args
 from titan_mimo.models.common import init_parameter, param_generator
@@ -90,16 +90,17 @@ def _blocks(module_name: str, model: nn.Module) -> nn.ModuleDict:
     return model.encoder.layers if module_name == "vision" else model.layers
 
 
-def _checkpointed(module_name: str, model: nn.Module, ac: str) -> list[nn.Module]:
-    """Blocks to activation-checkpoint: none, all ("full"), the LM's MLP blocks ("mlp"), or every
-    second MLP block ("mlp-half": half the recompute, for runs just over the memory limit)."""
-    blocks = _blocks(module_name, model)
-    if ac == "full":
-        return list(blocks.values())
-    if ac in ("mlp", "mlp-half"):
-        mlps = [b for key, b in blocks.items() if model.args.layer_pattern[int(key)] == "-"]
-        return mlps if ac == "mlp" else mlps[::2]
-    return []
+AC_CHOICES = {"none": ("none", "", 1), "full": ("full", "", 1), "mlp": ("selective", "-", 1),
+              "mlp-half": ("selective", "-", 2)}
+"""--ac / --vision-ac → the trainer's (activation_checkpoint, ac_layers, ac_every)."""
+
+
+def _checkpointed(module_name: str, model: nn.Module, ac: str) -> set[int]:
+    """Blocks to activation-checkpoint, chosen as the trainer chooses them: none, all ("full"),
+    the LM's MLP blocks ("mlp"), or every second MLP block ("mlp-half": half the recompute, for
+    runs just over the memory limit)."""
+    kinds = model.args.layer_pattern if module_name == "language" else "B" * len(_blocks(module_name, model))
+    return checkpointed_layers(kinds, *AC_CHOICES[ac])
 
 
 def _build(module_name: str, model_name: str, device: torch.device, *, compile_blocks: bool, ac: str,
@@ -111,14 +112,15 @@ def _build(module_name: str, model_name: str, device: torch.device, *, compile_b
     # torchtitan's per-block AC and compile, exactly as the trainer applies them (AC before
     # compile on each block): every block of a kind is the same graph, so the compile cache
     # makes blocks after the first cheap.
-    apply_block_options(_checkpointed(module_name, model, ac), "full", False)
+    blocks = _blocks(module_name, model)
     if compile_blocks and compile_forward_only:
+        apply_block_options(blocks, _checkpointed(module_name, model, ac), False)
         # What-if: compile each block's forward alone, so module hooks (FSDP's unshard/reshard,
         # checkpointing) run eagerly around one graph instead of inside the compiled call.
-        for block in _blocks(module_name, model).values():
+        for block in blocks.values():
             block.forward = torch.compile(block.forward)
     else:
-        apply_block_options(list(_blocks(module_name, model).values()), "none", compile_blocks)
+        apply_block_options(blocks, _checkpointed(module_name, model, ac), compile_blocks)
     if fsdp_mesh is not None:
         if module_name == "vision":
             vit_parallel.apply_fsdp(model, fsdp_mesh, param_dtype)
@@ -513,7 +515,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=8192, help="LM sequence length")
     p.add_argument("--image", type=int, default=1024, help="square image side in pixels")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
-    p.add_argument("--ac", choices=["none", "full", "mlp", "mlp-half"], default="none",
+    p.add_argument("--ac", choices=list(AC_CHOICES), default="none",
                    help="LM activation checkpointing: every block ('full'), the MLP blocks ('mlp'), "
                         "every second MLP block ('mlp-half')")
     p.add_argument("--vision-ac", choices=["none", "full"], default="none",

@@ -79,15 +79,37 @@ def stage_ids_of(pp_rank: int, pp: int, stages_per_rank: int) -> list[int]:
     return [pp_rank + v * pp for v in range(stages_per_rank)]
 
 
-def apply_block_options(blocks: list[nn.Module], activation_checkpoint: str, compile_blocks: bool) -> None:
-    """Per-block activation checkpointing and torch.compile, in place: the composable
-    `checkpoint` and `Module.compile` keep parameter names unchanged (init seeds and checkpoint
-    keys depend on them), unlike wrapper modules. Apply before FSDP, as torchtitan does."""
-    for block in blocks:
-        if activation_checkpoint == "full":
+def checkpointed_layers(layer_kinds: str, mode: str, kinds: str = "", every: int = 1) -> set[int]:
+    """Global indices of the blocks to activation-checkpoint, out of blocks whose kinds are
+    `layer_kinds` (the LM's layer pattern; one character per block, e.g. "M-M*-"; an encoder
+    passes one kind for all): none, all ("full"), or ("selective") every `every`-th block whose
+    kind is in `kinds` (all kinds if empty), counted from the first. Indices are global, so a
+    pipeline stage checkpoints the same blocks it would in the whole model."""
+    if mode == "none":
+        return set()
+    if mode == "full":
+        return set(range(len(layer_kinds)))
+    if mode != "selective":
+        raise ValueError(f"activation_checkpoint = {mode!r} is not one of 'none', 'full', 'selective'")
+    picked = [i for i, kind in enumerate(layer_kinds) if not kinds or kind in kinds]
+    return set(picked[::every])
+
+
+def apply_block_options(blocks: dict[str, nn.Module], checkpointed: set[int], compile_blocks: bool) -> None:
+    """Per-block activation checkpointing (blocks whose global index is in `checkpointed`) and
+    torch.compile (every block), in place: the composable `checkpoint` and `Module.compile` keep
+    parameter names unchanged (init seeds and checkpoint keys depend on them), unlike wrapper
+    modules. Checkpointing goes on before compile on each block, and both before FSDP, as
+    torchtitan does."""
+    for idx, block in blocks.items():
+        if int(idx) in checkpointed:
             composable_checkpoint(block)
         if compile_blocks:
             block.compile()
+
+
+def _checkpointed(mcfg, layer_kinds: str) -> set[int]:
+    return checkpointed_layers(layer_kinds, mcfg.activation_checkpoint, mcfg.ac_layers, mcfg.ac_every)
 
 
 def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.device) -> dict[str, BuiltModule]:
@@ -104,7 +126,8 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                 model = build_model(mcfg.model, **mcfg.model_args, out_dim=args[cfg.language_name].dim)
             if tp_mesh is not None:
                 vit_parallel.apply_tp(model, tp_mesh)
-            apply_block_options(list(model.encoder.layers.values()), mcfg.activation_checkpoint, mcfg.compile)
+            blocks = model.encoder.layers
+            apply_block_options(blocks, _checkpointed(mcfg, "B" * len(blocks)), mcfg.compile)
             vit_parallel.apply_fsdp(model, dp_mesh, compute_dtype)
             parts, stage_ids, n_stages = [model], [0], 1
         else:
@@ -128,7 +151,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                     # loss-parallel cross-entropy (schedule.py); a pipeline's last stage hands
                     # plain logits to pipelining's loss_fn.
                     lm_parallel.apply_tp(stage, tp_mesh, loss_parallel=n_stages == 1)
-                apply_block_options(list(stage.layers.values()), mcfg.activation_checkpoint, mcfg.compile)
+                apply_block_options(stage.layers, _checkpointed(mcfg, full.args.layer_pattern), mcfg.compile)
                 # Under PP a stage's parameters are needed again for the backward of every
                 # in-flight micro-batch; resharding after forward would re-gather them each time.
                 lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=n_stages == 1)

@@ -29,6 +29,10 @@ class Job:
     """Free text, shown in the first log line."""
 
 
+AC_LAYER_KINDS = {"M": "Mamba2", "*": "attention", "-": "MLP"}
+"""Block kinds of the language model's layer pattern that `ac_layers` may name."""
+
+
 @dataclass(kw_only=True)
 class Module:
     model: str
@@ -51,8 +55,15 @@ class Module:
     """Train no parameters of this module (no optimizer, no grad sync, no bridge gradient)."""
     lr_scale: float = 1.0
     """Multiplier on optimizer.lr for this module's parameters."""
-    activation_checkpoint: Literal["none", "full"] = "none"
-    """Activation checkpointing per block."""
+    activation_checkpoint: Literal["none", "full", "selective"] = "none"
+    """Activation checkpointing per block: every block ("full"), or the blocks `ac_layers` and
+    `ac_every` pick ("selective"), to trade recompute for memory only where it is cheap."""
+    ac_layers: str = ""
+    """"selective": the language model's block kinds to checkpoint, as layer-pattern characters
+    (M Mamba2, * attention, - MLP), e.g. "-" for the MLP blocks; empty: every kind."""
+    ac_every: int = 1
+    """"selective": checkpoint every ac_every-th block of those kinds, counted over the whole
+    model from its first such block (2 = half of them), so the choice is the same in any layout."""
     compile: bool = False
     """torch.compile each block."""
     model_args: dict[str, Any] = field(default_factory=dict)
@@ -65,6 +76,18 @@ class Module:
                 raise ValueError(f"{name} = {getattr(self, name)} must be >= 1")
         if self.dp_shard == 0 or self.dp_shard < -1:
             raise ValueError(f"dp_shard = {self.dp_shard} must be >= 1, or -1 for 'the rest'")
+        if self.ac_every < 1:
+            raise ValueError(f"ac_every = {self.ac_every} must be >= 1")
+        bad = sorted(set(self.ac_layers) - set(AC_LAYER_KINDS))
+        if bad:
+            raise ValueError(f"ac_layers = {self.ac_layers!r}: {bad} are not block kinds; use "
+                             f"{', '.join(f'{k!r} ({v})' for k, v in AC_LAYER_KINDS.items())}")
+        if self.feeds and self.ac_layers:
+            raise ValueError(f"ac_layers = {self.ac_layers!r}: an encoder's blocks are all of one "
+                             "kind; use ac_every alone")
+        if self.activation_checkpoint != "selective" and (self.ac_layers or self.ac_every != 1):
+            raise ValueError(f"ac_layers / ac_every only apply to activation_checkpoint = "
+                             f"'selective', not {self.activation_checkpoint!r}")
         if self.lr_scale < 0:
             raise ValueError(f"lr_scale = {self.lr_scale} must be >= 0")
         if self.pp > 1 and self.feeds:
