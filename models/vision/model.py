@@ -2,13 +2,29 @@
 
 Patches are embedded by an nn.Linear on flattened (C, p, p) pixels instead of a Conv2d: it is
 the same map (a Conv2d weight [D, C, p, p] flattens to this Linear's weight), but Linear layers
-shard with plain TP plans and accept varlen-packed patches later.
+shard with plain TP plans and take varlen-packed patches.
+
+Attention kernels. Same-size images (`ViT.forward`) run plain SDPA on [B, H, T, E], no mask.
+Mixed sizes (`ViT.forward_packed`) run as ONE packed sequence [1, T, D] described by `cu_seqlens`
+(int32 [N+1], segment starts and the total) and `max_seqlen`; each attention picks its kernel from
+its own q, so the choice is automatic and follows the dtype the block really computes in (FSDP
+casts inside the block):
+  - CUDA, fp16/bf16, sm80+, and `torch.nn.attention.varlen.varlen_attn` importable (torch >= 2.10):
+    varlen_attn, FlashAttention's variable-length kernel on [T, H, E]. Memory and compute grow
+    with sum(P_i²), not T², and no mask is materialised.
+  - Anywhere else (CPU, fp32 on CUDA, older torch or GPUs): SDPA with a dense block-diagonal
+    [T, T] boolean mask built from `cu_seqlens`. It is the reference: on CPU fp32 it gives what
+    encoding each image alone gives (the tests check it), and it is what the varlen path is
+    tested against on CUDA.
 
 Shape legend:
     B images, C channels, H/W image height/width in pixels, h/w patch-grid rows/columns,
-    P patches (h·w), T tokens (prefix + patches), D encoder dim, E head dim, F MLP hidden,
-    N projected tokens of all images, O output (LM) dim.
+    P patches (h·w), T tokens (prefix + patches; in a pack, of all images), D encoder dim,
+    H heads (this TP shard's), E head dim, F MLP hidden, N images in a pack / projected tokens
+    of all images, O output (LM) dim.
 """
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +34,14 @@ from ..common import INIT_STD, fused_linears
 from .args import ViTArgs
 from .projector import Projector
 
-__all__ = ["ViT", "ViTBlock", "VisionModule", "patchify"]
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # torch < 2.10: packed attention keeps the dense mask everywhere
+    varlen_attn = None
+
+__all__ = ["ViT", "ViTBlock", "VisionModule", "block_diagonal_mask", "pack_lengths", "patchify"]
+
+_VARLEN_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def patchify(images_BCHW: Tensor, patch_size: int) -> Tensor:
@@ -29,8 +52,47 @@ def patchify(images_BCHW: Tensor, patch_size: int) -> Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (H // p) * (W // p), c * p * p)
 
 
+def pack_lengths(lengths: list[int], device: torch.device) -> tuple[Tensor, int]:
+    """Per-segment token counts → (cu_seqlens [N+1] int32 on `device`, max_seqlen: int).
+
+    cu_seqlens = [0, l0, l0+l1, ..., T], built on the host and copied once; on CUDA from pinned
+    memory without blocking, so packing never waits for the GPU. max_seqlen stays a Python int:
+    varlen kernels take it as a launch size, and reading it back from a device tensor would sync.
+    """
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"pack_lengths: need at least one segment, all non-empty; got {lengths}")
+    cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    if device.type == "cuda":
+        cu_seqlens = cu_seqlens.pin_memory().to(device, non_blocking=True)
+    else:
+        cu_seqlens = cu_seqlens.to(device)
+    return cu_seqlens, max(lengths)
+
+
+def block_diagonal_mask(cu_seqlens: Tensor, n_tokens: int) -> Tensor:
+    """[T, T] boolean mask, True where query and key lie in the same segment of the pack.
+
+    Built on cu_seqlens' device from the tensor alone (no read-back), so it also traces. Each
+    attention rebuilds it: O(T²) booleans next to its own O(T²·D) work, and no mask argument."""
+    positions_T = torch.arange(n_tokens, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    segment_T = torch.bucketize(positions_T, cu_seqlens[1:], right=True)
+    return segment_T[:, None] == segment_T[None, :]
+
+
+def uses_varlen(q: Tensor) -> bool:
+    """Whether packed attention on `q` runs varlen_attn (see the module docstring); else the
+    dense block-diagonal mask. FlashAttention takes only fp16/bf16 and needs sm80+."""
+    return (varlen_attn is not None and q.is_cuda and q.dtype in _VARLEN_DTYPES
+            and torch.cuda.get_device_properties(q.device).major >= 8)
+
+
 class ViTAttention(nn.Module):
-    """Bidirectional multi-head attention with biased wq/wk/wv/wo."""
+    """Bidirectional multi-head attention with biased wq/wk/wv/wo.
+
+    Without `cu_seqlens` every row of the batch attends to itself (plain SDPA). With it, x is
+    one packed sequence [1, T, D] and tokens attend only within their own segment, through
+    varlen_attn where `uses_varlen` says so, else through the dense block-diagonal mask.
+    """
 
     def __init__(self, dim: int, n_heads: int):
         super().__init__()
@@ -40,12 +102,22 @@ class ViTAttention(nn.Module):
         self.wv = nn.Linear(dim, dim)
         self.wo = nn.Linear(dim, dim)
 
-    def forward(self, x_BTD: Tensor, attn_mask_TT: Tensor | None = None) -> Tensor:
+    def forward(self, x_BTD: Tensor, cu_seqlens: Tensor | None = None,
+                max_seqlen: int = 0) -> Tensor:
         q, k, v = fused_linears(x_BTD, [self.wq, self.wk, self.wv])
         # Head count from the projection: under tensor parallelism q holds a slice of the heads.
         b, t = q.shape[:2]
-        q, k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2) for y in (q, k, v))
-        o_BHTE = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask_TT)
+        q, k, v = (y.view(b, t, -1, self.head_dim) for y in (q, k, v))
+        if cu_seqlens is not None and uses_varlen(q):
+            assert b == 1, f"a packed sequence has batch 1, got {b}"
+            # Positional core arguments only: the rest differ across torch versions (2.10 has a
+            # positional is_causal, 2.11 keyword-only window_size, 2.13 more keywords); every
+            # version defaults to full, non-causal attention.
+            o_THE = varlen_attn(q[0], k[0], v[0], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
+            return self.wo(o_THE.reshape(b, t, -1))
+        mask_TT = None if cu_seqlens is None else block_diagonal_mask(cu_seqlens, t)
+        q, k, v = (y.transpose(1, 2) for y in (q, k, v))
+        o_BHTE = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_TT)
         return self.wo(o_BHTE.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -68,8 +140,11 @@ class ViTBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(args.dim, eps=args.norm_eps)
         self.mlp = ViTMLP(args.dim, args.mlp_dim)
 
-    def forward(self, x_BTD: Tensor, attn_mask_TT: Tensor | None = None) -> Tensor:
-        h_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), attn_mask_TT)
+    def forward(self, x_BTD: Tensor, cu_seqlens: Tensor | None = None,
+                max_seqlen: int = 0) -> Tensor:
+        """`cu_seqlens`/`max_seqlen` (from `pack_lengths`) mark x as one packed sequence [1, T, D];
+        plain tensors and ints, so per-block torch.compile, FSDP and checkpointing pass them on."""
+        h_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cu_seqlens, max_seqlen)
         return h_BTD + self.mlp(self.mlp_norm(h_BTD))
 
 
@@ -120,16 +195,17 @@ class ViT(nn.Module):
     def forward_packed(self, images: list[Tensor]) -> list[Tensor]:
         """Images of any sizes, packed into ONE sequence with block-diagonal attention, so the
         blocks run exactly once whatever the mix of sizes (FSDP needs every rank to run the
-        same number of block forwards). Returns each image's patch features [P_i, D]."""
+        same number of block forwards). Returns each image's patch features [P_i, D].
+
+        The pack is described by cu_seqlens/max_seqlen (`pack_lengths`); each block's attention
+        runs varlen_attn on CUDA in fp16/bf16 and the dense-mask reference elsewhere (module
+        docstring). Nothing here reads a device value back: lengths are host ints."""
         segments = [self._embed(im.unsqueeze(0))[0] for im in images]
         lengths = [seg.shape[0] for seg in segments]
-        segment_ids = torch.repeat_interleave(
-            torch.arange(len(lengths), device=segments[0].device),
-            torch.tensor(lengths, device=segments[0].device))
-        mask_TT = segment_ids[:, None] == segment_ids[None, :]
+        cu_seqlens, max_seqlen = pack_lengths(lengths, segments[0].device)
         x_1TD = torch.cat(segments).unsqueeze(0)
         for layer in self.layers.values():
-            x_1TD = layer(x_1TD, mask_TT)
+            x_1TD = layer(x_1TD, cu_seqlens, max_seqlen)
         out_TD = self.norm(x_1TD)[0]
         n_prefix = self.args.n_prefix_tokens
         return [seg[n_prefix:] for seg in out_TD.split(lengths)]
