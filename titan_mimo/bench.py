@@ -46,7 +46,6 @@ from titan_mimo import metrics
 from titan_mimo.build import apply_block_options, checkpointed_layers
 from titan_mimo.init import init_module_weights
 from titan_mimo.models import build_model, merge_embeddings, model_args
-from titan_mimo.models.common import init_parameter, param_generator
 from titan_mimo.models.language import parallelize as lm_parallel
 from titan_mimo.models.vision import parallelize as vit_parallel
 
@@ -128,29 +127,6 @@ def _build(module_name: str, model_name: str, device: torch.device, *, compile_b
             lm_parallel.apply_fsdp(model, fsdp_mesh, param_dtype, reshard_after_forward=reshard)
     model.to_empty(device=device)
     return model
-
-
-@torch.no_grad()
-def init_on_device(module: nn.Module, seed: int, prefix: str) -> None:
-    """The trainer's init rules with large Linear/Embedding weights drawn on the device.
-
-    Same rules and per-fqn seeding as `titan_mimo.init.init_module_weights`, but the big matrices
-    come from a device generator (different values, same distribution), because the CPU
-    truncated-normal draw of ~2B parameters takes minutes and the benchmark only needs
-    realistic weights. `--init trainer` uses the trainer's exact function instead.
-    """
-    for owner_name, owner in module.named_modules():
-        for pname, param in owner.named_parameters(recurse=False):
-            fqn = ".".join(p for p in (prefix, owner_name, pname) if p)
-            local = param.to_local() if isinstance(param, DTensor) else param
-            if local.shape != param.shape:
-                raise ValueError(f"init_on_device: {fqn} is sharded; the benchmark uses one rank")
-            on_device = isinstance(owner, (nn.Linear, nn.Embedding)) and param.numel() >= 2**16
-            gen_device = local.device if on_device else torch.device("cpu")
-            g = param_generator(seed, fqn, gen_device)
-            full = torch.empty(param.shape, dtype=torch.float32, device=gen_device)
-            init_parameter(owner, pname, full, g)
-            local.copy_(full)
 
 
 @dataclass(kw_only=True)
@@ -408,10 +384,9 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     for name, m in modules.items():
         if state is not None:
             m.load_state_dict(state[name])
-        elif args.init == "trainer":
-            init_module_weights(m, args.seed, prefix=name)
         else:
-            init_on_device(m, args.seed, prefix=name)
+            # The trainer's init; "device" (its default, training.init_device) draws on the GPU.
+            init_module_weights(m, args.seed, prefix=name, on_device=args.init == "device")
     snapshot = None
     if not bare:
         # The bare run starts from these same weights (copied off the device to free it), so in
@@ -544,8 +519,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sync-debug", action="store_true",
                    help="after timing, run one step with CUDA sync debug mode on and list where "
                         "the host waited for the device")
-    p.add_argument("--init", choices=["device", "trainer"], default="device",
-                   help="'trainer': the trainer's exact CPU init (slow for billions of params)")
+    p.add_argument("--init", choices=["device", "cpu"], default="device",
+                   help="where initial weights are drawn, as training.init_device ('cpu': minutes "
+                        "for billions of parameters)")
     p.add_argument("--no-bare", action="store_true", help="skip the bare PyTorch loop")
     p.add_argument("--profile", action="store_true", help="print top kernels of the titan_mimo run")
     p.add_argument("--device", default=None)

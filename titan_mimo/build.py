@@ -158,7 +158,8 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                 parts.append(stage)
         for part in parts:
             part.to_empty(device=device)
-            init_module_weights(part, cfg.training.seed, prefix=name)
+            init_module_weights(part, cfg.training.seed, prefix=name,
+                                on_device=cfg.training.init_device == "device")
             if mcfg.frozen:
                 part.requires_grad_(False)
         built[name] = BuiltModule(name=name, is_encoder=bool(mcfg.feeds), parts=parts,

@@ -113,6 +113,11 @@ class Training:
     """Text sequence length (image placeholders included)."""
     seed: int = 0
     """Seed of initialisation, data and dropout; layouts with the same seed train identically."""
+    init_device: Literal["device", "cpu"] = "device"
+    """Where each parameter's full initial value is drawn (from its (seed, name) generator):
+    "device" on the training device (seconds for billions of parameters; a GPU run and a CPU
+    run then start from different values, every layout on the same kind of device from the
+    same ones), "cpu" on the host (the same values everywhere; minutes for a 2B model)."""
     mixed_precision: Literal["fp32", "bf16"] = "fp32"
     """Compute dtype; master weights, gradient reduction and optimizer state stay fp32."""
     loss: Literal["auto", "fused", "logits"] = "auto"

@@ -17,14 +17,17 @@ from titan_mimo.models.common import init_parameter, param_generator
 
 
 @torch.no_grad()
-def init_module_weights(module: nn.Module, seed: int, prefix: str) -> None:
+def init_module_weights(module: nn.Module, seed: int, prefix: str, on_device: bool = False) -> None:
     """Initialise every parameter of `module`; `prefix` is the module's name in the model graph
-    so two modules of the same architecture (two vision towers) start from different values."""
+    so two modules of the same architecture (two vision towers) start from different values.
+    `on_device`: draw each full value on the parameters' device (its own generator type, so other
+    values than the CPU draw, the same on every rank of that device type) instead of the host."""
     for owner_name, owner in module.named_modules():
         for pname, param in owner.named_parameters(recurse=False):
             fqn = ".".join(p for p in (prefix, owner_name, pname) if p)
-            full = torch.empty(param.shape, dtype=torch.float32)
-            init_parameter(owner, pname, full, param_generator(seed, fqn))
+            gen_device = param.device if on_device else torch.device("cpu")
+            full = torch.empty(param.shape, dtype=torch.float32, device=gen_device)
+            init_parameter(owner, pname, full, param_generator(seed, fqn, gen_device))
             if isinstance(param, DTensor):
                 # Replicate -> (Shard | _StridedShard) is a local slice: no communication.
                 full_dt = DTensor.from_local(full.to(param.device), param.device_mesh,

@@ -163,7 +163,7 @@ class Mamba2Mixer(nn.Module):
             if name == "A_log":
                 t.uniform_(*A_INIT_RANGE, generator=g).log_()
             elif name == "dt_bias":
-                u = torch.rand(t.shape, generator=g, dtype=torch.float64)
+                u = torch.rand(t.shape, generator=g, dtype=torch.float64, device=t.device)
                 dt = torch.exp(u * (math.log(DT_MAX) - math.log(DT_MIN)) + math.log(DT_MIN))
                 dt = dt.clamp(min=DT_INIT_FLOOR)
                 # Inverse of softplus, so softplus(dt_bias) == dt at init.
