@@ -165,6 +165,19 @@ def cross_entropy_sum(logits_BSV: Tensor, labels_BS: Tensor) -> Tensor:
                            ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Host tensor -> `device` without waiting for the device.
+
+    A plain `.to(cuda)` from pageable memory synchronises the stream after its copy, so the
+    host would wait for every kernel already queued (the previous micro-batch's backward)
+    before it queues the next one. Staged through pinned memory the copy is asynchronous; the
+    pinned buffer is not reused until the copy has run (the caching host allocator records it).
+    """
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def encode(role: EncoderRole, images: list[Tensor], device: torch.device) -> Tensor:
     """Run the encoder on a micro-batch's images (slot order).
 
@@ -174,7 +187,7 @@ def encode(role: EncoderRole, images: list[Tensor], device: torch.device) -> Ten
     """
     model = role.module.parts[0]
     if images:
-        return model([im.to(device) for im in images])
+        return model([to_device(im, device) for im in images])
     blank = torch.zeros(1, 3, role.cell, role.cell, device=device)
     return model(blank)[:0]
 
@@ -203,6 +216,8 @@ class StepRunner:
         """(module, op, micro-batch, wall time) of the last step, in the order this rank ran them;
         the time is when a language forward starts and when any other op ends."""
         self._pending_emb: dict[tuple[str, int], Tensor] = {}
+        self._next_merge_mb = 0
+        """Micro-batch of the first stage's next forward (they run in order 0..n-1); reset per run."""
         self.schedule = None
         if language is not None:
             lm = modules[language]
@@ -257,8 +272,30 @@ class StepRunner:
         return loss.to_local() if isinstance(loss, DTensor) else loss
 
     def _merge_hook(self, tp_mesh):
+        """The first stage's `input_merge`: this micro-batch's image embeddings into its hidden
+        states.
+
+        Nothing here waits for the device, or the host would idle until the encoder's kernels
+        ran before queueing the language model's. So the micro-batch index comes from a host
+        counter (stage 0's forwards run in micro-batch order, in the pp = 1 loop and in every
+        pipelining schedule, training and eval), checked against the device's `mb_B` with a
+        device-side assert; and the rows per sample are counted in the host copy of the tokens.
+        """
         def merge(h_BSD: Tensor, tokens_BS: Tensor, mb_B: Tensor) -> Tensor:
-            mb = int(mb_B[0])
+            mb = self._next_merge_mb
+            self._next_merge_mb += 1
+            host_tokens_BS = self.data.text[mb].tokens
+            if host_tokens_BS.shape != tokens_BS.shape:
+                raise RuntimeError(f"micro-batch {mb}: the stage got tokens of shape {tuple(tokens_BS.shape)} "
+                                   f"but the step's data holds {tuple(host_tokens_BS.shape)}")
+            is_expected_mb = (mb_B == mb).all()
+            if mb_B.device.type == "cpu":
+                if not is_expected_mb:
+                    raise RuntimeError(f"the first stage ran micro-batch {mb_B.tolist()} as its forward "
+                                       f"number {mb}; the merge assumes micro-batch order")
+            else:
+                torch._assert_async(is_expected_mb, f"the first stage's forward number {mb} ran another "
+                                                    "micro-batch; the merge assumes micro-batch order")
             self.events.append((self.language, "F", mb, time.time()))
             embeds = {}
             for name, role in self.encoders.items():
@@ -268,7 +305,7 @@ class StepRunner:
                     if role.frozen:
                         emb = emb.detach()
                 else:
-                    rows = (tokens_BS == role.placeholder_id).sum(1).tolist()
+                    rows = (host_tokens_BS == role.placeholder_id).sum(1).tolist()
                     emb = role.bridge.recv_embeddings(rows, requires_grad=not role.frozen)
                 # `* 0`, not zeros_like: the ablation keeps the graph, so the bridge still sends a
                 # (zero) gradient back and non-colocated encoder ranks do not wait for it forever.
@@ -280,16 +317,20 @@ class StepRunner:
     def _run_language(self, train: bool) -> float:
         lm = self.modules[self.language]
         text = self.data.text
-        loss_sum = 0.0
         if self.schedule is None:
             model = lm.parts[0]
             # TP without pipelining: the head's logits stay sharded over the vocabulary and the
             # cross-entropy (forward and backward) runs loss-parallel, never gathering them.
             vocab_parallel = loss_parallel if self.tp_mesh is not None else nullcontext
+            # Summed on the device, read once after the loop: reading each micro-batch's loss
+            # would make the host wait for its backward before queueing the next forward.
+            # float64, adding the float32 losses in micro-batch order: the sum a Python float
+            # accumulator gives, bit for bit.
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
             for mb, batch in enumerate(text):
-                tokens = batch.tokens.to(self.device)
+                tokens = to_device(batch.tokens, self.device)
                 mb_ids = torch.full((tokens.shape[0],), mb, device=self.device)
-                labels = batch.labels.to(self.device)
+                labels = to_device(batch.labels, self.device)
                 if train:
                     model.set_requires_gradient_sync(mb == self.n_mb - 1)
                     with vocab_parallel():
@@ -299,16 +340,16 @@ class StepRunner:
                 else:
                     with torch.no_grad(), vocab_parallel():
                         loss = self._model_loss(model, tokens, mb_ids, labels)
-                loss_sum += float(loss.detach())
-            return loss_sum
+                loss_sum += loss.detach()
+            return float(loss_sum)
         args, kwargs = (), {}
         if self.holds_first:
-            tokens = torch.cat([b.tokens for b in text]).to(self.device)
+            tokens = to_device(torch.cat([b.tokens for b in text]), self.device)
             mb_ids = torch.arange(self.n_mb, device=self.device).repeat_interleave(text[0].tokens.shape[0])
             args = (tokens, mb_ids)
         losses: list[Tensor] = []
         if self.holds_last:
-            kwargs = {"target": torch.cat([b.labels for b in text]).to(self.device), "losses": losses}
+            kwargs = {"target": to_device(torch.cat([b.labels for b in text]), self.device), "losses": losses}
         with self._schedule_clock.span():
             if train:
                 self.schedule.step(*args, **kwargs)
@@ -353,6 +394,7 @@ class StepRunner:
         """Forward (+ backward) of all micro-batches; returns this rank's loss contribution."""
         self.data, self.global_tokens = data, global_tokens
         self.events = []
+        self._next_merge_mb = 0
         self.timing = StepTiming()
         self._stage_clock.reset()
         self._schedule_clock.reset()
