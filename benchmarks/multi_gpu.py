@@ -42,6 +42,8 @@ GPU_CONFIG = "train_configs/vlm_hybrid_8gpu.toml"
 # name: (world size, overrides of debug_cpu.toml); the reference is the 1-process run with the
 # same training.* overrides (a layout that needs another batch gets its own reference).
 LAYOUTS = {
+    "1|1": (2, {"modules.vision.ranks": 1, "modules.language.ranks": 1}),
+    "colocated dp2": (2, {"parallelism.colocated": True}),
     "dp2|dp2": (4, {}),
     "fan_in 2|1": (3, {"modules.vision.ranks": 2, "modules.language.ranks": 1}),
     "fan_out 1|2": (3, {"modules.vision.ranks": 1, "modules.language.ranks": 2}),
@@ -177,6 +179,10 @@ def throughput(args) -> list[dict]:
                                    "--checkpoint.async_mode=disabled"],
                     " ckpt async": ["--checkpoint.enable=true", f"--checkpoint.interval={every}",
                                     "--checkpoint.async_mode=async"]}
+    if args.image:
+        # Image side: 1024 gives ~1/4 of the LM's FLOPs per sample in the ViT, ~1664 about as many
+        # (the ViT-heavy case, where a 1 | 1 split of two GPUs is balanced).
+        common += [f"--data.image_sizes=[[{args.image}, {args.image}]]"]
     rows = []
     for name, over in throughput_runs(args.gpus, args.cpu).items():
         for suffix, extra in variants.items():
@@ -185,7 +191,12 @@ def throughput(args) -> list[dict]:
             target = ["-m", "titan_mimo.train", "--config", config, f"--job.dump_folder={run_dir}",
                       *common, *over, *extra, *args.extra]
             t0 = time.time()
-            torchrun(args.gpus, target, cpu=args.cpu, timeout=args.timeout, log=run_dir / "torchrun.log")
+            try:
+                torchrun(args.gpus, target, cpu=args.cpu, timeout=args.timeout, log=run_dir / "torchrun.log")
+            except (SystemExit, subprocess.TimeoutExpired) as e:
+                # One failed layout (out of memory, say) must not cost the others' numbers.
+                print(f"{name + suffix}: failed: {e}", flush=True)
+                continue
             records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
             rows.append({"run": name + suffix, "wall_s": time.time() - t0,
                          **summarize(records, args.warmup, args.gpus)})
@@ -212,6 +223,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="throughput: steps per run")
     parser.add_argument("--warmup", type=int, default=4, help="throughput: steps left out of the means")
     parser.add_argument("--checkpoint", action="store_true", help="throughput: also time sync vs async saves")
+    parser.add_argument("--image", type=int, default=0,
+                        help="throughput: square image side instead of the config's (e.g. 1664: ViT-heavy)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per torchrun launch")
     parser.add_argument("extra", nargs="*", help="throughput: more overrides, after --, e.g. -- --training.steps=20")
     args = parser.parse_args()
