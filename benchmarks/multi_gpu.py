@@ -226,8 +226,12 @@ def main() -> None:
     parser.add_argument("--image", type=int, default=0,
                         help="throughput: square image side instead of the config's (e.g. 1664: ViT-heavy)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per torchrun launch")
-    parser.add_argument("extra", nargs="*", help="throughput: more overrides, after --, e.g. -- --training.steps=20")
-    args = parser.parse_args()
+    # Overrides for the trainer follow `--` (argparse cannot take them as a positional list after
+    # options), e.g. `throughput --gpus 2 -- --training.global_batch_size=8`.
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.extra = extra
     if not args.cpu and not torch.cuda.is_available():
         raise SystemExit("no GPU visible: pass --cpu for the gloo rehearsal at debug size")
     if not args.cpu and torch.cuda.device_count() < args.gpus:
