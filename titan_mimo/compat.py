@@ -5,9 +5,17 @@ import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
+import torch
 from torch.distributed._composable import checkpoint as composable_checkpoint
 
-__all__ = ["composable_checkpoint", "time_stage_work"]
+__all__ = ["composable_checkpoint", "foreach_mul_", "time_stage_work"]
+
+
+def foreach_mul_(tensors: list, scalar: float) -> None:
+    """tensors[i] *= scalar for all i, in one multi-tensor kernel per device and dtype (what
+    torch.optim and clip_grad_norm_ use); the same values as a loop of `mul_`."""
+    torch._foreach_mul_(tensors, scalar)
+
 
 # The methods a torch.distributed.pipelining schedule calls on a stage to do that stage's own
 # work for one micro-batch (forward; backward, or its input and weight halves) and, once per

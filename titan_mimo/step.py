@@ -16,6 +16,7 @@ from torchtitan.components.lr_scheduler import build_lr_schedulers
 from torchtitan.config.job_config import LRScheduler as TTLRSchedulerConfig
 
 from titan_mimo.build import BuiltModule
+from titan_mimo.compat import foreach_mul_
 from titan_mimo.config import JobConfig
 from titan_mimo.data.mock import IGNORE_INDEX
 
@@ -68,6 +69,7 @@ def language_lr_schedule(cfg: JobConfig):
 
 
 @torch.no_grad()
+@torch.no_grad()
 def local_grad_sq(module: BuiltModule, stage_ranks: int) -> float:
     """This rank's share of the module's squared gradient norm.
 
@@ -76,8 +78,11 @@ def local_grad_sq(module: BuiltModule, stage_ranks: int) -> float:
     stage_ranks / n ranks; weighting each rank's local sum of squares by n / stage_ranks makes
     the world sum count every piece exactly once, for any mix of FSDP, TP, HSDP and plain
     replicated parameters.
+
+    Computed on the device: one multi-tensor norm per weight (torch.nn.utils.get_total_norm),
+    combined in float64, read back once; per-parameter reads would each wait for the device.
     """
-    total = torch.zeros((), dtype=torch.float64)
+    by_weight: dict[float, list[torch.Tensor]] = {}
     for p in module.parameters():
         if p.grad is None:
             continue
@@ -93,7 +98,11 @@ def local_grad_sq(module: BuiltModule, stage_ranks: int) -> float:
                 if not placement.is_replicate():
                     n_pieces *= g.device_mesh.size(mesh_dim)
             g = g.to_local()
-        total += g.detach().double().pow(2).sum().cpu() * (n_pieces / stage_ranks)
+        by_weight.setdefault(n_pieces / stage_ranks, []).append(g.detach())
+    if not by_weight:
+        return 0.0
+    total = sum(weight * torch.nn.utils.get_total_norm(grads).double().square()
+                for weight, grads in by_weight.items())
     return float(total)
 
 
@@ -105,14 +114,16 @@ def clip_coefficient(total_norm: float, max_norm: float) -> float:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def scale_grads(modules: dict[str, BuiltModule], coef: float) -> None:
+    """Multiply every gradient by the clip coefficient (one multi-tensor op per module)."""
     if coef == 1.0:
         return
     for m in modules.values():
-        for p in m.parameters():
-            if p.grad is not None:
-                g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-                g.mul_(coef)
+        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+                 for p in m.parameters() if p.grad is not None]
+        if grads:
+            foreach_mul_(grads, coef)
 
 
 def count_loss_tokens(labels: list[torch.Tensor]) -> int:
