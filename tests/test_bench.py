@@ -34,7 +34,7 @@ def test_device_busy_counts_overlapping_kernels_once():
 
     import torch
 
-    from titan_mimo.bench import _device_busy
+    from titan_mimo.profiling import device_busy
     cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
 
     def ev(start, end, device=cuda, key="kernel", annotation=False):
@@ -42,5 +42,5 @@ def test_device_busy_counts_overlapping_kernels_once():
                                key=key, is_user_annotation=annotation)
     events = [ev(0, 10), ev(5, 20), ev(30, 40), ev(0, 100, device=cpu),
               ev(0, 100, key="Optimizer.step#AdamW.step"), ev(0, 100, annotation=True)]
-    busy_s, span_s = _device_busy(events)
+    busy_s, span_s = device_busy(events)
     assert busy_s == 30e-6 and span_s == 40e-6

@@ -48,6 +48,7 @@ from titan_mimo.init import init_module_weights
 from titan_mimo.models import build_model, merge_embeddings, model_args
 from titan_mimo.models.language import parallelize as lm_parallel
 from titan_mimo.models.vision import parallelize as vit_parallel
+from titan_mimo.profiling import print_profile
 
 """Fallback peak table (dense bf16 FLOP/s) used when torchtitan is not importable."""
 
@@ -295,55 +296,6 @@ def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, a
     if sync_debug:
         report_syncs(one_step, device)
     return step_s, float(loss.detach())
-
-
-def print_profile(one_step, device, n_steps: int = 2, top: int = 15) -> None:
-    """Top kernels by device time over n_steps, with their share of all kernel time, then the
-    host-side ops with the most self CPU time (launch overhead, hooks, synchronisations)."""
-    from torch.profiler import ProfilerActivity, profile
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        for _ in range(n_steps):
-            one_step()
-        _sync(device)
-    averages = prof.key_averages()
-    # The optimizer's record_function range shows up as a device event spanning its kernels.
-    events = [e for e in averages if device.type == "cuda" and e.device_type == torch.autograd.DeviceType.CUDA
-              and not e.key.startswith("Optimizer.")]
-    total = sum(e.self_device_time_total for e in events) or 1.0
-    print(f"  profile: {total / n_steps / 1e3:.1f} ms kernel time per step; top kernels:", flush=True)
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
-        print(f"    {100 * e.self_device_time_total / total:5.1f}%  {e.self_device_time_total / n_steps / 1e3:7.2f} ms"
-              f"  x{e.count // n_steps:<4d} {e.key[:110]}", flush=True)
-    busy_s, span_s = _device_busy(prof.events())
-    if span_s > 0:
-        print(f"  device busy {100 * busy_s / span_s:.1f}% of the profiled steps' span "
-              f"({busy_s / n_steps * 1e3:.1f} ms with a kernel running per step): the rest the GPU "
-              "waited for the host or a synchronisation", flush=True)
-    host = [e for e in averages if e.device_type == torch.autograd.DeviceType.CPU]
-    print("  host ops by self CPU time per step:", flush=True)
-    for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:12]:
-        print(f"    {e.self_cpu_time_total / n_steps / 1e3:7.2f} ms  x{e.count // n_steps:<5d} {e.key[:100]}", flush=True)
-
-
-def _device_busy(events) -> tuple[float, float]:
-    """(seconds with at least one kernel running, seconds from the first kernel's start to the
-    last one's end) over the profiler's device events; overlapping kernels (FSDP's copy stream
-    beside compute) count once, range annotations not at all."""
-    spans = sorted((e.time_range.start, e.time_range.end) for e in events
-                   if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation
-                   and not e.key.startswith(("Optimizer.", "ProfilerStep")))
-    busy, cur_start, cur_end = 0.0, None, None
-    for start, end in spans:
-        if cur_end is None or start > cur_end:
-            if cur_end is not None:
-                busy += cur_end - cur_start
-            cur_start, cur_end = start, end
-        else:
-            cur_end = max(cur_end, end)
-    if cur_end is not None:
-        busy += cur_end - cur_start
-    return busy / 1e6, ((spans[-1][1] if spans else 0) - (spans[0][0] if spans else 0)) / 1e6
 
 
 def report_syncs(one_step, device, top: int = 8) -> None:

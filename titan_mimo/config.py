@@ -319,10 +319,16 @@ class Metrics:
     """Write TensorBoard events under dump_folder/tb."""
     peak_tflops: float = 0.0
     """Peak dense TFLOP/s per device for MFU; 0 = detect (GPU) or report MFU as 0 (CPU)."""
+    profile_step: int = 0
+    """Profile this training step (1-based; 0 = never): every rank writes a Chrome trace to
+    dump_folder/profile/rank<r>_step<n>.json and prints its top kernels, the share of the step
+    its device was busy, and its top host ops."""
 
     def __post_init__(self) -> None:
         if self.log_freq < 1:
             raise ValueError(f"log_freq = {self.log_freq} must be >= 1")
+        if self.profile_step < 0:
+            raise ValueError(f"profile_step = {self.profile_step} must be >= 0 (0 = off)")
 
 
 @dataclass(kw_only=True)

@@ -25,6 +25,7 @@ from titan_mimo.data.mock import MockImageCaption
 from titan_mimo.distributed import env_world_size, init_distributed, pick_device
 from titan_mimo.export import export_checkpoint, load_weights, read_index
 from titan_mimo.metrics import MetricsWriter
+from titan_mimo.profiling import profile_steps, summary
 from titan_mimo.topology import resolve_placements
 from titan_mimo.trainer import Trainer, build_dataset, build_trainer
 
@@ -83,7 +84,10 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
     try:
         with stop_on_signals(trainer):
             for step in range(start, cfg.training.steps):
-                out = trainer.train_step(step)
+                if step + 1 == cfg.metrics.profile_step:
+                    out = profiled_step(trainer, step)
+                else:
+                    out = trainer.train_step(step)
                 trainer.tokens_seen += tokens_per_step
                 done = step + 1
                 saved_s = None
@@ -124,6 +128,17 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
         export_checkpoint(checkpoint_folder(cfg) / f"step-{steps}", out_dir, ckpt_cfg.export_dtype)
         print(f"titan_mimo: exported weights ({ckpt_cfg.export_dtype}) to {out_dir}", flush=True)
     return records
+
+
+def profiled_step(trainer: Trainer, step: int) -> dict:
+    """One training step under torch.profiler: a Chrome trace per rank and a printed summary."""
+    out = {}
+    trace = Path(trainer.cfg.job.dump_folder) / "profile" / f"rank{trainer.topo.rank}_step{step + 1}.json"
+    prof = profile_steps(lambda: out.update(trainer.train_step(step)), trainer.device, 1, trace)
+    lines = summary(prof, trainer.device, n_steps=1)
+    print("\n".join([f"titan_mimo: rank {trainer.topo.rank} step {step + 1} profile (trace {trace}):"]
+                    + [f"  {line}" for line in lines]), flush=True)
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,85 @@
+"""Where a step's time goes: torch.profiler around whole steps, summarised for a log.
+
+Used by the benchmark (`--profile`) and the trainer (`metrics.profile_step`): the kernels with
+the most device time, the share of the steps' span in which the device was running any kernel
+(the rest it waited on the host: launch overhead, Python, synchronisations), and the host ops
+with the most self CPU time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+
+
+def device_busy(events) -> tuple[float, float]:
+    """(seconds with at least one kernel running, seconds from the first kernel's start to the
+    last one's end) over the profiler's device events; overlapping kernels (FSDP's copy stream
+    beside compute) count once, range annotations not at all."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events
+                   if e.device_type == DeviceType.CUDA and not e.is_user_annotation
+                   and not e.key.startswith(("Optimizer.", "ProfilerStep")))
+    busy, cur_start, cur_end = 0.0, None, None
+    for start, end in spans:
+        if cur_end is None or start > cur_end:
+            if cur_end is not None:
+                busy += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    if cur_end is not None:
+        busy += cur_end - cur_start
+    return busy / 1e6, ((spans[-1][1] if spans else 0) - (spans[0][0] if spans else 0)) / 1e6
+
+
+def summary(prof, device: torch.device, n_steps: int, top: int = 15) -> list[str]:
+    """Lines: kernel time per step and the top kernels, device-busy share, top host ops."""
+    lines = []
+    averages = prof.key_averages()
+    if device.type == "cuda":
+        # The optimizer's record_function range shows up as a device event spanning its kernels.
+        kernels = [e for e in averages if e.device_type == DeviceType.CUDA and not e.key.startswith("Optimizer.")]
+        total = sum(e.self_device_time_total for e in kernels) or 1.0
+        lines.append(f"profile: {total / n_steps / 1e3:.1f} ms kernel time per step; top kernels:")
+        for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]:
+            lines.append(f"  {100 * e.self_device_time_total / total:5.1f}%  "
+                         f"{e.self_device_time_total / n_steps / 1e3:7.2f} ms  x{e.count // n_steps:<4d} {e.key[:110]}")
+        busy_s, span_s = device_busy(prof.events())
+        if span_s > 0:
+            lines.append(f"device busy {100 * busy_s / span_s:.1f}% of the profiled steps' span "
+                         f"({busy_s / n_steps * 1e3:.1f} ms with a kernel running per step): the rest "
+                         "the GPU waited for the host or a synchronisation")
+    host = [e for e in averages if e.device_type == DeviceType.CPU]
+    lines.append("host ops by self CPU time per step:")
+    for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:12]:
+        lines.append(f"  {e.self_cpu_time_total / n_steps / 1e3:7.2f} ms  x{e.count // n_steps:<5d} {e.key[:100]}")
+    return lines
+
+
+def profile_steps(run_steps: Callable[[], None], device: torch.device, n_steps: int,
+                  trace: Path | None = None):
+    """Run `run_steps()` (n_steps whole steps, synchronised at the end) under the profiler;
+    returns the profiler. `trace`: also write a Chrome trace there (chrome://tracing, Perfetto)."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        run_steps()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    if trace is not None:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace))
+    return prof
+
+
+def print_profile(one_step: Callable[[], object], device: torch.device, n_steps: int = 2, top: int = 15) -> None:
+    """Profile n_steps calls of one_step and print the summary (indented, for the bench)."""
+    def run_steps():
+        for _ in range(n_steps):
+            one_step()
+    prof = profile_steps(run_steps, device, n_steps)
+    for line in summary(prof, device, n_steps, top):
+        print("  " + line, flush=True)
