@@ -83,3 +83,27 @@ def test_killing_one_rank_ends_the_job(tmp_path: Path) -> None:
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert time.time() - killed_at < 60, output[-3000:]
+
+
+def test_nonfinite_loss_stops_the_run_or_skips_the_step(tmp_path: Path) -> None:
+    """lr = 1e30 makes step 2's loss NaN: by default the run fails naming the step; with
+    skip_nonfinite_steps it logs each skipped step and finishes."""
+    common = ("--parallelism.colocated=true", "--training.steps=3", "--metrics.log_freq=1",
+              "--optimizer.lr=1e30")
+    runs = {"stop": _launch(1, tmp_path / "stop", *common),
+            "skip": _launch(1, tmp_path / "skip", *common, "--training.skip_nonfinite_steps=true")}
+    outputs = {}
+    for name, proc in runs.items():
+        outputs[name], _ = proc.communicate(timeout=300)
+        outputs[name] = (outputs[name], proc.returncode)
+    stop_out, stop_rc = outputs["stop"]
+    assert stop_rc != 0
+    assert "NonFiniteError: step 2: non-finite loss nan" in stop_out
+    assert "set training.skip_nonfinite_steps = true" in stop_out
+    skip_out, skip_rc = outputs["skip"]
+    assert skip_rc == 0, skip_out[-3000:]
+    assert "step 2: non-finite loss nan or grad norm nan: step skipped" in skip_out
+    assert "step 3: non-finite loss" in skip_out
+    records = [json.loads(x) for x in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[0]["loss"] == records[0]["loss"] and records[1]["loss"] != records[1]["loss"]  # NaN

@@ -314,7 +314,7 @@ class StepRunner:
             return scatter_sequence(h_BSD, tp_mesh) if tp_mesh is not None else h_BSD
         return merge
 
-    def _run_language(self, train: bool) -> float:
+    def _run_language(self, train: bool) -> Tensor:
         lm = self.modules[self.language]
         text = self.data.text
         if self.schedule is None:
@@ -341,7 +341,7 @@ class StepRunner:
                     with torch.no_grad(), vocab_parallel():
                         loss = self._model_loss(model, tokens, mb_ids, labels)
                 loss_sum += loss.detach()
-            return float(loss_sum)
+            return loss_sum
         args, kwargs = (), {}
         if self.holds_first:
             tokens = to_device(torch.cat([b.tokens for b in text]), self.device)
@@ -358,7 +358,10 @@ class StepRunner:
                 # graphs (and the bridge from arming its gradient send).
                 with torch.no_grad():
                     self.schedule.eval(*args, **kwargs)
-        return float(sum(l.detach() for l in losses)) if losses else 0.0
+        # float32 sum in micro-batch order, then float64 (the value a Python float took before).
+        if not losses:
+            return torch.zeros((), dtype=torch.float64, device=self.device)
+        return sum(l.detach() for l in losses).double()
 
     # ---- encoder side ------------------------------------------------------------------------
 
@@ -390,8 +393,9 @@ class StepRunner:
 
     # ---- one step ----------------------------------------------------------------------------
 
-    def run(self, data: StepData, global_tokens: float, train: bool = True) -> float:
-        """Forward (+ backward) of all micro-batches; returns this rank's loss contribution."""
+    def run(self, data: StepData, global_tokens: float, train: bool = True) -> Tensor:
+        """Forward (+ backward) of all micro-batches; returns this rank's loss contribution, a
+        float64 scalar on the device (read it when the step's work is queued)."""
         self.data, self.global_tokens = data, global_tokens
         self.events = []
         self._next_merge_mb = 0
@@ -401,7 +405,7 @@ class StepRunner:
         bridges = [role.bridge for role in self.encoders.values() if role.bridge is not None]
         wait0 = sum(b.stats.wait_s for b in bridges)
         t0 = time.perf_counter()
-        loss = 0.0
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
         for name, role in self.encoders.items():
             if role.bridge is not None and role.module is not None:
                 self._run_encoder(name, train)

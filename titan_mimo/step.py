@@ -70,7 +70,7 @@ def language_lr_schedule(cfg: JobConfig):
 
 @torch.no_grad()
 @torch.no_grad()
-def local_grad_sq(module: BuiltModule, stage_ranks: int) -> float:
+def local_grad_sq(module: BuiltModule, stage_ranks: int, device: torch.device) -> torch.Tensor:
     """This rank's share of the module's squared gradient norm.
 
     A parameter split into n distinct pieces over the `stage_ranks` ranks of its pipeline
@@ -79,8 +79,9 @@ def local_grad_sq(module: BuiltModule, stage_ranks: int) -> float:
     the world sum count every piece exactly once, for any mix of FSDP, TP, HSDP and plain
     replicated parameters.
 
-    Computed on the device: one multi-tensor norm per weight (torch.nn.utils.get_total_norm),
-    combined in float64, read back once; per-parameter reads would each wait for the device.
+    A float64 scalar on `device`, not read back: one multi-tensor norm per weight
+    (torch.nn.utils.get_total_norm), combined in float64, so the step's reduction and the
+    clipping can be queued without the host waiting for the backward to finish.
     """
     by_weight: dict[float, list[torch.Tensor]] = {}
     for p in module.parameters():
@@ -99,11 +100,10 @@ def local_grad_sq(module: BuiltModule, stage_ranks: int) -> float:
                     n_pieces *= g.device_mesh.size(mesh_dim)
             g = g.to_local()
         by_weight.setdefault(n_pieces / stage_ranks, []).append(g.detach())
-    if not by_weight:
-        return 0.0
-    total = sum(weight * torch.nn.utils.get_total_norm(grads).double().square()
-                for weight, grads in by_weight.items())
-    return float(total)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for weight, grads in by_weight.items():
+        total = total + weight * torch.nn.utils.get_total_norm(grads).double().square()
+    return total
 
 
 @torch.no_grad()
@@ -114,10 +114,22 @@ def clip_coefficient(total_norm: float, max_norm: float) -> float:
 
 
 @torch.no_grad()
+def clip_coefficient_tensor(total_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """`clip_coefficient` on a float64 device scalar, without reading it back (same IEEE ops,
+    so the same value)."""
+    if max_norm <= 0:
+        return torch.ones_like(total_norm)
+    coef = (max_norm / (total_norm + 1e-6)).clamp(max=1.0)
+    return torch.where(torch.isfinite(total_norm), coef, torch.ones_like(coef))
+
+
 @torch.no_grad()
-def scale_grads(modules: dict[str, BuiltModule], coef: float) -> None:
-    """Multiply every gradient by the clip coefficient (one multi-tensor op per module)."""
-    if coef == 1.0:
+def scale_grads(modules: dict[str, BuiltModule], coef: float | torch.Tensor) -> None:
+    """Multiply every gradient by the clip coefficient (one multi-tensor op per module); a
+    tensor coefficient (a device scalar) is applied as float32, as a Python float would be."""
+    if isinstance(coef, torch.Tensor):
+        coef = coef.float()
+    elif coef == 1.0:
         return
     for m in modules.values():
         grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad

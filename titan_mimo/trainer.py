@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 
 from titan_mimo.bridge import Bridge
 from titan_mimo.build import COMPUTE_DTYPES, BuiltModule, build_modules
@@ -26,8 +27,8 @@ from titan_mimo.distributed import world_max, world_sum
 from titan_mimo.metrics import memory_gib, peak_flops
 from titan_mimo.models import build_model
 from titan_mimo.schedule import EncoderRole, StepData, StepRunner, theoretical_bubble_fraction
-from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, count_loss_tokens,
-                             language_lr_schedule, local_grad_sq, scale_grads)
+from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, clip_coefficient_tensor,
+                             count_loss_tokens, language_lr_schedule, local_grad_sq, scale_grads)
 from titan_mimo.topology import Topology, build_topology, uses_fused_loss
 
 
@@ -204,33 +205,53 @@ class Trainer:
     # ---- one step ----------------------------------------------------------------------------
 
     def forward_backward(self, step: int) -> dict:
-        """Forward and backward of every micro-batch, then the global loss and gradient norm."""
+        """Forward and backward of every micro-batch, then the step's one world reduction of
+        (loss, squared gradient norm, stop flag), queued on the device and not yet read."""
         t0 = time.perf_counter()
         data = self.load_step(step, "train")
         global_tokens = self.global_loss_tokens(data)
         loss_local = self.runner.run(data, global_tokens, train=True)
-        grad_sq = sum(local_grad_sq(m, self.topo.placements[n].size // self.topo.placements[n].pp)
+        grad_sq = sum(local_grad_sq(m, self.topo.placements[n].size // self.topo.placements[n].pp, self.device)
                       for n, m in self.modules.items())
         # The stop flag rides on the step's one reduction, so all ranks stop at the same step.
-        loss, grad_sq, stop = world_sum([loss_local if self._is_loss_rank() else 0.0, grad_sq,
-                                         float(bool(self.stop_signal))], self.device)
-        return {"loss": loss, "grad_norm": math.sqrt(grad_sq), "global_tokens": global_tokens,
-                "data": data, "t0": t0, "stop": stop > 0}
+        # torch.full, not torch.tensor: a copy from host memory would wait for the device.
+        stop = torch.full((), float(bool(self.stop_signal)), dtype=torch.float64, device=self.device)
+        reduced = torch.stack([loss_local if self._is_loss_rank() else torch.zeros_like(stop),
+                               torch.zeros_like(stop) + grad_sq, stop])
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        return {"reduced": reduced, "global_tokens": global_tokens, "data": data, "t0": t0}
+
+    @staticmethod
+    def _read_reduced(out: dict) -> None:
+        loss, grad_sq, stop = out.pop("reduced").tolist()
+        out.update(loss=loss, grad_norm=math.sqrt(grad_sq), stop=stop > 0)
 
     def optimizer_step(self, step: int, out: dict) -> None:
-        """Clip with the one global coefficient, step every module's optimizer and schedule."""
-        cfg, loss, grad_norm = self.cfg, out["loss"], out["grad_norm"]
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            msg = f"step {step + 1}: non-finite loss {loss} or grad norm {grad_norm}"
-            if not cfg.training.skip_nonfinite_steps:
-                raise NonFiniteError(msg + "; set training.skip_nonfinite_steps = true to skip such steps")
-            if self.topo.rank == 0:
-                print(f"titan_mimo: {msg}: step skipped", file=sys.stderr, flush=True)
+        """Clip with the one global coefficient, step every module's optimizer and schedule.
+
+        The coefficient is computed on the device from the queued reduction, so the optimizer
+        steps are issued without the host waiting for the backward; the loss and norm are read
+        after. With `skip_nonfinite_steps` the host must see them first (one wait per step)."""
+        cfg = self.cfg
+        if cfg.training.skip_nonfinite_steps:
+            self._read_reduced(out)
+            loss, grad_norm = out["loss"], out["grad_norm"]
+            if math.isfinite(loss) and math.isfinite(grad_norm):
+                scale_grads(self.modules, clip_coefficient(grad_norm, cfg.training.max_norm))
+                self._step_optimizers()
+            elif self.topo.rank == 0:
+                print(f"titan_mimo: step {step + 1}: non-finite loss {loss} or grad norm {grad_norm}: "
+                      "step skipped", file=sys.stderr, flush=True)
         else:
-            scale_grads(self.modules, clip_coefficient(grad_norm, cfg.training.max_norm))
-            for opts in self.optimizers.values():
-                for opt in opts:
-                    opt.step()
+            reduced = out["reduced"]
+            scale_grads(self.modules, clip_coefficient_tensor(reduced[1].sqrt(), cfg.training.max_norm))
+            self._step_optimizers()
+            self._read_reduced(out)
+            loss, grad_norm = out["loss"], out["grad_norm"]
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise NonFiniteError(f"step {step + 1}: non-finite loss {loss} or grad norm {grad_norm} "
+                                     "(the run stops without saving this step; set "
+                                     "training.skip_nonfinite_steps = true to skip such steps)")
         for opts in self.optimizers.values():
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
@@ -242,6 +263,11 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         out["time"] = time.perf_counter() - out["t0"]
+
+    def _step_optimizers(self) -> None:
+        for opts in self.optimizers.values():
+            for opt in opts:
+                opt.step()
 
     def train_step(self, step: int) -> dict:
         out = self.forward_backward(step)
@@ -258,7 +284,7 @@ class Trainer:
             data = self.load_step(k, "validation")
             tokens = self.global_loss_tokens(data)
             loss_local = self.runner.run(data, tokens, train=False)
-            (loss,) = world_sum([loss_local if self._is_loss_rank() else 0.0], self.device)
+            (loss,) = world_sum([float(loss_local) if self._is_loss_rank() else 0.0], self.device)
             total += loss
         return total / self.cfg.validation.steps
 
