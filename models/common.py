@@ -26,12 +26,26 @@ __all__ = [
     "init_parameter",
     "local_tensor",
     "param_generator",
+    "to_device",
 ]
 
 RMSNorm = nn.RMSNorm
 
 INIT_STD = 0.02
 """Standard deviation of the default (truncated at ±2σ) normal init of linears and embeddings."""
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Host tensor -> `device` without waiting for the device.
+
+    A plain `.to(cuda)` from pageable memory synchronises the stream after its copy, so the
+    host would wait for every kernel already queued before it queues the next one. Staged
+    through pinned memory the copy is asynchronous; the pinned buffer is not reused until the
+    copy has run (the caching host allocator records it).
+    """
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def param_generator(seed: int, fqn: str, device: str | torch.device = "cpu") -> torch.Generator:

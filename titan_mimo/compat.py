@@ -11,9 +11,9 @@ from torch.distributed._composable import checkpoint as composable_checkpoint
 __all__ = ["composable_checkpoint", "foreach_mul_", "time_stage_work"]
 
 
-def foreach_mul_(tensors: list, scalar: float) -> None:
-    """tensors[i] *= scalar for all i, in one multi-tensor kernel per device and dtype (what
-    torch.optim and clip_grad_norm_ use); the same values as a loop of `mul_`."""
+def foreach_mul_(tensors: list, scalar: "float | torch.Tensor") -> None:
+    """tensors[i] *= scalar for all i (a number or a 0-dim tensor), in one multi-tensor kernel per
+    device and dtype (what torch.optim and clip_grad_norm_ use); the values of a loop of `mul_`."""
     torch._foreach_mul_(tensors, scalar)
 
 

@@ -41,6 +41,7 @@ from titan_mimo.compat import first_stage_forwards_ahead, time_stage_work
 from titan_mimo.data.mock import IGNORE_INDEX, Batch
 from titan_mimo.distributed import world_max
 from titan_mimo.models import merge_embeddings
+from titan_mimo.models.common import to_device
 from titan_mimo.models.language.parallelize import scatter_sequence
 
 SCHEDULES = {"GPipe": ScheduleGPipe, "1F1B": Schedule1F1B, "Interleaved1F1B": ScheduleInterleaved1F1B}
@@ -163,19 +164,6 @@ def encoder_lead(schedule_name: str, lm_pp: int, n_microbatches: int, first_stag
 def cross_entropy_sum(logits_BSV: Tensor, labels_BS: Tensor) -> Tensor:
     return F.cross_entropy(logits_BSV.flatten(0, 1).float(), labels_BS.flatten(),
                            ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def to_device(t: Tensor, device: torch.device) -> Tensor:
-    """Host tensor -> `device` without waiting for the device.
-
-    A plain `.to(cuda)` from pageable memory synchronises the stream after its copy, so the
-    host would wait for every kernel already queued (the previous micro-batch's backward)
-    before it queues the next one. Staged through pinned memory the copy is asynchronous; the
-    pinned buffer is not reused until the copy has run (the caching host allocator records it).
-    """
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def encode(role: EncoderRole, images: list[Tensor], device: torch.device) -> Tensor:

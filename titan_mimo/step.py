@@ -7,8 +7,6 @@ whatever modules the rank holds: that is what keeps the world collectives matche
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
@@ -69,7 +67,6 @@ def language_lr_schedule(cfg: JobConfig):
 
 
 @torch.no_grad()
-@torch.no_grad()
 def local_grad_sq(module: BuiltModule, stage_ranks: int, device: torch.device) -> torch.Tensor:
     """This rank's share of the module's squared gradient norm.
 
@@ -107,16 +104,9 @@ def local_grad_sq(module: BuiltModule, stage_ranks: int, device: torch.device) -
 
 
 @torch.no_grad()
-def clip_coefficient(total_norm: float, max_norm: float) -> float:
-    if max_norm <= 0 or not math.isfinite(total_norm):
-        return 1.0
-    return min(1.0, max_norm / (total_norm + 1e-6))
-
-
-@torch.no_grad()
-def clip_coefficient_tensor(total_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """`clip_coefficient` on a float64 device scalar, without reading it back (same IEEE ops,
-    so the same value)."""
+def clip_coefficient(total_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """min(1, max_norm / (norm + 1e-6)), or 1 when max_norm <= 0 or the norm is not finite; on a
+    float64 device scalar, so it is never read back before the optimizers are queued."""
     if max_norm <= 0:
         return torch.ones_like(total_norm)
     coef = (max_norm / (total_norm + 1e-6)).clamp(max=1.0)
@@ -124,13 +114,10 @@ def clip_coefficient_tensor(total_norm: torch.Tensor, max_norm: float) -> torch.
 
 
 @torch.no_grad()
-def scale_grads(modules: dict[str, BuiltModule], coef: float | torch.Tensor) -> None:
-    """Multiply every gradient by the clip coefficient (one multi-tensor op per module); a
-    tensor coefficient (a device scalar) is applied as float32, as a Python float would be."""
-    if isinstance(coef, torch.Tensor):
-        coef = coef.float()
-    elif coef == 1.0:
-        return
+def scale_grads(modules: dict[str, BuiltModule], coef: torch.Tensor) -> None:
+    """Multiply every gradient by the clip coefficient (a device scalar, applied in float32 as a
+    Python float would be; multiplying by 1.0 changes no value), one multi-tensor op per module."""
+    coef = coef.float()
     for m in modules.values():
         grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
                  for p in m.parameters() if p.grad is not None]

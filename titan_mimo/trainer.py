@@ -27,8 +27,8 @@ from titan_mimo.distributed import world_max, world_sum
 from titan_mimo.metrics import memory_gib, peak_flops
 from titan_mimo.models import build_model
 from titan_mimo.schedule import EncoderRole, StepData, StepRunner, theoretical_bubble_fraction
-from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, clip_coefficient_tensor,
-                             count_loss_tokens, language_lr_schedule, local_grad_sq, scale_grads)
+from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, count_loss_tokens,
+                             language_lr_schedule, local_grad_sq, scale_grads)
 from titan_mimo.topology import Topology, build_topology, uses_fused_loss
 
 
@@ -135,16 +135,14 @@ class Trainer:
         noise (tens of ms per 1024^2 image on the CPU) is then drawn while the device runs the
         previous step instead of in front of it. Every sample comes from its own seeded
         generator, so a thread changes no value."""
+        def load(s: int):
+            return load_roles(self.dataset, self.plan, self.data_roles(), s, "train")
         ahead, self._mock_ahead = self._mock_ahead, None
-        if ahead is not None and ahead[0] == step:
-            text, images = ahead[1].result()
-        else:
-            text, images = load_roles(self.dataset, self.plan, self.data_roles(), step, "train")
+        text, images = ahead[1].result() if ahead is not None and ahead[0] == step else load(step)
         if step + 1 < self.cfg.training.steps:
             if self._mock_pool is None:
                 self._mock_pool = ThreadPoolExecutor(1, thread_name_prefix="titan_mimo-mock-data")
-            self._mock_ahead = (step + 1, self._mock_pool.submit(
-                load_roles, self.dataset, self.plan, self.data_roles(), step + 1, "train"))
+            self._mock_ahead = (step + 1, self._mock_pool.submit(load, step + 1))
         return text, images
 
     def data_state_dict(self) -> dict:
@@ -216,8 +214,7 @@ class Trainer:
         # The stop flag rides on the step's one reduction, so all ranks stop at the same step.
         # torch.full, not torch.tensor: a copy from host memory would wait for the device.
         stop = torch.full((), float(bool(self.stop_signal)), dtype=torch.float64, device=self.device)
-        reduced = torch.stack([loss_local if self._is_loss_rank() else torch.zeros_like(stop),
-                               torch.zeros_like(stop) + grad_sq, stop])
+        reduced = torch.stack([loss_local if self._is_loss_rank() else torch.zeros_like(stop), grad_sq, stop])
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
         return {"reduced": reduced, "global_tokens": global_tokens, "data": data, "t0": t0}
 
@@ -233,18 +230,18 @@ class Trainer:
         steps are issued without the host waiting for the backward; the loss and norm are read
         after. With `skip_nonfinite_steps` the host must see them first (one wait per step)."""
         cfg = self.cfg
+        coef = clip_coefficient(out["reduced"][1].sqrt(), cfg.training.max_norm)
         if cfg.training.skip_nonfinite_steps:
             self._read_reduced(out)
             loss, grad_norm = out["loss"], out["grad_norm"]
             if math.isfinite(loss) and math.isfinite(grad_norm):
-                scale_grads(self.modules, clip_coefficient(grad_norm, cfg.training.max_norm))
+                scale_grads(self.modules, coef)
                 self._step_optimizers()
             elif self.topo.rank == 0:
                 print(f"titan_mimo: step {step + 1}: non-finite loss {loss} or grad norm {grad_norm}: "
                       "step skipped", file=sys.stderr, flush=True)
         else:
-            reduced = out["reduced"]
-            scale_grads(self.modules, clip_coefficient_tensor(reduced[1].sqrt(), cfg.training.max_norm))
+            scale_grads(self.modules, coef)
             self._step_optimizers()
             self._read_reduced(out)
             loss, grad_norm = out["loss"], out["grad_norm"]

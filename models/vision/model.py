@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..common import INIT_STD, fused_linears
+from ..common import INIT_STD, fused_linears, to_device
 from .args import ViTArgs
 from .projector import Projector
 
@@ -62,11 +62,7 @@ def pack_lengths(lengths: list[int], device: torch.device) -> tuple[Tensor, int]
     if not lengths or min(lengths) < 1:
         raise ValueError(f"pack_lengths: need at least one segment, all non-empty; got {lengths}")
     cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
-    if device.type == "cuda":
-        cu_seqlens = cu_seqlens.pin_memory().to(device, non_blocking=True)
-    else:
-        cu_seqlens = cu_seqlens.to(device)
-    return cu_seqlens, max(lengths)
+    return to_device(cu_seqlens, device), max(lengths)
 
 
 def block_diagonal_mask(cu_seqlens: Tensor, n_tokens: int) -> Tensor:
