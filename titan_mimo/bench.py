@@ -48,6 +48,7 @@ from titan_mimo.init import init_module_weights
 from titan_mimo.models import build_model, merge_embeddings, model_args
 from titan_mimo.models.language import parallelize as lm_parallel
 from titan_mimo.models.vision import parallelize as vit_parallel
+from titan_mimo.optim import LocalShardAdamW
 from titan_mimo.profiling import print_profile
 
 """Fallback peak table (dense bf16 FLOP/s) used when torchtitan is not importable."""
@@ -346,8 +347,10 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
         snapshot = {name: {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().float().cpu().clone()
                            for k, v in m.state_dict().items()} for name, m in modules.items()}
     fused = device.type == "cuda"
-    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.1, fused=fused,
-                                    foreach=not fused) for m in modules.values()]
+    # The trainer's AdamW (local-shard steps of the FSDP DTensors); on the bare run's plain
+    # tensors it is torch.optim.AdamW.
+    optimizers = [LocalShardAdamW(m.parameters(), lr=1e-4, weight_decay=0.1, fused=fused,
+                                  foreach=not fused) for m in modules.values()]
     batch = make_batch(args, modules, device)
     autocast = param_dtype if (bare and param_dtype != torch.float32) else None
     step_s, loss = time_steps(modules, batch, optimizers, device, warmup=args.warmup, steps=args.steps,

@@ -17,6 +17,7 @@ from titan_mimo.build import BuiltModule
 from titan_mimo.compat import foreach_mul_
 from titan_mimo.config import JobConfig
 from titan_mimo.data.mock import IGNORE_INDEX
+from titan_mimo.optim import LocalShardAdamW
 
 
 def trainable_parts(module: BuiltModule) -> list[tuple[nn.Module, list[nn.Parameter]]]:
@@ -31,7 +32,8 @@ def build_optimizers(cfg: JobConfig, modules: dict[str, BuiltModule], device: to
     """AdamW at lr * the module's lr_scale for every trainable module this rank holds: one
     optimizer per part (pipeline stage), so each optimizer's state maps onto one part's
     fully-qualified parameter names, which is what DCP checkpoints and reshards by. AdamW is
-    elementwise, so splitting it by part changes no number."""
+    elementwise, so splitting it by part changes no number, and neither does stepping the
+    DTensor parameters on their local shards (`LocalShardAdamW`)."""
     o = cfg.optimizer
     impl = o.implementation
     if impl == "auto":
@@ -40,7 +42,7 @@ def build_optimizers(cfg: JobConfig, modules: dict[str, BuiltModule], device: to
     for name, m in modules.items():
         if m.frozen:
             continue
-        per_part = [torch.optim.AdamW(params, lr=o.lr * m.lr_scale, betas=(o.beta1, o.beta2), eps=o.eps,
+        per_part = [LocalShardAdamW(params, lr=o.lr * m.lr_scale, betas=(o.beta1, o.beta2), eps=o.eps,
                                       weight_decay=o.weight_decay, fused=impl == "fused",
                                       foreach=impl == "foreach")
                     for _, params in trainable_parts(m)]
