@@ -1,6 +1,7 @@
-# Device call F2 (session 4): GPU tests of the scan's custom ops; A/B in one machine start of the
+# Device call F2 (session 4): A/B in one machine start of the
 # hybrid and colocated steps at this commit against the session's starting commit (dc4fe6f,
-# unpacked beside it in ../.snap_old): LocalShardAdamW + the scan as custom ops.
+# unpacked beside it in ../.snap_old): LocalShardAdamW + the scan as custom ops; then the GPU tests
+# of the scan's custom ops with the time left.
 tar xzf dcache.tgz 2>/dev/null
 source benchmarks/gpu_setup.sh
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -15,11 +16,11 @@ old() {  # the same bench command in the starting commit's tree, sharing the com
    timeout "$1" python3 -m titan_mimo.bench --json $OUT/results_old.jsonl "${@:2}")
 }
 set -x
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/models/test_ssd_kernels.py 2>&1 | tail -5 | tee $OUT/test_gpu.log
-timeout 130 $B $H 2>&1 | tee $OUT/hybrid_new.log
-old 130 $H 2>&1 | tee $OUT/hybrid_old.log
-timeout 150 $B $M 2>&1 | tee $OUT/model_new.log
-old $((585 - SECONDS)) $M 2>&1 | tee $OUT/model_old.log
+timeout 240 $B $H 2>&1 | tee $OUT/hybrid_new.log
+old 100 $H 2>&1 | tee $OUT/hybrid_old.log
+timeout 120 $B $M 2>&1 | tee $OUT/model_new.log
+old 120 $M 2>&1 | tee $OUT/model_old.log
+timeout $((580 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/models/test_ssd_kernels.py 2>&1 | tail -5 | tee $OUT/test_gpu.log
 set +x
 tar czf $OUT/dcache_triton.tgz .dcache/triton; ls -la $OUT
 grep -hE "^\[|host time|passed|failed|Error|error" $OUT/*.log | head -40
