@@ -4,10 +4,8 @@
 - device time per fwd+bwd (CUDA events over queued iterations),
 - host time to issue one fwd+bwd (the queue is short, so the host never blocks on it),
 - a cProfile of the host side (where the Python goes: Triton's launcher, the wrapper's ops),
-- the same kernels behind titan_mimo's custom ops (`titan_mimo::ssd_scan`, what the mixer calls),
-- whether `torch.compile(fullgraph=True)` can trace mamba-ssm's autograd.Function (Triton kernels
-  inside the graph launch through Inductor's own launcher): on torch 2.11 it cannot (F1: Dynamo
-  stops at `best_config.kwargs[...]` in `_state_passing_bwd`).
+- whether `torch.compile(fullgraph=True)` can trace the scan (Triton kernels inside the graph
+  launch through Inductor's own launcher), and its host and device time if it can.
 
 Run on a GPU: python3 benchmarks/scan_host_bench.py
 """
@@ -21,7 +19,7 @@ import traceback
 
 import torch
 
-from titan_mimo.models.language.ssd_kernels import _import_mamba_chunk_scan, ssd_scan
+from titan_mimo.models.language.ssd_kernels import _import_mamba_chunk_scan
 
 B, S, H, P, N, G, CHUNK = 2, 8192, 64, 64, 128, 8, 256
 
@@ -84,10 +82,6 @@ def main():
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
     print("cProfile, 10 x fwd+bwd, by own time:\n" + out.getvalue()[-6000:], flush=True)
 
-    def op(x, dt, A, Bm, Cm, D):
-        return ssd_scan(x, dt, A, Bm, Cm, D, CHUNK)
-
-    measure("titan_mimo::ssd_scan custom op (the same kernels)", op, args, dy)
     try:
         compiled = torch.compile(eager, fullgraph=True)
         measure("torch.compile(fullgraph=True)", compiled, args, dy)
