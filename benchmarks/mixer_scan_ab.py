@@ -1,4 +1,7 @@
-"""A/B of how a compiled Mamba2 mixer calls mamba-ssm's scan, at hybrid_2b's layer shape
+"""(Ran in device call F4 at commit e9adc87, whose custom ops were then reverted: at later commits
+both modes below are the graph-break path.)
+
+A/B of how a compiled Mamba2 mixer calls mamba-ssm's scan, at hybrid_2b's layer shape
 (d_model 2048, 64 heads x 64, state 128, 8 groups, chunk 256; 2 x 8192 tokens, bf16):
 
 - "op": the scan as titan_mimo's custom ops (what `ssd_backend="mamba_ssm"` does): one graph;
