@@ -72,3 +72,13 @@ def test_init_on_cuda_is_deterministic_and_follows_the_same_rules():
             assert abs(g1.std().item() / p.std().item() - 1) < 0.2, name
         elif p.std() == 0:
             assert torch.equal(g1.cpu(), p), name
+
+
+@pytest.mark.parametrize("setting, n_stages, expected", [
+    ("default", 1, True), ("default", 2, False), ("always", 2, True), ("never", 1, False),
+])
+def test_reshard_after_forward(setting, n_stages, expected):
+    from titan_mimo.build import reshards_after_forward
+    from titan_mimo.config import Module
+    mcfg = Module(model="hybrid_lm/debug", reshard_after_forward=setting)
+    assert reshards_after_forward(mcfg, n_stages) is expected

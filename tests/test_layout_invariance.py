@@ -50,6 +50,10 @@ LAYOUTS = {
                                      "modules.vision.activation_checkpoint": "selective",
                                      "modules.vision.ac_every": 2}),
     "pp2_1f1b": (4, "base", {"modules.language.pp": 2}),
+    "pp2_1f1b_reshard_always": (4, "base", {"modules.language.pp": 2, "training.loss": "logits",
+                                            "modules.language.reshard_after_forward": "always"}),
+    "dp2_dp2_reshard_never": (4, "base", {"modules.vision.reshard_after_forward": "never",
+                                          "modules.language.reshard_after_forward": "never"}),
     # Pipelined layouts use the chunked loss on the last stage's hidden states; this one logits.
     "pp2_1f1b_logits_loss": (4, "base", {"modules.language.pp": 2, "training.loss": "logits"}),
     "pp2_gpipe": (4, "base", {"modules.language.pp": 2, "parallelism.pipeline_schedule": "GPipe"}),

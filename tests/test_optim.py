@@ -40,3 +40,14 @@ def test_state_stays_dtensor(results):
     # state_dict / DCP see DTensor moments, as with torch.optim.AdamW.
     for layout, r in results.items():
         assert r["state_types"] == ["DTensor"], (layout, r)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_fused_local_shard_step_matches_dtensor_step_on_cuda(tmp_path):
+    # One GPU: FSDP and TP over a 1-rank mesh, fused AdamW (the trainer's kernel on GPUs).
+    out = tmp_path / "out.json"
+    torchrun(1, WORKER, str(out), "cuda")
+    for layout, r in json.loads(out.read_text()).items():
+        assert r["max_param_diff"] == 0.0, (layout, r)
+        if not layout.endswith("_misplaced_grad"):
+            assert r["dtensor_calls"] == [0, 0, 0] and min(r["ref_dtensor_calls"]) > 0, (layout, r)

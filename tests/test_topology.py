@@ -155,6 +155,11 @@ BAD_LAYOUTS = [
           training={"loss": "fused"}), 4, {},
      r'training.loss = "fused" needs the language module at tp = 1 \(it has tp = 2: a vocabulary-parallel '
      r'head\); use "auto" or "logits"'),
+    ("pipelined_fused_loss_resharded",
+     dict(modules={"vision": vision(ranks=1), "language": language(ranks=2, pp=2, reshard_after_forward="always")},
+          training={"global_batch_size": 4, "micro_batch_size": 1}), 3, {},
+     r'modules.language: reshard_after_forward = "always" with pp = 2 and the fused loss: .* use '
+     r'"default" or "never", or training.loss = "logits"'),
 ]
 
 

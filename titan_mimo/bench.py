@@ -124,7 +124,7 @@ def _build(module_name: str, model_name: str, device: torch.device, *, compile_b
         apply_block_options(blocks, _checkpointed(module_name, model, ac), compile_blocks)
     if fsdp_mesh is not None:
         if module_name == "vision":
-            vit_parallel.apply_fsdp(model, fsdp_mesh, param_dtype)
+            vit_parallel.apply_fsdp(model, fsdp_mesh, param_dtype, reshard_after_forward=reshard)
         else:
             lm_parallel.apply_fsdp(model, fsdp_mesh, param_dtype, reshard_after_forward=reshard)
     model.to_empty(device=device)
@@ -214,7 +214,7 @@ def build_modules(args, wl: Workload, device, *, fsdp_mesh, param_dtype) -> dict
         over = vision_overrides(args, lm_dim)
         out["vision"] = _build("vision", wl.names[0], device, compile_blocks=args.compile and not args.vision_eager,
                                ac=args.vision_ac, compile_forward_only=args.compile_forward,
-                               fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=over)
+                               reshard=not args.no_reshard, fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=over)
     return out
 
 
@@ -455,8 +455,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "call (hooks stay eager; a what-if against the trainer's Module.compile)")
     p.add_argument("--vision-eager", action="store_true", help="with --compile: leave the ViT blocks eager")
     p.add_argument("--no-reshard", action="store_true",
-                   help="LM FSDP keeps gathered params from forward to backward (a what-if: the "
-                        "trainer reshards after forward when the LM is not pipelined, as here by default)")
+                   help="FSDP keeps each block's gathered params from forward to backward, in every "
+                        "module (the trainer's reshard_after_forward = \"never\")")
     p.add_argument("--loss", choices=["logits", "fused"], default="logits",
                    help="'fused': chunked head + cross-entropy in the LM (no whole-batch logits)")
     p.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient", "math"], default="auto",

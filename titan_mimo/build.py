@@ -108,6 +108,15 @@ def apply_block_options(blocks: dict[str, nn.Module], checkpointed: set[int], co
             block.compile()
 
 
+def reshards_after_forward(mcfg, n_stages: int) -> bool:
+    """The module's `reshard_after_forward`: by default yes, except on pipelined stages, whose
+    parameters every in-flight micro-batch's backward needs again (resharding would re-gather
+    them each time)."""
+    if mcfg.reshard_after_forward == "default":
+        return n_stages == 1
+    return mcfg.reshard_after_forward == "always"
+
+
 def _checkpointed(mcfg, layer_kinds: str) -> set[int]:
     return checkpointed_layers(layer_kinds, mcfg.activation_checkpoint, mcfg.ac_layers, mcfg.ac_every)
 
@@ -128,7 +137,8 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                 vit_parallel.apply_tp(model, tp_mesh)
             blocks = model.encoder.layers
             apply_block_options(blocks, _checkpointed(mcfg, "B" * len(blocks)), mcfg.compile)
-            vit_parallel.apply_fsdp(model, dp_mesh, compute_dtype)
+            vit_parallel.apply_fsdp(model, dp_mesh, compute_dtype,
+                                    reshard_after_forward=reshards_after_forward(mcfg, n_stages=1))
             parts, stage_ids, n_stages = [model], [0], 1
         else:
             n_stages = place.pp * cfg.parallelism.stages_per_rank
@@ -152,9 +162,8 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                     # plain logits to pipelining's loss_fn.
                     lm_parallel.apply_tp(stage, tp_mesh, loss_parallel=n_stages == 1)
                 apply_block_options(stage.layers, _checkpointed(mcfg, full.args.layer_pattern), mcfg.compile)
-                # Under PP a stage's parameters are needed again for the backward of every
-                # in-flight micro-batch; resharding after forward would re-gather them each time.
-                lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=n_stages == 1)
+                lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype,
+                                       reshard_after_forward=reshards_after_forward(mcfg, n_stages))
                 parts.append(stage)
         for part in parts:
             part.to_empty(device=device)

@@ -66,6 +66,11 @@ class Module:
     model from its first such block (2 = half of them), so the choice is the same in any layout."""
     compile: bool = False
     """torch.compile each block."""
+    reshard_after_forward: Literal["default", "always", "never"] = "default"
+    """FSDP: free each block's gathered parameters after its forward ("always"), or keep them
+    until its backward ("never": one all-gather per block and step instead of two, for the
+    memory of the gathered parameters); "default": "always", except on pipelined language
+    stages, whose in-flight micro-batches would re-gather them for every backward."""
     model_args: dict[str, Any] = field(default_factory=dict)
     """Overrides of the model flavor's args, e.g. `{ssd_backend = "mamba_ssm"}` or
     `--modules.language.model_args.n_layers=4`; unknown names list the valid ones."""

@@ -21,5 +21,6 @@ def apply_tp(model: VisionModule, tp_mesh: DeviceMesh) -> None:
         })
 
 
-def apply_fsdp(model: VisionModule, dp_mesh: DeviceMesh, param_dtype: torch.dtype) -> None:
-    fsdp.apply_fsdp(model, model.encoder.layers.values(), dp_mesh, param_dtype)
+def apply_fsdp(model: VisionModule, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
+               reshard_after_forward: bool = True) -> None:
+    fsdp.apply_fsdp(model, model.encoder.layers.values(), dp_mesh, param_dtype, reshard_after_forward)

@@ -4,10 +4,12 @@ FSDP x TP on 2 x 2, and with a gradient laid out unlike its parameter (the fallb
 records how the two runs differ and how many multi-tensor kernel calls of each optimizer step
 got a DTensor.
 
-Usage: torchrun --nproc-per-node N tests/workers/optim_worker.py OUT.json
+Usage: torchrun --nproc-per-node N tests/workers/optim_worker.py OUT.json [cuda]
+("cuda": NCCL, CUDA tensors and fused AdamW instead of gloo, CPU and foreach.)
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -51,12 +53,15 @@ class Tiny(nn.Module):
         return self.norm(self.down(torch.relu(self.up(x))))
 
 
+DEVICE = "cuda" if sys.argv[2:] == ["cuda"] else "cpu"
+
+
 def build(layout: str, world: int) -> nn.Module:
     torch.manual_seed(0)
-    model = Tiny()
+    model = Tiny().to(DEVICE)
     if layout in ("tp", "fsdp_tp"):
         tp = world if layout == "tp" else 2
-        mesh = init_device_mesh("cpu", (world // tp, tp), mesh_dim_names=("dp_shard", "tp"))
+        mesh = init_device_mesh(DEVICE, (world // tp, tp), mesh_dim_names=("dp_shard", "tp"))
         parallelize_module(model, mesh["tp"], {"up": ColwiseParallel(), "down": RowwiseParallel(use_local_output=False)})
         # The norm weight is replicated over tp, as sequence-parallel norms are.
         for name, p in list(model.norm.named_parameters()):
@@ -64,17 +69,19 @@ def build(layout: str, world: int) -> nn.Module:
         if layout == "fsdp_tp":
             fully_shard(model, mesh=mesh["dp_shard"])
     else:
-        fully_shard(model, mesh=init_device_mesh("cpu", (world,), mesh_dim_names=("dp_shard",)))
+        fully_shard(model, mesh=init_device_mesh(DEVICE, (world,), mesh_dim_names=("dp_shard",)))
     return model
 
 
 def run(layout: str, opt_cls, world: int, misplace_grad: bool = False):
     model = build(layout, world)
-    opt = opt_cls(model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
+    fused = DEVICE == "cuda"
+    opt = opt_cls(model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, fused=fused,
+                  foreach=not fused)
     calls = []
     for step in range(3):
         g = torch.Generator().manual_seed(100 + step)
-        x = torch.randn(4, 8, generator=g)
+        x = torch.randn(4, 8, generator=g).to(DEVICE)
         model(x).square().sum().backward()
         if misplace_grad:
             # A gradient replicated while its parameter is sharded: the group must step as DTensor.
@@ -85,14 +92,16 @@ def run(layout: str, opt_cls, world: int, misplace_grad: bool = False):
             opt.step()
         calls.append(mode.count)
         opt.zero_grad()
-    full = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
+    full = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu().clone()
             for k, v in model.state_dict().items()}
     state = {k: v for k, v in opt.state_dict()["state"].items()}
     return full, state, calls
 
 
 def main() -> None:
-    dist.init_process_group("gloo")
+    if DEVICE == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo")
     world = dist.get_world_size()
     out = {}
     layouts = ["fsdp", "tp"] + (["fsdp_tp"] if world == 4 else [])
@@ -101,7 +110,7 @@ def main() -> None:
             ref, _, ref_calls = run(layout, torch.optim.AdamW, world, misplace)
             got, got_state, got_calls = run(layout, LocalShardAdamW, world, misplace)
             diff = max(float((ref[k] - got[k]).abs().max()) for k in ref)
-            init = {k: v.full_tensor() for k, v in build(layout, world).state_dict().items()}
+            init = {k: v.full_tensor().cpu() for k, v in build(layout, world).state_dict().items()}
             moved = max(float((ref[k] - init[k]).abs().max()) for k in ref)
             state_types = sorted({type(v).__name__ for s in got_state.values() for v in s.values()
                                   if isinstance(v, torch.Tensor) and v.dim() > 0})
