@@ -16,9 +16,9 @@ old() {  # the same bench command in the other commit's tree, sharing the compil
 new() { timeout "$1" python3 -m titan_mimo.bench --json $OUT/results.jsonl "${@:2}"; }
 set -x
 for round in 1 2; do
-  new 120 $M 2>&1 | grep -v lspci | tee $OUT/model_new_$round.log
-  old 100 $M 2>&1 | grep -v lspci | tee $OUT/model_old_$round.log
-  new 100 $M --no-reshard 2>&1 | grep -v lspci | tee $OUT/model_noreshard_$round.log
+  new $([ $round = 1 ] && echo 150 || echo 90) $M 2>&1 | grep -v lspci | tee $OUT/model_new_$round.log
+  old 90 $M 2>&1 | grep -v lspci | tee $OUT/model_old_$round.log
+  new $((590 - SECONDS < 90 ? 590 - SECONDS : 90)) $M --no-reshard 2>&1 | grep -v lspci | tee $OUT/model_noreshard_$round.log
 done
 set +x
 grep -hE "^\[|host time|Error|error" $OUT/*.log | head -40
