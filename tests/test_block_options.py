@@ -82,3 +82,4 @@ def test_reshard_after_forward(setting, n_stages, expected):
     from titan_mimo.config import Module
     mcfg = Module(model="hybrid_lm/debug", reshard_after_forward=setting)
     assert reshards_after_forward(mcfg, n_stages) is expected
+

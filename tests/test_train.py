@@ -107,3 +107,22 @@ def test_nonfinite_loss_stops_the_run_or_skips_the_step(tmp_path: Path) -> None:
     records = [json.loads(x) for x in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert records[0]["loss"] == records[0]["loss"] and records[1]["loss"] != records[1]["loss"]  # NaN
+
+
+def test_garbage_collection_is_periodic_during_training_and_restored_after(monkeypatch):
+    import gc
+
+    from titan_mimo.train import garbage_collection
+    collections = []
+    real_collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda generation=2: collections.append(generation) or real_collect(generation))
+    assert gc.isenabled()
+    with garbage_collection(3) as collector:
+        assert not gc.isenabled()
+        start = len(collections)  # the initial collection
+        for step in range(1, 10):
+            collector.run(step)
+        assert collections[start:] == [1, 1, 1]  # steps 3, 6, 9
+    assert gc.isenabled()
+    with garbage_collection(0) as collector:
+        assert collector is None and gc.isenabled()

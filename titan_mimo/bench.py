@@ -266,7 +266,8 @@ def _sync(device) -> None:
 
 
 def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, autocast_dtype,
-               profile: bool = False, loss_kind: str = "logits", sync_debug: bool = False):
+               profile: bool = False, loss_kind: str = "logits", sync_debug: bool = False,
+               python_gc: bool = False):
     """Warm up, then time `steps` full training steps; returns (seconds per step, last loss)."""
     def one_step():
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -277,6 +278,20 @@ def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, a
             opt.zero_grad(set_to_none=True)
         return loss
 
+    # As the trainer runs (training.gc_freq): no automatic Python collection inside the steps,
+    # unless python_gc (the what-if of training.gc_freq = 0).
+    gc.collect()
+    was_enabled = gc.isenabled()
+    if not python_gc:
+        gc.disable()
+    try:
+        return _time_steps(one_step, device, warmup=warmup, steps=steps, profile=profile, sync_debug=sync_debug)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _time_steps(one_step, device, *, warmup: int, steps: int, profile: bool, sync_debug: bool):
     for _ in range(warmup):
         one_step()
     _sync(device)
@@ -355,7 +370,8 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     autocast = param_dtype if (bare and param_dtype != torch.float32) else None
     step_s, loss = time_steps(modules, batch, optimizers, device, warmup=args.warmup, steps=args.steps,
                               autocast_dtype=autocast, profile=args.profile and not bare,
-                              loss_kind=args.loss, sync_debug=args.sync_debug and not bare)
+                              loss_kind=args.loss, sync_debug=args.sync_debug and not bare,
+                              python_gc=args.python_gc)
     peak = peak_flops(device)
     tflops = wl.flops_per_step / step_s
     result = BenchResult(
@@ -454,6 +470,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --compile: torch.compile each block's forward instead of the module "
                         "call (hooks stay eager; a what-if against the trainer's Module.compile)")
     p.add_argument("--vision-eager", action="store_true", help="with --compile: leave the ViT blocks eager")
+    p.add_argument("--python-gc", action="store_true",
+                   help="leave Python's automatic garbage collection on during the steps (the trainer's "
+                        "training.gc_freq = 0); by default it is off, as in the trainer")
     p.add_argument("--no-reshard", action="store_true",
                    help="FSDP keeps each block's gathered params from forward to backward, in every "
                         "module (the trainer's reshard_after_forward = \"never\")")

@@ -133,6 +133,10 @@ class Training:
     """Global gradient-norm clipping threshold over all modules; <= 0 disables clipping."""
     skip_nonfinite_steps: bool = False
     """Skip (instead of stopping on) a step whose loss or grad norm is not finite."""
+    gc_freq: int = 50
+    """Python garbage collection during training (torchtitan's GarbageCollection): automatic
+    collection off, a generation-1 collection every gc_freq steps, so no collection lands in the
+    middle of a step and stalls the host; 0 leaves Python's automatic collection on."""
     zero_encoder_embeddings: bool = False
     """Ablation: the language model receives zeros instead of the encoders' embeddings, which
     shows how far the loss falls on text alone (the mock task needs the images)."""
@@ -141,6 +145,8 @@ class Training:
         for name in ("steps", "global_batch_size", "micro_batch_size", "seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)} must be >= 1")
+        if self.gc_freq < 0:
+            raise ValueError(f"gc_freq = {self.gc_freq} must be >= 0 (0: Python's automatic collection)")
         if self.global_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"global_batch_size = {self.global_batch_size} is not a multiple of "

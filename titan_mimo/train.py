@@ -7,6 +7,7 @@ optimizers, bridges, schedule; titan_mimo/trainer.py) -> restore (checkpoint or 
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
+from torchtitan.tools.utils import GarbageCollection
 
 from titan_mimo.build import module_args
 from titan_mimo.checkpoint import Checkpointer, ResumePoint, checkpoint_folder, find_resume
@@ -66,6 +68,23 @@ def restore(trainer: Trainer, checkpointer: Checkpointer | None, resume: ResumeP
     return 0
 
 
+@contextmanager
+def garbage_collection(gc_freq: int):
+    """torchtitan's GarbageCollection for the training loop: Python's automatic collection off
+    and a generation-1 collection every `gc_freq` steps (`handler.run(step)`); automatic
+    collection as it was afterwards. gc_freq = 0 yields None and changes nothing."""
+    if gc_freq <= 0:
+        yield None
+        return
+    was_enabled = gc.isenabled()
+    handler = GarbageCollection(gc_freq=gc_freq)
+    try:
+        yield handler
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | None = None) -> list[dict]:
     cfg, topo = trainer.cfg, trainer.topo
     ckpt_cfg = cfg.checkpoint
@@ -82,7 +101,7 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
     records = []
     tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
     try:
-        with stop_on_signals(trainer):
+        with stop_on_signals(trainer), garbage_collection(cfg.training.gc_freq) as collector:
             for step in range(start, cfg.training.steps):
                 if step + 1 == cfg.metrics.profile_step:
                     out = profiled_step(trainer, step)
@@ -90,6 +109,8 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
                     out = trainer.train_step(step)
                 trainer.tokens_seen += tokens_per_step
                 done = step + 1
+                if collector is not None:
+                    collector.run(done)
                 saved_s = None
                 if checkpointer is not None and (done % ckpt_cfg.interval == 0 or done == cfg.training.steps
                                                  or out["stop"]):
