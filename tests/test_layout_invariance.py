@@ -285,3 +285,17 @@ def test_encoder_lead_follows_the_interleaved_schedule(runs: Path) -> None:
     for i in range(n_mb - 5):
         assert order.index(("B", i)) < order.index(("F", i + 5)), order
 
+
+@pytest.mark.parametrize("layout, expected", [
+    ("dp2_dp2", {"vision": True, "language": True}),
+    ("dp2_dp2_reshard_never", {"vision": False, "language": False}),
+    ("pp2_1f1b", {"vision": True, "language": False}),
+    ("pp2_1f1b_reshard_always", {"vision": True, "language": True}),
+])
+def test_reshard_after_forward_takes_effect(runs: Path, layout: str, expected: dict) -> None:
+    """FSDP frees (or keeps) each block's gathered parameters after its forward as
+    `reshard_after_forward` says: by default it frees them, except on pipelined LM stages."""
+    seen = {}
+    for f in (runs / layout).glob("resharded*.json"):
+        seen.update(json.loads(f.read_text()))
+    assert seen == expected

@@ -50,6 +50,23 @@ def snapshot(trainer, what: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def probe_reshard_after_forward(trainer) -> dict[str, bool]:
+    """module -> whether its first block's parameters were sharded again (DTensors) right after
+    that block's first forward: a forward hook registered after FSDP's own runs after FSDP's
+    post-forward reshard."""
+    seen: dict[str, bool] = {}
+    for name, m in trainer.modules.items():
+        part = m.parts[0]
+        blocks = part.encoder.layers if m.is_encoder else part.layers
+        first = next(iter(blocks.values()))
+
+        def hook(module, args, output, name=name):
+            seen.setdefault(name, isinstance(next(module.parameters()), DTensor))
+
+        first.register_forward_hook(hook)
+    return seen
+
+
 def main() -> None:
     cases = json.loads(Path(sys.argv[1]).read_text())
     out_root = Path(sys.argv[2])
@@ -63,6 +80,7 @@ def main() -> None:
         args = module_args(cfg)
         placements = resolve_placements(cfg, env_world_size(), {n: a.tp_divisors() for n, a in args.items()})
         trainer = build_trainer(cfg, args, placements, build_dataset(cfg, args), device)
+        resharded = probe_reshard_after_forward(trainer)
         init = snapshot(trainer, "param")
         losses, grad_norms, grads, val_loss = [], [], {}, None
         for step in range(case["steps"]):
@@ -80,6 +98,7 @@ def main() -> None:
         case_dir.mkdir(parents=True, exist_ok=True)
         torch.save({"init": init, "grads": grads, "params": params}, case_dir / f"rank{rank}.pt")
         (case_dir / f"events{rank}.json").write_text(json.dumps(trainer.runner.events))
+        (case_dir / f"resharded{rank}.json").write_text(json.dumps(resharded))
         if rank == 0:
             (case_dir / "losses.json").write_text(json.dumps(losses))
             (case_dir / "grad_norms.json").write_text(json.dumps(grad_norms))
