@@ -21,7 +21,7 @@ import torch
 
 from launcher import REPO, start, torchrun
 from titan_mimo.checkpoint import MARKER, ResumePoint, find_resume, problem_with
-from titan_mimo.config import load_config
+from titan_mimo.config_loader import load_config
 from titan_mimo.export import export_checkpoint, load_weights, read_full_weights, read_index, read_tensors
 from titan_mimo.models import build_model
 from titan_mimo.train import stop_on_signals

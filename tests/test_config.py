@@ -1,4 +1,4 @@
-"""titan_mimo/config.py: TOML loading, `--a.b=c` overrides, round trip, and every error message."""
+"""titan_mimo/config.py and config_loader.py: TOML loading, `--a.b=c` overrides, round trip, and every error message."""
 
 import copy
 import re
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from titan_mimo.config import JobConfig, Module, config_from_dict, load_config, write_config
+from titan_mimo.config import JobConfig, Module
+from titan_mimo.config_loader import config_from_dict, load_config, write_config
 
 DEBUG_TOML = Path(__file__).resolve().parents[1] / "train_configs" / "debug_cpu.toml"
 

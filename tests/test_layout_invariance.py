@@ -216,7 +216,7 @@ def test_frozen_encoder_has_no_gradients_and_keeps_its_weights(runs: Path) -> No
 def test_some_microbatch_has_no_images() -> None:
     """The text-only layout really exercises a micro-batch with no images on some LM replica."""
     from titan_mimo.build import module_args
-    from titan_mimo.config import load_config
+    from titan_mimo.config_loader import load_config
     from titan_mimo.data.plan import SamplePlan
     from titan_mimo.trainer import build_dataset
 
@@ -234,7 +234,7 @@ def test_fan_in_gets_uneven_rows_per_encoder_rank() -> None:
     micro-batch its two encoder ranks (one sample each) send the one language rank different
     row counts."""
     from titan_mimo.build import module_args
-    from titan_mimo.config import load_config
+    from titan_mimo.config_loader import load_config
     from titan_mimo.data.plan import SamplePlan
     from titan_mimo.trainer import build_dataset
 

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 from launcher import torchrun
 
-from titan_mimo.config import config_from_dict
+from titan_mimo.config_loader import config_from_dict
 from titan_mimo.data.plan import overlaps
 from titan_mimo.topology import MESH_AXES, Placement, Topology, resolve_placements
 
@@ -287,7 +287,7 @@ WORKER = textwrap.dedent('''
     import torch
     import torch.distributed as dist
 
-    from titan_mimo.config import config_from_dict
+    from titan_mimo.config_loader import config_from_dict
     from titan_mimo.distributed import init_distributed
     from titan_mimo.topology import MESH_AXES, build_topology, resolve_placements
 

@@ -21,7 +21,8 @@ from torchtitan.tools.utils import GarbageCollection
 
 from titan_mimo.build import module_args
 from titan_mimo.checkpoint import Checkpointer, ResumePoint, checkpoint_folder, find_resume
-from titan_mimo.config import JobConfig, load_config, write_config
+from titan_mimo.config import JobConfig
+from titan_mimo.config_loader import load_config, write_config
 from titan_mimo.data.dataset import ImageTextDataset
 from titan_mimo.data.mock import MockImageCaption
 from titan_mimo.distributed import env_world_size, init_distributed, pick_device

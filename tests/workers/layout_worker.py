@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from titan_mimo.build import module_args
-from titan_mimo.config import load_config
+from titan_mimo.config_loader import load_config
 from titan_mimo.distributed import env_world_size, init_distributed, pick_device
 from titan_mimo.topology import resolve_placements
 from titan_mimo.trainer import build_dataset, build_trainer

@@ -15,7 +15,7 @@ from collections import Counter
 from PIL import Image, UnidentifiedImageError
 
 from titan_mimo.build import module_args
-from titan_mimo.config import load_config
+from titan_mimo.config_loader import load_config
 from titan_mimo.data.build import build_local_dataset
 from titan_mimo.data.records import RecordError
 
