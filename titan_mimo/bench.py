@@ -30,8 +30,6 @@ import gc
 import json
 import sys
 import time
-import traceback
-import warnings
 from dataclasses import asdict, dataclass
 
 import tomllib
@@ -49,7 +47,7 @@ from titan_mimo.models import build_model, merge_embeddings, model_args
 from titan_mimo.models.language import parallelize as lm_parallel
 from titan_mimo.models.vision import parallelize as vit_parallel
 from titan_mimo.optim import LocalShardAdamW
-from titan_mimo.profiling import print_profile
+from titan_mimo.profiling import print_profile, report_syncs
 
 """Fallback peak table (dense bf16 FLOP/s) used when torchtitan is not importable."""
 
@@ -312,37 +310,6 @@ def _time_steps(one_step, device, *, warmup: int, steps: int, profile: bool, syn
     if sync_debug:
         report_syncs(one_step, device)
     return step_s, float(loss.detach())
-
-
-def report_syncs(one_step, device, top: int = 8) -> None:
-    """Run one step with CUDA sync debug mode on and print where the host waited for the device
-    (each synchronising call's Python stack, most frequent first). A sync in the middle of a step
-    lets the GPU run dry while the host issues what follows."""
-    if device.type != "cuda":
-        return
-    sites: dict[str, int] = {}
-
-    def record(message, category, filename, lineno, file=None, line=None):
-        if "synchroniz" not in str(message):
-            return
-        frames = [f for f in traceback.extract_stack()[:-1] if "/warnings.py" not in f.filename]
-        ours = [f for f in frames if "titan_mimo" in f.filename or "/models/" in f.filename] or frames
-        site = " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in reversed(ours[-3:]))
-        sites[site] = sites.get(site, 0) + 1
-
-    _sync(device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = record
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            one_step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    _sync(device)
-    print(f"  synchronising calls in one step: {sum(sites.values())}", flush=True)
-    for site, count in sorted(sites.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"    x{count:<4d} {site[:200]}", flush=True)
 
 
 def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):

@@ -3,11 +3,14 @@
 Used by the benchmark (`--profile`) and the trainer (`metrics.profile_step`): the kernels with
 the most device time, the share of the steps' span in which the device was running any kernel
 (the rest it waited on the host: launch overhead, Python, synchronisations), and the host ops
-with the most self CPU time.
+with the most self CPU time; and, for the benchmark's `--sync-debug`, where a step makes the
+host wait for the device.
 """
 
 from __future__ import annotations
 
+import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,3 +86,34 @@ def print_profile(one_step: Callable[[], object], device: torch.device, n_steps:
     prof = profile_steps(run_steps, device, n_steps)
     for line in summary(prof, device, n_steps, top):
         print("  " + line, flush=True)
+
+
+def report_syncs(one_step, device, top: int = 8) -> None:
+    """Run one step with CUDA sync debug mode on and print where the host waited for the device
+    (each synchronising call's Python stack, most frequent first). A sync in the middle of a step
+    lets the GPU run dry while the host issues what follows."""
+    if device.type != "cuda":
+        return
+    sites: dict[str, int] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return
+        frames = [f for f in traceback.extract_stack()[:-1] if "/warnings.py" not in f.filename]
+        ours = [f for f in frames if "titan_mimo" in f.filename or "/models/" in f.filename] or frames
+        site = " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in reversed(ours[-3:]))
+        sites[site] = sites.get(site, 0) + 1
+
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            one_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize(device)
+    print(f"  synchronising calls in one step: {sum(sites.values())}", flush=True)
+    for site, count in sorted(sites.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"    x{count:<4d} {site[:200]}", flush=True)
