@@ -38,6 +38,10 @@ class BuiltModule:
     n_stages: int
     frozen: bool
     lr_scale: float
+    keeps_gathered: bool = False
+    """FSDP keeps each block's gathered parameters after its forward (reshard_after_forward
+    off): the schedule then also keeps them through every micro-batch's backward but the last,
+    so a step gathers each block once."""
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for part in self.parts for p in part.parameters()]
@@ -173,5 +177,6 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                 part.requires_grad_(False)
         built[name] = BuiltModule(name=name, is_encoder=bool(mcfg.feeds), parts=parts,
                                   stage_ids=stage_ids, n_stages=n_stages, frozen=mcfg.frozen,
-                                  lr_scale=mcfg.lr_scale)
+                                  lr_scale=mcfg.lr_scale,
+                                  keeps_gathered=not reshards_after_forward(mcfg, n_stages))
     return built

@@ -44,6 +44,16 @@ from titan_mimo.models import merge_embeddings
 from titan_mimo.models.common import to_device
 from titan_mimo.models.language.parallelize import scatter_sequence
 
+def last_backward(model, module: BuiltModule, is_last: bool) -> None:
+    """Before a micro-batch's backward in the loops this file runs itself (the encoders', and
+    the language model's without pipelining): FSDP reduces gradients only after the step's last
+    one, and a module that keeps its gathered parameters (`keeps_gathered`) keeps them until
+    then, as torch.distributed.pipelining does for its stages."""
+    model.set_requires_gradient_sync(is_last)
+    if module.keeps_gathered:
+        model.set_reshard_after_backward(is_last)
+
+
 SCHEDULES = {"GPipe": ScheduleGPipe, "1F1B": Schedule1F1B, "Interleaved1F1B": ScheduleInterleaved1F1B}
 
 
@@ -320,7 +330,7 @@ class StepRunner:
                 mb_ids = torch.full((tokens.shape[0],), mb, device=self.device)
                 labels = to_device(batch.labels, self.device)
                 if train:
-                    model.set_requires_gradient_sync(mb == self.n_mb - 1)
+                    last_backward(model, lm, mb == self.n_mb - 1)
                     with vocab_parallel():
                         loss = self._model_loss(model, tokens, mb_ids, labels)
                         loss.backward()
@@ -362,7 +372,7 @@ class StepRunner:
         def backward_oldest() -> None:
             mb, emb, rows = pending.popleft()
             grad = role.bridge.recv_gradient(rows)
-            model.set_requires_gradient_sync(mb == self.n_mb - 1)
+            last_backward(model, role.module, mb == self.n_mb - 1)
             emb.backward(grad.to(emb.dtype))
             self.events.append((name, "B", mb, time.time()))
 

@@ -51,19 +51,28 @@ def snapshot(trainer, what: str) -> dict[str, torch.Tensor]:
 
 
 def probe_reshard_after_forward(trainer) -> dict[str, bool]:
-    """module -> whether its first block's parameters were sharded again (DTensors) right after
-    that block's first forward: a forward hook registered after FSDP's own runs after FSDP's
-    post-forward reshard."""
+    """What FSDP does with each module's first block's gathered parameters: "<module>" ->
+    whether they were sharded again (DTensors) right after the block's first forward (a forward
+    hook registered after FSDP's own runs after FSDP's post-forward reshard); "<module>:second"
+    -> whether they were still gathered when the block's second forward began (a pre-hook put
+    in front of FSDP's), i.e. whether they outlived the first micro-batch's backward."""
     seen: dict[str, bool] = {}
     for name, m in trainer.modules.items():
         part = m.parts[0]
         blocks = part.encoder.layers if m.is_encoder else part.layers
         first = next(iter(blocks.values()))
+        calls = [0]
 
         def hook(module, args, output, name=name):
             seen.setdefault(name, isinstance(next(module.parameters()), DTensor))
 
+        def pre_hook(module, args, name=name, calls=calls):
+            calls[0] += 1
+            if calls[0] == 2:
+                seen[f"{name}:second"] = not isinstance(next(module.parameters()), DTensor)
+
         first.register_forward_hook(hook)
+        first.register_forward_pre_hook(pre_hook, prepend=True)
     return seen
 
 
