@@ -44,6 +44,7 @@ from titan_mimo.models import merge_embeddings
 from titan_mimo.models.common import to_device
 from titan_mimo.models.language.parallelize import scatter_sequence
 
+
 def last_backward(model, module: BuiltModule, is_last: bool) -> None:
     """Before a micro-batch's backward in the loops this file runs itself (the encoders', and
     the language model's without pipelining): FSDP reduces gradients only after the step's last
