@@ -74,12 +74,17 @@ def test_init_on_cuda_is_deterministic_and_follows_the_same_rules():
             assert torch.equal(g1.cpu(), p), name
 
 
-@pytest.mark.parametrize("setting, n_stages, expected", [
-    ("default", 1, True), ("default", 2, False), ("always", 2, True), ("never", 1, False),
+@pytest.mark.parametrize("setting, n_stages, frozen, encoder, expected", [
+    ("default", 1, False, False, True), ("default", 2, False, False, False),
+    ("always", 2, False, False, True), ("never", 1, False, False, False),
+    ("never", 1, False, True, False),
+    ("never", 1, True, True, True),  # a frozen encoder runs no backward to free them in
+    ("default", 2, True, False, False),  # a frozen LM still runs its backward
 ])
-def test_reshard_after_forward(setting, n_stages, expected):
+def test_reshard_after_forward(setting, n_stages, frozen, encoder, expected):
     from titan_mimo.build import reshards_after_forward
     from titan_mimo.config import Module
-    mcfg = Module(model="hybrid_lm/debug", reshard_after_forward=setting)
+    kind = {"model": "vit/debug", "feeds": "language", "placeholder_id": 1} if encoder else {"model": "hybrid_lm/debug"}
+    mcfg = Module(**kind, reshard_after_forward=setting, frozen=frozen)
     assert reshards_after_forward(mcfg, n_stages) is expected
 

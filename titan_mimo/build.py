@@ -115,7 +115,11 @@ def apply_block_options(blocks: dict[str, nn.Module], checkpointed: set[int], co
 def reshards_after_forward(mcfg, n_stages: int) -> bool:
     """The module's `reshard_after_forward`: by default yes, except on pipelined stages, whose
     parameters every in-flight micro-batch's backward needs again (resharding would re-gather
-    them each time)."""
+    them each time). Always for a frozen encoder: it runs no backward, which is where kept
+    parameters would be freed, so they would stay gathered for good (a frozen language model
+    still runs its backward, for the encoders' gradients)."""
+    if mcfg.frozen and mcfg.feeds:
+        return True
     if mcfg.reshard_after_forward == "default":
         return n_stages == 1
     return mcfg.reshard_after_forward == "always"

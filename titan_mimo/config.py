@@ -65,7 +65,7 @@ class Module:
     through the step's micro-batches until its last backward ("never": one all-gather per block
     and step instead of two per micro-batch, for the memory of the gathered parameters);
     "default": "always", except on pipelined language stages, whose in-flight micro-batches
-    would re-gather them for every backward."""
+    would re-gather them for every backward. A frozen encoder (no backward) always reshards."""
     model_args: dict[str, Any] = field(default_factory=dict)
     """Overrides of the model flavor's args, e.g. `{ssd_backend = "mamba_ssm"}` or
     `--modules.language.model_args.n_layers=4`; unknown names list the valid ones."""
