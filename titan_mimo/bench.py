@@ -42,12 +42,14 @@ from torch.distributed.tensor import DTensor
 
 from titan_mimo import metrics
 from titan_mimo.build import apply_block_options, checkpointed_layers
+from titan_mimo.config import Training
 from titan_mimo.init import init_module_weights
 from titan_mimo.models import build_model, merge_embeddings, model_args
 from titan_mimo.models.language import parallelize as lm_parallel
 from titan_mimo.models.vision import parallelize as vit_parallel
 from titan_mimo.optim import LocalShardAdamW
 from titan_mimo.profiling import print_profile, report_syncs
+from titan_mimo.train import garbage_collection
 
 """Fallback peak table (dense bf16 FLOP/s) used when torchtitan is not importable."""
 
@@ -276,17 +278,12 @@ def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, a
             opt.zero_grad(set_to_none=True)
         return loss
 
-    # As the trainer runs (training.gc_freq): no automatic Python collection inside the steps,
-    # unless python_gc (the what-if of training.gc_freq = 0).
+    # As the trainer runs, with its default training.gc_freq: no automatic Python collection
+    # inside a step (and the bench's few steps never reach a periodic one); python_gc is the
+    # what-if of training.gc_freq = 0.
     gc.collect()
-    was_enabled = gc.isenabled()
-    if not python_gc:
-        gc.disable()
-    try:
+    with garbage_collection(0 if python_gc else Training.gc_freq):
         return _time_steps(one_step, device, warmup=warmup, steps=steps, profile=profile, sync_debug=sync_debug)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _time_steps(one_step, device, *, warmup: int, steps: int, profile: bool, sync_debug: bool):

@@ -138,6 +138,8 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
         coords = topo.coords(name)
         dp_mesh = mesh["dp_replicate", "dp_shard"] if place.dp_replicate > 1 else mesh["dp_shard"]
         tp_mesh = mesh["tp"] if place.tp > 1 else None
+        n_stages = 1 if mcfg.feeds else place.pp * cfg.parallelism.stages_per_rank
+        reshard = reshards_after_forward(mcfg, n_stages)
         if mcfg.feeds:
             with torch.device("meta"):
                 model = build_model(mcfg.model, **mcfg.model_args, out_dim=args[cfg.language_name].dim)
@@ -145,11 +147,9 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                 vit_parallel.apply_tp(model, tp_mesh)
             blocks = model.encoder.layers
             apply_block_options(blocks, _checkpointed(mcfg, "B" * len(blocks)), mcfg.compile)
-            vit_parallel.apply_fsdp(model, dp_mesh, compute_dtype,
-                                    reshard_after_forward=reshards_after_forward(mcfg, n_stages=1))
-            parts, stage_ids, n_stages = [model], [0], 1
+            vit_parallel.apply_fsdp(model, dp_mesh, compute_dtype, reshard_after_forward=reshard)
+            parts, stage_ids = [model], [0]
         else:
-            n_stages = place.pp * cfg.parallelism.stages_per_rank
             stage_ids = stage_ids_of(coords["pp"], place.pp, cfg.parallelism.stages_per_rank)
             with torch.device("meta"):
                 full = build_model(mcfg.model, **mcfg.model_args)
@@ -170,8 +170,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                     # plain logits to pipelining's loss_fn.
                     lm_parallel.apply_tp(stage, tp_mesh, loss_parallel=n_stages == 1)
                 apply_block_options(stage.layers, _checkpointed(mcfg, full.args.layer_pattern), mcfg.compile)
-                lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype,
-                                       reshard_after_forward=reshards_after_forward(mcfg, n_stages))
+                lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=reshard)
                 parts.append(stage)
         for part in parts:
             part.to_empty(device=device)
@@ -182,5 +181,5 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
         built[name] = BuiltModule(name=name, is_encoder=bool(mcfg.feeds), parts=parts,
                                   stage_ids=stage_ids, n_stages=n_stages, frozen=mcfg.frozen,
                                   lr_scale=mcfg.lr_scale,
-                                  keeps_gathered=not reshards_after_forward(mcfg, n_stages))
+                                  keeps_gathered=not reshard)
     return built

@@ -44,10 +44,15 @@ def init_distributed(device: torch.device, timeout_seconds: int) -> None:
         torch.set_num_threads(1)
 
 
-def world_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def world_sum_(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over the world in place, on its device, and return it without reading it back
+    (the host does not wait for the device)."""
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return t
+
+
+def world_sum(values: list[float], device: torch.device) -> list[float]:
+    return world_sum_(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
 def world_max(values: list[float], device: torch.device) -> list[float]:

@@ -13,7 +13,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 
 from titan_mimo.bridge import Bridge
 from titan_mimo.build import COMPUTE_DTYPES, BuiltModule, build_modules
@@ -23,7 +22,7 @@ from titan_mimo.data.dataset import ImageTextDataset
 from titan_mimo.data.loader import Roles, StepLoader, load_roles
 from titan_mimo.data.mock import EncoderSpec, MockImageCaption
 from titan_mimo.data.plan import SamplePlan
-from titan_mimo.distributed import world_max, world_sum
+from titan_mimo.distributed import world_max, world_sum, world_sum_
 from titan_mimo.metrics import memory_gib, peak_flops
 from titan_mimo.models import build_model
 from titan_mimo.schedule import EncoderRole, StepData, StepRunner, theoretical_bubble_fraction
@@ -214,8 +213,8 @@ class Trainer:
         # The stop flag rides on the step's one reduction, so all ranks stop at the same step.
         # torch.full, not torch.tensor: a copy from host memory would wait for the device.
         stop = torch.full((), float(bool(self.stop_signal)), dtype=torch.float64, device=self.device)
-        reduced = torch.stack([loss_local if self._is_loss_rank() else torch.zeros_like(stop), grad_sq, stop])
-        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        reduced = world_sum_(torch.stack([loss_local if self._is_loss_rank() else torch.zeros_like(stop),
+                                          grad_sq, stop]))
         return {"reduced": reduced, "global_tokens": global_tokens, "data": data, "t0": t0}
 
     @staticmethod
