@@ -44,3 +44,13 @@ def test_device_busy_counts_overlapping_kernels_once():
               ev(0, 100, key="Optimizer.step#AdamW.step"), ev(0, 100, annotation=True)]
     busy_s, span_s = device_busy(events)
     assert busy_s == 30e-6 and span_s == 40e-6
+
+
+def test_attention_flag_reaches_both_modules():
+    from titan_mimo.bench import lm_overrides, parse_args, vision_overrides
+    args = parse_args(["--module", "model", "--model", "vit/h16+hybrid_lm/hybrid_2b", "--attention", "fa4", "--ssd-backend", "mamba_ssm",
+                       "--vision-args", "use_cls_token=false"])
+    assert lm_overrides(args) == {"ssd_backend": "mamba_ssm", "attention_backend": "fa4"}
+    assert vision_overrides(args, 2048) == {"use_cls_token": False, "attention_backend": "fa4",
+                                            "out_dim": 2048}
+    assert "attention_backend" not in lm_overrides(parse_args(["--module", "language", "--model", "hybrid_lm/debug"]))

@@ -67,7 +67,8 @@ class BenchResult:
     loss_kind: str
     """"logits" (fp32 copy of the whole logits + F.cross_entropy) or "fused" (chunked head+CE)."""
     sdpa: str
-    """SDPA backend restriction ("auto": PyTorch's choice)."""
+    """The attention kernel: "fa4", else the SDPA backend `--sdpa` restricted it to ("auto":
+    PyTorch's choice)."""
     step_s: float
     tokens_per_s: float
     images_per_s: float
@@ -186,17 +187,21 @@ def _parse_model_args(pairs: list[str]) -> dict:
 
 
 def lm_overrides(args: argparse.Namespace) -> dict:
-    """The LM flavor's field overrides: `--lm-args`, then `--ssd-backend`."""
+    """The LM flavor's field overrides: `--lm-args`, then `--ssd-backend` and `--attention`."""
     out = _parse_model_args(args.lm_args)
     if args.ssd_backend:
         out["ssd_backend"] = args.ssd_backend
+    if args.attention:
+        out["attention_backend"] = args.attention
     return out
 
 
 def vision_overrides(args: argparse.Namespace, lm_dim: int | None) -> dict:
-    """The ViT flavor's field overrides: `--vision-args`, and the LM's width as the projector's
-    output in the whole model."""
+    """The ViT flavor's field overrides: `--vision-args`, `--attention`, and the LM's width as
+    the projector's output in the whole model."""
     out = _parse_model_args(args.vision_args)
+    if args.attention:
+        out["attention_backend"] = args.attention
     if lm_dim is not None:
         out["out_dim"] = lm_dim
     return out
@@ -341,8 +346,8 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     result = BenchResult(
         run="bare" if bare else "titan_mimo", module=args.module, model=args.model, compile=args.compile,
         batch=args.batch, ac=f"{args.ac}/vision:{args.vision_ac}" if args.module == "model" else
-        (args.vision_ac if args.module == "vision" else args.ac), loss_kind=args.loss, sdpa=args.sdpa,
-        step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
+        (args.vision_ac if args.module == "vision" else args.ac), loss_kind=args.loss,
+        sdpa="fa4" if args.attention == "fa4" else args.sdpa, step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
         tflops=tflops / 1e12, mfu=tflops / peak if peak else None,
         peak_mem_gib=(torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else 0.0,
         alloc_retries=torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if device.type == "cuda" else 0,
@@ -449,6 +454,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
                    help="compute dtype (FSDP param dtype / bare autocast); default bf16 on GPU, fp32 on CPU")
     p.add_argument("--ssd-backend", default=None, help="override the LM's Mamba2 ssd_backend")
+    p.add_argument("--attention", choices=["sdpa", "fa4"], default=None,
+                   help="override both modules' attention_backend ('fa4': FlashAttention-4)")
     p.add_argument("--lm-args", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override LM flavor fields, e.g. mamba_chunk_size=128 (a what-if: FLOPs are "
                         "counted for the overridden shape)")

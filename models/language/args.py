@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from ..attention_kernels import ATTENTION_BACKENDS
+
 __all__ = ["BLOCK_KINDS", "HybridLMArgs", "LM_FLAVORS", "SSD_BACKENDS"]
 
 BLOCK_KINDS = {"M": "mamba2", "*": "attention", "-": "mlp"}
@@ -44,6 +46,9 @@ class HybridLMArgs:
     """Chunk length of the chunked SSD scan; sequences are padded internally to a multiple."""
     ssd_backend: str = "torch"
     """Implementation of the SSD scan: "torch" (reference) or "mamba_ssm" (Triton, GPU)."""
+    attention_backend: str = "sdpa"
+    """Kernel of the attention blocks: "sdpa" (PyTorch's SDPA, the reference) or "fa4"
+    (FlashAttention-4, CUDA bf16/fp16 only, the `flash-attn-4` package)."""
     norm_eps: float = 1e-5
     """Epsilon of every RMSNorm (block norms, final norm, Mamba2 gated norm)."""
     rope_theta: float = 10000.0
@@ -70,6 +75,11 @@ class HybridLMArgs:
         if self.ssd_backend not in SSD_BACKENDS:
             raise ValueError(
                 f"ssd_backend={self.ssd_backend!r} is unknown; choose one of {list(SSD_BACKENDS)}"
+            )
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention_backend={self.attention_backend!r} is unknown; choose one of "
+                f"{list(ATTENTION_BACKENDS)}"
             )
         if self.mamba_chunk_size < 1 or self.mamba_d_conv < 1:
             raise ValueError(

@@ -5,9 +5,9 @@ Shape legend:
 """
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attention_kernels import attention_function
 from ..common import fused_linears
 from .args import HybridLMArgs
 
@@ -37,12 +37,14 @@ def apply_rope(x_BSHE: Tensor, cos_SF: Tensor, sin_SF: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Causal GQA: wq/wk/wv/wo without bias, RoPE, F.scaled_dot_product_attention."""
+    """Causal GQA: wq/wk/wv/wo without bias, RoPE, then `args.attention_backend`'s kernel."""
 
     def __init__(self, args: HybridLMArgs):
         super().__init__()
         self.head_dim = args.head_dim
         self.rope_theta = args.rope_theta
+        # Resolved at build time so a missing optional kernel fails before any training work.
+        self.attend = attention_function(args.attention_backend)
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
@@ -59,14 +61,8 @@ class Attention(nn.Module):
         cos_SF, sin_SF = rope_cos_sin(s, self.head_dim, self.rope_theta, q.device)
         q_BSHE = apply_rope(q_BSHE, cos_SF, sin_SF)
         k_BSKE = apply_rope(k_BSKE, cos_SF, sin_SF)
-        # Query head i reads kv head i // n_rep (torchtitan's repeat_kv convention).
-        n_rep = q_BSHE.shape[2] // k_BSKE.shape[2]
-        k_BSHE = k_BSKE.repeat_interleave(n_rep, dim=2)
-        v_BSHE = v_BSKE.repeat_interleave(n_rep, dim=2)
-        o_BHSE = F.scaled_dot_product_attention(
-            q_BSHE.transpose(1, 2), k_BSHE.transpose(1, 2), v_BSHE.transpose(1, 2), is_causal=True
-        )
-        return self.wo(o_BHSE.transpose(1, 2).reshape(b, s, -1))
+        o_BSHE = self.attend(q_BSHE, k_BSKE, v_BSKE, is_causal=True)
+        return self.wo(o_BSHE.reshape(b, s, -1))
 
     @staticmethod
     def forward_flops_per_token(args: HybridLMArgs, seq_len: int) -> int:

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from ..attention_kernels import ATTENTION_BACKENDS
+
 __all__ = ["ViTArgs", "VIT_FLAVORS"]
 
 
@@ -30,6 +32,10 @@ class ViTArgs:
     """Prepend a learned class token (dropped from the output, like the registers)."""
     norm_eps: float = 1e-6
     """Epsilon of every LayerNorm."""
+    attention_backend: str = "sdpa"
+    """Kernel of same-size-image attention: "sdpa" (PyTorch's SDPA, the reference) or "fa4"
+    (FlashAttention-4, CUDA bf16/fp16 only, the `flash-attn-4` package). Packed images of mixed
+    sizes keep their varlen kernel (see model.py)."""
     pixel_shuffle: int = 2
     """Projector merges s×s neighbouring patches into one token (1 = no merging)."""
     projector_hidden: int = 64
@@ -40,6 +46,11 @@ class ViTArgs:
     def __post_init__(self) -> None:
         if self.dim % self.n_heads != 0:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention_backend={self.attention_backend!r} is unknown; choose one of "
+                f"{list(ATTENTION_BACKENDS)}"
+            )
         if self.pixel_shuffle < 1:
             raise ValueError(f"pixel_shuffle={self.pixel_shuffle} must be >= 1")
         if self.patch_size < 1 or self.base_grid < 1 or self.n_register_tokens < 0:

@@ -4,7 +4,8 @@ Patches are embedded by an nn.Linear on flattened (C, p, p) pixels instead of a 
 the same map (a Conv2d weight [D, C, p, p] flattens to this Linear's weight), but Linear layers
 shard with plain TP plans and take varlen-packed patches.
 
-Attention kernels. Same-size images (`ViT.forward`) run plain SDPA on [B, H, T, E], no mask.
+Attention kernels. Same-size images (`ViT.forward`) run `attention_backend` (SDPA, or
+FlashAttention-4: `models/attention_kernels.py`) on [B, T, H, E], no mask.
 Mixed sizes (`ViT.forward_packed`) run as ONE packed sequence [1, T, D] described by `cu_seqlens`
 (int32 [N+1], segment starts and the total) and `max_seqlen`; each attention picks its kernel from
 its own q, so the choice is automatic and follows the dtype the block really computes in (FSDP
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attention_kernels import attention_function
 from ..common import INIT_STD, fused_linears, to_device
 from .args import ViTArgs
 from .projector import Projector
@@ -90,9 +92,10 @@ class ViTAttention(nn.Module):
     varlen_attn where `uses_varlen` says so, else through the dense block-diagonal mask.
     """
 
-    def __init__(self, dim: int, n_heads: int):
+    def __init__(self, dim: int, n_heads: int, attention_backend: str = "sdpa"):
         super().__init__()
         self.head_dim = dim // n_heads
+        self.attend = attention_function(attention_backend)
         self.wq = nn.Linear(dim, dim)
         self.wk = nn.Linear(dim, dim)
         self.wv = nn.Linear(dim, dim)
@@ -111,7 +114,9 @@ class ViTAttention(nn.Module):
             # version defaults to full, non-causal attention.
             o_THE = varlen_attn(q[0], k[0], v[0], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
             return self.wo(o_THE.reshape(b, t, -1))
-        mask_TT = None if cu_seqlens is None else block_diagonal_mask(cu_seqlens, t)
+        if cu_seqlens is None:
+            return self.wo(self.attend(q, k, v, is_causal=False).reshape(b, t, -1))
+        mask_TT = block_diagonal_mask(cu_seqlens, t)
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))
         o_BHTE = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_TT)
         return self.wo(o_BHTE.transpose(1, 2).reshape(b, t, -1))
@@ -132,7 +137,7 @@ class ViTBlock(nn.Module):
     def __init__(self, args: ViTArgs):
         super().__init__()
         self.attn_norm = nn.LayerNorm(args.dim, eps=args.norm_eps)
-        self.attn = ViTAttention(args.dim, args.n_heads)
+        self.attn = ViTAttention(args.dim, args.n_heads, args.attention_backend)
         self.mlp_norm = nn.LayerNorm(args.dim, eps=args.norm_eps)
         self.mlp = ViTMLP(args.dim, args.mlp_dim)
 

@@ -1,0 +1,133 @@
+"""Attention kernels behind `attention_backend` (ViTArgs and HybridLMArgs), on [B, S, H, E].
+
+"sdpa" is `F.scaled_dot_product_attention` (PyTorch picks cuDNN, FlashAttention-2, memory-
+efficient or math; the reference and the CPU path). Grouped-query key/value heads are repeated
+to the query heads first (query head i reads kv head i // n_rep, torchtitan's convention).
+
+"fa4" is FlashAttention-4 (the `flash-attn-4` package, `flash_attn.cute`: CuTe-DSL kernels for
+Hopper and Blackwell, compiled on first use for each shape). It takes [B, S, H, E] and grouped-
+query heads natively, so no transposes and no repeated keys/values. Why it exists: at the ViT-H
+head width of 80, cuDNN's fused attention runs ~355 TFLOP/s on an H100 against ~545 at width
+128 (docs/benchmarks.md, S1); FlashAttention's Hopper kernels tile width 80 without padding it
+to 128. The kernels are wrapped as `torch.library` custom ops (forward, backward, fake shapes),
+so a per-block `torch.compile` keeps them as opaque calls instead of tracing into CuTe DSL. The
+forward and backward entry points are FlashAttention-4's private `_flash_attn_fwd` /
+`_flash_attn_bwd`, the same ones PyTorch's own FA4 registration (`torch.nn.attention._fa4`)
+calls; checked against flash-attn-4 4.0.0b36.
+
+Shape legend: B batch, S sequence, H query heads, K key/value heads, E head dim.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["ATTENTION_BACKENDS", "MISSING_FA4", "attention_function"]
+
+ATTENTION_BACKENDS = ("sdpa", "fa4")
+
+MISSING_FA4 = (
+    "attention_backend='fa4' needs FlashAttention-4 (`pip install flash-attn-4`: the "
+    "`flash_attn.cute` package and NVIDIA's CUTLASS DSL; Hopper or Blackwell GPUs); "
+    "or use attention_backend='sdpa'"
+)
+_FA4_MODULE = "flash_attn.cute.interface"
+
+
+def attend_sdpa(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, *, is_causal: bool) -> Tensor:
+    """softmax(q kᵀ / √E) v per head, [B, S, H, E] in and out, through SDPA."""
+    n_rep = q_BSHE.shape[2] // k_BSKE.shape[2]
+    if n_rep > 1:
+        k_BSKE = k_BSKE.repeat_interleave(n_rep, dim=2)
+        v_BSKE = v_BSKE.repeat_interleave(n_rep, dim=2)
+    o_BHSE = F.scaled_dot_product_attention(
+        q_BSHE.transpose(1, 2), k_BSKE.transpose(1, 2), v_BSKE.transpose(1, 2), is_causal=is_causal
+    )
+    return o_BHSE.transpose(1, 2)
+
+
+def _import_fa4():
+    try:
+        return importlib.import_module(_FA4_MODULE)
+    except ImportError as e:
+        raise ImportError(f"{MISSING_FA4} (importing {_FA4_MODULE} failed: {e})") from e
+
+
+@torch.library.custom_op("titan_mimo::fa4_forward", mutates_args=())
+def _fa4_forward(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor,
+                 is_causal: bool) -> tuple[Tensor, Tensor]:
+    """FlashAttention-4's forward: the output and the log-sum-exp [B, H, S] (float32) that its
+    backward needs."""
+    fa4 = _import_fa4()
+    out_BSHE, lse_BHS = fa4._flash_attn_fwd(q_BSHE, k_BSKE, v_BSKE, causal=is_causal,
+                                            return_lse=True)[:2]
+    return out_BSHE, lse_BHS
+
+
+@_fa4_forward.register_fake
+def _(q_BSHE, k_BSKE, v_BSKE, is_causal):
+    b, s, h, _ = q_BSHE.shape
+    out = q_BSHE.new_empty(b, s, h, v_BSKE.shape[-1])
+    return out, q_BSHE.new_empty(b, h, s, dtype=torch.float32)
+
+
+@torch.library.custom_op("titan_mimo::fa4_backward", mutates_args=())
+def _fa4_backward(dout_BSHE: Tensor, q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor,
+                  out_BSHE: Tensor, lse_BHS: Tensor,
+                  is_causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    fa4 = _import_fa4()
+    dq, dk, dv = fa4._flash_attn_bwd(q_BSHE, k_BSKE, v_BSKE, out_BSHE, dout_BSHE.contiguous(),
+                                     lse_BHS, None, is_causal)[:3]
+    return dq, dk, dv
+
+
+@_fa4_backward.register_fake
+def _(dout_BSHE, q_BSHE, k_BSKE, v_BSKE, out_BSHE, lse_BHS, is_causal):
+    return torch.empty_like(q_BSHE), torch.empty_like(k_BSKE), torch.empty_like(v_BSKE)
+
+
+def _fa4_setup_context(ctx, inputs, output) -> None:
+    q_BSHE, k_BSKE, v_BSKE, is_causal = inputs
+    out_BSHE, lse_BHS = output
+    ctx.save_for_backward(q_BSHE, k_BSKE, v_BSKE, out_BSHE, lse_BHS)
+    ctx.is_causal = is_causal
+
+
+def _fa4_grad(ctx, dout_BSHE: Tensor, _dlse: Tensor | None):
+    # The log-sum-exp is an internal output (attend_fa4 drops it), so its gradient is never used.
+    q_BSHE, k_BSKE, v_BSKE, out_BSHE, lse_BHS = ctx.saved_tensors
+    dq, dk, dv = _fa4_backward(dout_BSHE, q_BSHE, k_BSKE, v_BSKE, out_BSHE, lse_BHS,
+                               ctx.is_causal)
+    return dq, dk, dv, None
+
+
+_fa4_forward.register_autograd(_fa4_grad, setup_context=_fa4_setup_context)
+
+
+def attend_fa4(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, *, is_causal: bool) -> Tensor:
+    """softmax(q kᵀ / √E) v per head through FlashAttention-4 (CUDA, fp16/bf16)."""
+    if not q_BSHE.is_cuda or q_BSHE.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"attention_backend='fa4' runs on CUDA in bf16/fp16, got {q_BSHE.dtype} on "
+            f"{q_BSHE.device}; use attention_backend='sdpa' there"
+        )
+    # Strided views (the split of a fused q/k/v projection) go in as they are: the kernel
+    # copies only a tensor whose last dim is not contiguous.
+    return _fa4_forward(q_BSHE, k_BSKE, v_BSKE, is_causal)[0]
+
+
+def attention_function(backend: str) -> Callable[..., Tensor]:
+    """The attention for `backend`; raises ImportError naming the package if a kernel is
+    missing, so a model built with it fails at build time, before any training work."""
+    if backend == "sdpa":
+        return attend_sdpa
+    if backend == "fa4":
+        _import_fa4()
+        return attend_fa4
+    raise ValueError(
+        f"attention_backend={backend!r} is unknown; choose one of {list(ATTENTION_BACKENDS)}")

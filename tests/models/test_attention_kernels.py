@@ -1,0 +1,201 @@
+"""Attention backends: SDPA is the reference; the FlashAttention-4 custom ops carry FA4's
+contract ([B, S, H, E], grouped-query heads, the log-sum-exp its backward takes) through autograd
+and torch.compile. On CPU a stand-in for `flash_attn.cute.interface` computes that contract in
+plain PyTorch, so the wrapper's plumbing is checked against SDPA; on a GPU with flash-attn-4 the
+real kernels are checked against SDPA within bf16 tolerance."""
+
+import dataclasses
+import importlib.util
+import math
+import sys
+import types
+
+import pytest
+import torch
+
+from titan_mimo.models import attention_kernels as ak
+from titan_mimo.models import build_model
+from titan_mimo.models.common import init_model_for_testing
+from titan_mimo.models.language.args import HybridLMArgs
+from titan_mimo.models.language.attention import Attention
+from titan_mimo.models.vision.args import ViTArgs
+
+
+def _expand(q_BSHE, k_BSKE, v_BSKE):
+    """[B, H, S, E] in at least fp32, kv heads repeated (query head i on kv head i // n_rep)."""
+    n_rep = q_BSHE.shape[2] // k_BSKE.shape[2]
+    dtype = torch.promote_types(q_BSHE.dtype, torch.float32)
+    return [t.repeat_interleave(m, 2).transpose(1, 2).to(dtype)
+            for t, m in ((q_BSHE, 1), (k_BSKE, n_rep), (v_BSKE, n_rep))]
+
+
+def _probs(q, k, causal):
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if causal:
+        s = scores.shape[-1]
+        scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
+    lse = scores.logsumexp(-1)
+    return (scores - lse[..., None]).exp(), lse
+
+
+def _reference(q_BSHE, k_BSKE, v_BSKE, causal):
+    """softmax(q kᵀ/√E) v [B, S, H, E] and the log-sum-exp [B, H, S] (float32)."""
+    q, k, v = _expand(q_BSHE, k_BSKE, v_BSKE)
+    p, lse = _probs(q, k, causal)
+    return (p @ v).transpose(1, 2).contiguous().to(q_BSHE.dtype), lse.float()
+
+
+def _reference_grads(q_BSHE, k_BSKE, v_BSKE, dout_BSHE, causal):
+    """dq, dk, dv of _reference's output by the textbook formulas (autograd is off inside a
+    custom op), summed over the query heads that share a kv head."""
+    q, k, v = _expand(q_BSHE, k_BSKE, v_BSKE)
+    p, _ = _probs(q, k, causal)
+    do = dout_BSHE.transpose(1, 2).to(q.dtype)
+    dp = do @ v.transpose(-1, -2)
+    ds = p * (dp - (dp * p).sum(-1, keepdim=True)) / math.sqrt(q.shape[-1])
+    dq, dk, dv = ds @ k, ds.transpose(-1, -2) @ q, p.transpose(-1, -2) @ do
+    b, kv = k_BSKE.shape[0], k_BSKE.shape[2]
+
+    def fold(t):  # [B, H, S, E] -> [B, S, K, E]
+        return t.view(b, kv, -1, *t.shape[2:]).sum(2).transpose(1, 2).contiguous()
+
+    return (dq.transpose(1, 2).contiguous().to(q_BSHE.dtype), fold(dk).to(k_BSKE.dtype),
+            fold(dv).to(v_BSKE.dtype))
+
+
+def _fake_fa4_module():
+    """What titan_mimo needs of flash_attn.cute.interface, in plain PyTorch."""
+    module = types.ModuleType("flash_attn.cute.interface")
+
+    def _flash_attn_fwd(q, k, v, causal=False, return_lse=False):
+        out, lse = _reference(q, k, v, causal)
+        return out, lse, None, None, None
+
+    def _flash_attn_bwd(q, k, v, out, dout, lse, softmax_scale=None, causal=False):
+        assert softmax_scale is None and lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+        return _reference_grads(q, k, v, dout, causal)
+
+    module._flash_attn_fwd = _flash_attn_fwd
+    module._flash_attn_bwd = _flash_attn_bwd
+    return module
+
+
+@pytest.fixture
+def fake_fa4(monkeypatch):
+    monkeypatch.setitem(sys.modules, ak._FA4_MODULE, _fake_fa4_module())
+
+
+def _qkv(b=2, s=9, h=4, kv=2, e=8, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(b, s, n, e, dtype=dtype, generator=g).requires_grad_()
+            for n in (h, kv, kv)]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_backend_matches_the_reference(causal):
+    q, k, v = _qkv()
+    out = ak.attention_function("sdpa")(q, k, v, is_causal=causal)
+    assert (out - _reference(q, k, v, causal)[0]).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fa4_ops_match_sdpa_values_and_gradients(fake_fa4, causal):
+    q, k, v = _qkv()
+    grad = torch.randn(2, 9, 4, 8, dtype=torch.float64)
+    results = []
+    for attend in (ak.attend_sdpa, lambda *t, is_causal: ak._fa4_forward(*t, is_causal)[0]):
+        out = attend(q, k, v, is_causal=causal)
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+        results.append((out, dq, dk, dv))
+    for name, a, b in zip(("out", "dq", "dk", "dv"), *results):
+        assert (a - b).abs().max().item() < 1e-12, name
+
+
+def test_fa4_ops_pass_opcheck(fake_fa4):
+    q, k, v = _qkv(dtype=torch.float32)
+    torch.library.opcheck(torch.ops.titan_mimo.fa4_forward.default, (q, k, v, True))
+    out, lse = torch.ops.titan_mimo.fa4_forward(q, k, v, True)
+    dout = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.titan_mimo.fa4_backward.default,
+                          (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), True))
+
+
+def test_fa4_ops_compile_as_opaque_calls(fake_fa4):
+    q, k, v = _qkv(dtype=torch.float32)
+
+    def block(q, k, v):
+        return ak._fa4_forward(q * 2, k, v, True)[0].sin()
+
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    out = compiled(q, k, v)
+    dq = torch.autograd.grad(out.sum(), q)[0]
+    ref_out = block(q, k, v)
+    assert (out - ref_out).abs().max().item() < 1e-6
+    assert (dq - torch.autograd.grad(ref_out.sum(), q)[0]).abs().max().item() < 1e-6
+
+
+def test_fa4_rejects_cpu_and_fp32(fake_fa4):
+    q, k, v = _qkv(dtype=torch.float32)
+    with pytest.raises(ValueError, match="use attention_backend='sdpa'"):
+        ak.attend_fa4(q, k, v, is_causal=True)
+
+
+def test_missing_fa4_fails_at_build_naming_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, ak._FA4_MODULE, None)  # import raises ImportError
+    for model in ("vit/debug", "hybrid_lm/debug"):
+        with pytest.raises(ImportError, match="pip install flash-attn-4"):
+            build_model(model, attention_backend="fa4")
+
+
+@pytest.mark.parametrize("args_cls", [ViTArgs, HybridLMArgs])
+def test_unknown_backend_is_a_config_error(args_cls):
+    with pytest.raises(ValueError, match=r"attention_backend='flash'.*\['sdpa', 'fa4'\]"):
+        args_cls(attention_backend="flash")
+
+
+def _has_fa4() -> bool:
+    return (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] in (9, 10)
+            and importlib.util.find_spec("flash_attn") is not None)
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.skipif(not _has_fa4(), reason="needs a Hopper/Blackwell GPU and flash-attn-4")
+@pytest.mark.parametrize("shape", [
+    # (batch, seq, heads, kv heads, head dim, causal): the ViT-H head width (and a ragged
+    # class-token length), the hybrid LM's GQA attention.
+    (2, 1025, 4, 4, 80, False),
+    (1, 2048, 8, 2, 128, True),
+])
+def test_fa4_matches_sdpa_bf16(shape):
+    b, s, h, kv, e, causal = shape
+    q, k, v = (t.detach().cuda().bfloat16().requires_grad_()
+               for t in _qkv(b, s, h, kv, e, dtype=torch.float32))
+    grad = torch.randn(b, s, h, e, device="cuda", dtype=torch.bfloat16)
+    results = []
+    for attend in (ak.attend_sdpa, ak.attention_function("fa4")):
+        out = attend(q, k, v, is_causal=causal)
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
+    for name, ref, fast in zip(("out", "dq", "dk", "dv"), *results):
+        assert _rel(fast, ref) < 1e-2, f"{name}: relative error {_rel(fast, ref):.3g}"
+
+
+@pytest.mark.skipif(not _has_fa4(), reason="needs a Hopper/Blackwell GPU and flash-attn-4")
+def test_fa4_attention_blocks_match_sdpa_bf16():
+    lm = HybridLMArgs(dim=256, n_heads=4, n_kv_heads=2, head_dim=64, layer_pattern="*")
+    x = torch.randn(2, 512, 256, device="cuda", dtype=torch.bfloat16)
+    outs = []
+    for backend in ("sdpa", "fa4"):
+        attn = Attention(dataclasses.replace(lm, attention_backend=backend))
+        init_model_for_testing(attn, seed=0)
+        outs.append(attn.cuda().bfloat16()(x))
+    assert _rel(outs[1], outs[0]) < 1e-2
+    images = torch.randn(2, 3, 64, 64, device="cuda", dtype=torch.bfloat16)
+    feats = []
+    for backend in ("sdpa", "fa4"):
+        vit = build_model("vit/debug", attention_backend=backend, dim=160, n_heads=2)
+        init_model_for_testing(vit, seed=0)
+        feats.append(vit.cuda().bfloat16()(images))
+    assert _rel(feats[1], feats[0]) < 2e-2
