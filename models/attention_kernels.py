@@ -8,8 +8,8 @@ to the query heads first (query head i reads kv head i // n_rep, torchtitan's co
 Hopper and Blackwell, compiled on first use for each shape). It takes [B, S, H, E] and grouped-
 query heads natively, so no transposes and no repeated keys/values. Why it exists: at the ViT-H
 head width of 80, cuDNN's fused attention runs ~355 TFLOP/s on an H100 against ~545 at width
-128 (docs/benchmarks.md, S1); FlashAttention's Hopper kernels tile width 80 without padding it
-to 128. The kernels are wrapped as `torch.library` custom ops (forward, backward, fake shapes),
+128 (docs/benchmarks.md, S1); FlashAttention-4 runs width 80 (padded to 96, see
+`_attend_fa4_padded`) without going to 128. The kernels are wrapped as `torch.library` custom ops (forward, backward, fake shapes),
 so a per-block `torch.compile` keeps them as opaque calls instead of tracing into CuTe DSL. The
 forward and backward entry points are FlashAttention-4's private `_flash_attn_fwd` /
 `_flash_attn_bwd`, the same ones PyTorch's own FA4 registration (`torch.nn.attention._fa4`)
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ATTENTION_BACKENDS", "MISSING_FA4", "attention_function"]
+__all__ = ["ATTENTION_BACKENDS", "FA4_HEAD_DIM_MULTIPLE", "MISSING_FA4", "attention_function"]
 
 ATTENTION_BACKENDS = ("sdpa", "fa4")
 
@@ -37,6 +37,8 @@ MISSING_FA4 = (
     "or use attention_backend='sdpa'"
 )
 _FA4_MODULE = "flash_attn.cute.interface"
+FA4_HEAD_DIM_MULTIPLE = 32
+"""Head dims go to FA4 zero-padded to a multiple of this (see `_attend_fa4_padded`)."""
 
 
 def attend_sdpa(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, *, is_causal: bool) -> Tensor:
@@ -59,18 +61,18 @@ def _import_fa4():
 
 
 @torch.library.custom_op("titan_mimo::fa4_forward", mutates_args=())
-def _fa4_forward(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor,
-                 is_causal: bool) -> tuple[Tensor, Tensor]:
+def _fa4_forward(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, is_causal: bool,
+                 softmax_scale: float) -> tuple[Tensor, Tensor]:
     """FlashAttention-4's forward: the output and the log-sum-exp [B, H, S] (float32) that its
     backward needs."""
     fa4 = _import_fa4()
-    out_BSHE, lse_BHS = fa4._flash_attn_fwd(q_BSHE, k_BSKE, v_BSKE, causal=is_causal,
-                                            return_lse=True)[:2]
+    out_BSHE, lse_BHS = fa4._flash_attn_fwd(q_BSHE, k_BSKE, v_BSKE, softmax_scale=softmax_scale,
+                                            causal=is_causal, return_lse=True)[:2]
     return out_BSHE, lse_BHS
 
 
 @_fa4_forward.register_fake
-def _(q_BSHE, k_BSKE, v_BSKE, is_causal):
+def _(q_BSHE, k_BSKE, v_BSKE, is_causal, softmax_scale):
     b, s, h, _ = q_BSHE.shape
     out = q_BSHE.new_empty(b, s, h, v_BSKE.shape[-1])
     return out, q_BSHE.new_empty(b, h, s, dtype=torch.float32)
@@ -78,32 +80,32 @@ def _(q_BSHE, k_BSKE, v_BSKE, is_causal):
 
 @torch.library.custom_op("titan_mimo::fa4_backward", mutates_args=())
 def _fa4_backward(dout_BSHE: Tensor, q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor,
-                  out_BSHE: Tensor, lse_BHS: Tensor,
-                  is_causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+                  out_BSHE: Tensor, lse_BHS: Tensor, is_causal: bool,
+                  softmax_scale: float) -> tuple[Tensor, Tensor, Tensor]:
     fa4 = _import_fa4()
     dq, dk, dv = fa4._flash_attn_bwd(q_BSHE, k_BSKE, v_BSKE, out_BSHE, dout_BSHE.contiguous(),
-                                     lse_BHS, None, is_causal)[:3]
+                                     lse_BHS, softmax_scale, is_causal)[:3]
     return dq, dk, dv
 
 
 @_fa4_backward.register_fake
-def _(dout_BSHE, q_BSHE, k_BSKE, v_BSKE, out_BSHE, lse_BHS, is_causal):
+def _(dout_BSHE, q_BSHE, k_BSKE, v_BSKE, out_BSHE, lse_BHS, is_causal, softmax_scale):
     return torch.empty_like(q_BSHE), torch.empty_like(k_BSKE), torch.empty_like(v_BSKE)
 
 
 def _fa4_setup_context(ctx, inputs, output) -> None:
-    q_BSHE, k_BSKE, v_BSKE, is_causal = inputs
+    q_BSHE, k_BSKE, v_BSKE, is_causal, softmax_scale = inputs
     out_BSHE, lse_BHS = output
     ctx.save_for_backward(q_BSHE, k_BSKE, v_BSKE, out_BSHE, lse_BHS)
-    ctx.is_causal = is_causal
+    ctx.is_causal, ctx.softmax_scale = is_causal, softmax_scale
 
 
 def _fa4_grad(ctx, dout_BSHE: Tensor, _dlse: Tensor | None):
     # The log-sum-exp is an internal output (attend_fa4 drops it), so its gradient is never used.
     q_BSHE, k_BSKE, v_BSKE, out_BSHE, lse_BHS = ctx.saved_tensors
     dq, dk, dv = _fa4_backward(dout_BSHE, q_BSHE, k_BSKE, v_BSKE, out_BSHE, lse_BHS,
-                               ctx.is_causal)
-    return dq, dk, dv, None
+                               ctx.is_causal, ctx.softmax_scale)
+    return dq, dk, dv, None, None
 
 
 _fa4_forward.register_autograd(_fa4_grad, setup_context=_fa4_setup_context)
@@ -116,9 +118,26 @@ def attend_fa4(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, *, is_causal: boo
             f"attention_backend='fa4' runs on CUDA in bf16/fp16, got {q_BSHE.dtype} on "
             f"{q_BSHE.device}; use attention_backend='sdpa' there"
         )
-    # Strided views (the split of a fused q/k/v projection) go in as they are: the kernel
-    # copies only a tensor whose last dim is not contiguous.
-    return _fa4_forward(q_BSHE, k_BSKE, v_BSKE, is_causal)[0]
+    return _attend_fa4_padded(q_BSHE, k_BSKE, v_BSKE, is_causal)
+
+
+def _attend_fa4_padded(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, is_causal: bool) -> Tensor:
+    """The fa4 ops with head dims zero-padded to a multiple of FA4_HEAD_DIM_MULTIPLE.
+
+    FlashAttention-4's Hopper backward (flash-attn-4 4.0.0b36) returns a wrong dq for head dims
+    that are not multiples of 32: its kernel tiles the head dim in 16s while its dq accumulator is
+    laid out in 32s (flash-attention pull request 2896; on the H100 at head dim 80, dq's relative
+    error was 1.3). Zero columns in q and k leave the scores unchanged, zero columns in v give
+    zero output columns that are dropped, and the softmax scale stays 1/√E of the real width.
+    Strided views (the split of a fused q/k/v projection) go in as they are: the kernel copies
+    only a tensor whose last dim is not contiguous.
+    """
+    e = q_BSHE.shape[-1]
+    padded = -(-e // FA4_HEAD_DIM_MULTIPLE) * FA4_HEAD_DIM_MULTIPLE
+    if padded != e:
+        q_BSHE, k_BSKE, v_BSKE = (F.pad(t, (0, padded - e)) for t in (q_BSHE, k_BSKE, v_BSKE))
+    out_BSHE = _fa4_forward(q_BSHE, k_BSKE, v_BSKE, is_causal, e ** -0.5)[0]
+    return out_BSHE[..., :e] if padded != e else out_BSHE
 
 
 def attention_function(backend: str) -> Callable[..., Tensor]:

@@ -287,13 +287,17 @@ def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, a
     # inside a step (and the bench's few steps never reach a periodic one); python_gc is the
     # what-if of training.gc_freq = 0.
     gc.collect()
-    with garbage_collection(0 if python_gc else Training.gc_freq):
-        return _time_steps(one_step, device, warmup=warmup, steps=steps, profile=profile, sync_debug=sync_debug)
+    with garbage_collection(0 if python_gc else Training.gc_freq) as collector:
+        return _time_steps(one_step, device, warmup=warmup, steps=steps, profile=profile,
+                           sync_debug=sync_debug, collector=collector)
 
 
-def _time_steps(one_step, device, *, warmup: int, steps: int, profile: bool, sync_debug: bool):
-    for _ in range(warmup):
+def _time_steps(one_step, device, *, warmup: int, steps: int, profile: bool, sync_debug: bool,
+                collector=None):
+    for i in range(warmup):
         one_step()
+        if collector is not None:  # as the trainer: a collection after the first step
+            collector.run(i + 1)
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

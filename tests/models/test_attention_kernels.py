@@ -29,8 +29,8 @@ def _expand(q_BSHE, k_BSKE, v_BSKE):
             for t, m in ((q_BSHE, 1), (k_BSKE, n_rep), (v_BSKE, n_rep))]
 
 
-def _probs(q, k, causal):
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+def _probs(q, k, causal, scale=None):
+    scores = q @ k.transpose(-1, -2) * (scale or q.shape[-1] ** -0.5)
     if causal:
         s = scores.shape[-1]
         scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
@@ -38,21 +38,22 @@ def _probs(q, k, causal):
     return (scores - lse[..., None]).exp(), lse
 
 
-def _reference(q_BSHE, k_BSKE, v_BSKE, causal):
-    """softmax(q kᵀ/√E) v [B, S, H, E] and the log-sum-exp [B, H, S] (float32)."""
+def _reference(q_BSHE, k_BSKE, v_BSKE, causal, scale=None):
+    """softmax(scale · q kᵀ) v [B, S, H, E] (scale 1/√E by default) and the log-sum-exp
+    [B, H, S] (float32)."""
     q, k, v = _expand(q_BSHE, k_BSKE, v_BSKE)
-    p, lse = _probs(q, k, causal)
+    p, lse = _probs(q, k, causal, scale)
     return (p @ v).transpose(1, 2).contiguous().to(q_BSHE.dtype), lse.float()
 
 
-def _reference_grads(q_BSHE, k_BSKE, v_BSKE, dout_BSHE, causal):
+def _reference_grads(q_BSHE, k_BSKE, v_BSKE, dout_BSHE, causal, scale):
     """dq, dk, dv of _reference's output by the textbook formulas (autograd is off inside a
     custom op), summed over the query heads that share a kv head."""
     q, k, v = _expand(q_BSHE, k_BSKE, v_BSKE)
-    p, _ = _probs(q, k, causal)
+    p, _ = _probs(q, k, causal, scale)
     do = dout_BSHE.transpose(1, 2).to(q.dtype)
     dp = do @ v.transpose(-1, -2)
-    ds = p * (dp - (dp * p).sum(-1, keepdim=True)) / math.sqrt(q.shape[-1])
+    ds = p * (dp - (dp * p).sum(-1, keepdim=True)) * scale
     dq, dk, dv = ds @ k, ds.transpose(-1, -2) @ q, p.transpose(-1, -2) @ do
     b, kv = k_BSKE.shape[0], k_BSKE.shape[2]
 
@@ -67,13 +68,13 @@ def _fake_fa4_module():
     """What titan_mimo needs of flash_attn.cute.interface, in plain PyTorch."""
     module = types.ModuleType("flash_attn.cute.interface")
 
-    def _flash_attn_fwd(q, k, v, causal=False, return_lse=False):
-        out, lse = _reference(q, k, v, causal)
+    def _flash_attn_fwd(q, k, v, softmax_scale=None, causal=False, return_lse=False):
+        out, lse = _reference(q, k, v, causal, softmax_scale)
         return out, lse, None, None, None
 
     def _flash_attn_bwd(q, k, v, out, dout, lse, softmax_scale=None, causal=False):
-        assert softmax_scale is None and lse.shape == (q.shape[0], q.shape[2], q.shape[1])
-        return _reference_grads(q, k, v, dout, causal)
+        assert lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+        return _reference_grads(q, k, v, dout, causal, softmax_scale)
 
     module._flash_attn_fwd = _flash_attn_fwd
     module._flash_attn_bwd = _flash_attn_bwd
@@ -99,32 +100,38 @@ def test_sdpa_backend_matches_the_reference(causal):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_fa4_ops_match_sdpa_values_and_gradients(fake_fa4, causal):
-    q, k, v = _qkv()
-    grad = torch.randn(2, 9, 4, 8, dtype=torch.float64)
+@pytest.mark.parametrize("head_dim", [8, 32])  # padded to 32 for FA4's backward; as it is
+def test_fa4_ops_match_sdpa_values_and_gradients(fake_fa4, causal, head_dim, monkeypatch):
+    widths = []
+    real_forward = ak._fa4_forward
+    monkeypatch.setattr(ak, "_fa4_forward", lambda q, *a: widths.append(q.shape[-1]) or real_forward(q, *a))
+    q, k, v = _qkv(e=head_dim)
+    grad = torch.randn(2, 9, 4, head_dim, dtype=torch.float64)
     results = []
-    for attend in (ak.attend_sdpa, lambda *t, is_causal: ak._fa4_forward(*t, is_causal)[0]):
+    for attend in (ak.attend_sdpa, lambda *t, is_causal: ak._attend_fa4_padded(*t, is_causal)):
         out = attend(q, k, v, is_causal=causal)
         dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
         results.append((out, dq, dk, dv))
     for name, a, b in zip(("out", "dq", "dk", "dv"), *results):
         assert (a - b).abs().max().item() < 1e-12, name
+    assert widths == [32]
 
 
 def test_fa4_ops_pass_opcheck(fake_fa4):
     q, k, v = _qkv(dtype=torch.float32)
-    torch.library.opcheck(torch.ops.titan_mimo.fa4_forward.default, (q, k, v, True))
-    out, lse = torch.ops.titan_mimo.fa4_forward(q, k, v, True)
+    torch.library.opcheck(torch.ops.titan_mimo.fa4_forward.default, (q, k, v, True, 0.25))
+    out, lse = torch.ops.titan_mimo.fa4_forward(q, k, v, True, 0.25)
     dout = torch.randn_like(out)
     torch.library.opcheck(torch.ops.titan_mimo.fa4_backward.default,
-                          (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), True))
+                          (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), True,
+                           0.25))
 
 
 def test_fa4_ops_compile_as_opaque_calls(fake_fa4):
     q, k, v = _qkv(dtype=torch.float32)
 
     def block(q, k, v):
-        return ak._fa4_forward(q * 2, k, v, True)[0].sin()
+        return ak._attend_fa4_padded(q * 2, k, v, True).sin()
 
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
     out = compiled(q, k, v)
