@@ -6,7 +6,6 @@ real kernels are checked against SDPA within bf16 tolerance."""
 
 import dataclasses
 import importlib.util
-import math
 import sys
 import types
 
