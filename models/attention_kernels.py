@@ -8,8 +8,8 @@ to the query heads first (query head i reads kv head i // n_rep, torchtitan's co
 Hopper and Blackwell, compiled on first use for each shape). It takes [B, S, H, E] and grouped-
 query heads natively, so no transposes and no repeated keys/values. Why it exists: at the ViT-H
 head width of 80, cuDNN's fused attention runs ~355 TFLOP/s on an H100 against ~545 at width
-128 (docs/benchmarks.md, S1); FlashAttention-4 runs width 80 (padded to 96, see
-`_attend_fa4_padded`) without going to 128. The kernels are wrapped as `torch.library` custom ops (forward, backward, fake shapes),
+128 (docs/benchmarks.md, S1); FlashAttention-4 runs width 80 in tiles of 96 (with a fix
+of its Hopper backward applied at import, `_fix_sm90_backward_head_dim_rounding`). The kernels are wrapped as `torch.library` custom ops (forward, backward, fake shapes),
 so a per-block `torch.compile` keeps them as opaque calls instead of tracing into CuTe DSL. The
 forward and backward entry points are FlashAttention-4's private `_flash_attn_fwd` /
 `_flash_attn_bwd`, the same ones PyTorch's own FA4 registration (`torch.nn.attention._fa4`)
@@ -21,13 +21,14 @@ Shape legend: B batch, S sequence, H query heads, K key/value heads, E head dim.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ATTENTION_BACKENDS", "FA4_HEAD_DIM_MULTIPLE", "MISSING_FA4", "attention_function"]
+__all__ = ["ATTENTION_BACKENDS", "MISSING_FA4", "attention_function"]
 
 ATTENTION_BACKENDS = ("sdpa", "fa4")
 
@@ -37,8 +38,9 @@ MISSING_FA4 = (
     "or use attention_backend='sdpa'"
 )
 _FA4_MODULE = "flash_attn.cute.interface"
-FA4_HEAD_DIM_MULTIPLE = 32
-"""Head dims go to FA4 zero-padded to a multiple of this (see `_attend_fa4_padded`)."""
+_fa4_head_dim_multiple = 32
+"""Head dims go to FA4 zero-padded to a multiple of this: 8 (its alignment) once
+`_fix_sm90_backward_head_dim_rounding` applied, else 32 (see `_attend_fa4_padded`)."""
 
 
 def attend_sdpa(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, *, is_causal: bool) -> Tensor:
@@ -55,9 +57,47 @@ def attend_sdpa(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, *, is_causal: bo
 
 def _import_fa4():
     try:
-        return importlib.import_module(_FA4_MODULE)
+        fa4 = importlib.import_module(_FA4_MODULE)
     except ImportError as e:
         raise ImportError(f"{MISSING_FA4} (importing {_FA4_MODULE} failed: {e})") from e
+    _fix_sm90_backward_head_dim_rounding(fa4)
+    return fa4
+
+
+def _fix_sm90_backward_head_dim_rounding(fa4) -> None:
+    """flash-attention pull request 2896, applied to the imported FA4 (checked on 4.0.0b36).
+
+    FA4's Hopper backward kernel rounds its head-dim tile to a multiple of 16 (unless dK/dV are
+    swapped) while `_flash_attn_bwd` lays out and reads back the fp32 dq accumulator in
+    multiples of 32: at head dims that are not multiples of 32 (ViT-H's 80) the kernel writes dq
+    with the wrong row stride and dq comes back wrong (relative error 1.3 on the H100; forward,
+    dk and dv are right). The fix rounds the tile to 32 as well. On a version that already does,
+    this changes nothing; on one whose kernel class looks different, the fix is not applied and
+    `_attend_fa4_padded` pads such head dims to 32 instead.
+    """
+    global _fa4_head_dim_multiple
+    kernel_cls = getattr(fa4, "FlashAttentionBackwardSm90", None)
+    if kernel_cls is None or getattr(kernel_cls, "_titan_mimo_fixed", False):
+        return
+
+    class FlashAttentionBackwardSm90(kernel_cls):
+        _titan_mimo_fixed = True
+
+        def __init__(self, dtype, head_dim, head_dim_v=None, *args, **kwargs):
+            super().__init__(dtype, head_dim, head_dim_v, *args, **kwargs)
+            if not self.dKV_swapAB:
+                head_dim_v = head_dim if head_dim_v is None else head_dim_v
+                self.tile_hdim = -(-head_dim // 32) * 32
+                self.tile_hdimv = -(-head_dim_v // 32) * 32
+                self.check_hdim_oob = head_dim != self.tile_hdim
+                self.check_hdim_v_oob = head_dim_v != self.tile_hdimv
+                self.shuffle_LSE = self.shuffle_dPsum = self.SdP_swapAB and self.tile_hdim <= 64
+
+    needed = ("tile_hdim", "tile_hdimv", "check_hdim_oob", "check_hdim_v_oob", "dKV_swapAB")
+    source = inspect.getsource(kernel_cls.__init__)
+    if all(f"self.{name}" in source for name in needed):
+        fa4.FlashAttentionBackwardSm90 = FlashAttentionBackwardSm90
+        _fa4_head_dim_multiple = 8
 
 
 @torch.library.custom_op("titan_mimo::fa4_forward", mutates_args=())
@@ -122,18 +162,17 @@ def attend_fa4(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, *, is_causal: boo
 
 
 def _attend_fa4_padded(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, is_causal: bool) -> Tensor:
-    """The fa4 ops with head dims zero-padded to a multiple of FA4_HEAD_DIM_MULTIPLE.
+    """The fa4 ops with head dims zero-padded to a multiple of `_fa4_head_dim_multiple`.
 
-    FlashAttention-4's Hopper backward (flash-attn-4 4.0.0b36) returns a wrong dq for head dims
-    that are not multiples of 32: its kernel tiles the head dim in 16s while its dq accumulator is
-    laid out in 32s (flash-attention pull request 2896; on the H100 at head dim 80, dq's relative
-    error was 1.3). Zero columns in q and k leave the scores unchanged, zero columns in v give
-    zero output columns that are dropped, and the softmax scale stays 1/√E of the real width.
+    Padding is the fallback for FA4's wrong dq at head dims that are not multiples of 32 (see
+    `_fix_sm90_backward_head_dim_rounding`) where its fix could not be applied. Zero columns in
+    q and k leave the scores unchanged, zero columns in v give zero output columns that are
+    dropped, and the softmax scale stays 1/√E of the real width.
     Strided views (the split of a fused q/k/v projection) go in as they are: the kernel copies
     only a tensor whose last dim is not contiguous.
     """
     e = q_BSHE.shape[-1]
-    padded = -(-e // FA4_HEAD_DIM_MULTIPLE) * FA4_HEAD_DIM_MULTIPLE
+    padded = -(-e // _fa4_head_dim_multiple) * _fa4_head_dim_multiple
     if padded != e:
         q_BSHE, k_BSKE, v_BSKE = (F.pad(t, (0, padded - e)) for t in (q_BSHE, k_BSKE, v_BSKE))
     out_BSHE = _fa4_forward(q_BSHE, k_BSKE, v_BSKE, is_causal, e ** -0.5)[0]

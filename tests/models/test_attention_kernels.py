@@ -101,6 +101,7 @@ def test_sdpa_backend_matches_the_reference(causal):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", [8, 32])  # padded to 32 for FA4's backward; as it is
 def test_fa4_ops_match_sdpa_values_and_gradients(fake_fa4, causal, head_dim, monkeypatch):
+    monkeypatch.setattr(ak, "_fa4_head_dim_multiple", 32)  # as when the kernel fix is not applied
     widths = []
     real_forward = ak._fa4_forward
     monkeypatch.setattr(ak, "_fa4_forward", lambda q, *a: widths.append(q.shape[-1]) or real_forward(q, *a))
@@ -114,6 +115,36 @@ def test_fa4_ops_match_sdpa_values_and_gradients(fake_fa4, causal, head_dim, mon
     for name, a, b in zip(("out", "dq", "dk", "dv"), *results):
         assert (a - b).abs().max().item() < 1e-12, name
     assert widths == [32]
+
+
+def test_sm90_backward_fix_rounds_head_dim_tiles_to_32(monkeypatch):
+    """The fix of FA4's Hopper backward (flash-attention PR 2896) on a stand-in kernel class that
+    rounds as flash-attn-4 4.0.0b36 does; once applied, head dims are no longer padded."""
+    import math as m
+
+    class FlashAttentionBackwardSm90:
+        def __init__(self, dtype, head_dim, head_dim_v=None, qhead_per_kvhead=1, *,
+                     SdP_swapAB=False, dKV_swapAB=False):
+            hdim_multiple_of = 64 if dKV_swapAB else 16
+            self.tile_hdim = int(m.ceil(head_dim / hdim_multiple_of) * hdim_multiple_of)
+            head_dim_v = head_dim_v if head_dim_v is not None else head_dim
+            self.tile_hdimv = int(m.ceil(head_dim_v / hdim_multiple_of) * hdim_multiple_of)
+            self.check_hdim_oob = head_dim != self.tile_hdim
+            self.check_hdim_v_oob = head_dim_v != self.tile_hdimv
+            self.SdP_swapAB, self.dKV_swapAB = SdP_swapAB, dKV_swapAB
+            self.shuffle_LSE = self.shuffle_dPsum = SdP_swapAB and self.tile_hdim <= 64
+
+    fa4 = types.SimpleNamespace(FlashAttentionBackwardSm90=FlashAttentionBackwardSm90)
+    monkeypatch.setattr(ak, "_fa4_head_dim_multiple", 32)
+    ak._fix_sm90_backward_head_dim_rounding(fa4)
+    assert ak._fa4_head_dim_multiple == 8
+    fixed = fa4.FlashAttentionBackwardSm90("bf16", 80, None, 1, SdP_swapAB=True)
+    assert (fixed.tile_hdim, fixed.tile_hdimv, fixed.check_hdim_oob) == (96, 96, True)
+    assert fa4.FlashAttentionBackwardSm90("bf16", 128).check_hdim_oob is False
+    swapped = fa4.FlashAttentionBackwardSm90("bf16", 144, 128, dKV_swapAB=True)
+    assert (swapped.tile_hdim, swapped.tile_hdimv) == (192, 128)  # the swapped layout as it was
+    ak._fix_sm90_backward_head_dim_rounding(fa4)  # idempotent
+    assert fa4.FlashAttentionBackwardSm90.__mro__[1] is FlashAttentionBackwardSm90
 
 
 def test_fa4_ops_pass_opcheck(fake_fa4):
@@ -174,6 +205,7 @@ def _rel(a, b):
     # class-token length), the hybrid LM's GQA attention.
     (2, 1025, 4, 4, 80, False),
     (2, 1024, 4, 4, 80, False),
+    (2, 1024, 4, 4, 72, True),
     (1, 2048, 8, 2, 128, True),
 ])
 def test_fa4_matches_sdpa_bf16(shape):
@@ -191,6 +223,8 @@ def test_fa4_matches_sdpa_bf16(shape):
         results[name] = (out, *torch.autograd.grad(out, (q, k, v), grad32.to(dtype)))
     errors = {name: [_rel(x, ref) for x, ref in zip(results[name], results["fp32"])]
               for name in ("sdpa", "fa4")}
+    # The fix of FA4's Hopper backward was applied to the installed version: no padding.
+    assert ak._fa4_head_dim_multiple == 8
     for i, what in enumerate(("out", "dq", "dk", "dv")):
         sdpa_err, fa4_err = errors["sdpa"][i], errors["fa4"][i]
         assert fa4_err <= 2 * sdpa_err + 1e-3, (
