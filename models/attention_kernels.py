@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ATTENTION_BACKENDS", "MISSING_FA4", "attention_function"]
+__all__ = ["ATTENTION_BACKENDS", "MISSING_FA4", "attention_function", "check_attention_backend"]
 
 ATTENTION_BACKENDS = ("sdpa", "fa4")
 
@@ -76,13 +76,18 @@ def _fix_sm90_backward_head_dim_rounding(fa4) -> None:
     `_attend_fa4_padded` pads such head dims to 32 instead.
     """
     global _fa4_head_dim_multiple
+    # Once per imported module: the fa4 ops import it on every call, and reading the kernel's
+    # source is no work for a hot path.
+    if getattr(fa4, "_titan_mimo_checked", False):
+        return
+    fa4._titan_mimo_checked = True
     kernel_cls = getattr(fa4, "FlashAttentionBackwardSm90", None)
-    if kernel_cls is None or getattr(kernel_cls, "_titan_mimo_fixed", False):
+    needed = ("tile_hdim", "tile_hdimv", "check_hdim_oob", "check_hdim_v_oob", "dKV_swapAB")
+    if kernel_cls is None or not all(f"self.{name}" in inspect.getsource(kernel_cls.__init__)
+                                      for name in needed):
         return
 
     class FlashAttentionBackwardSm90(kernel_cls):
-        _titan_mimo_fixed = True
-
         def __init__(self, dtype, head_dim, head_dim_v=None, *args, **kwargs):
             super().__init__(dtype, head_dim, head_dim_v, *args, **kwargs)
             if not self.dKV_swapAB:
@@ -93,11 +98,8 @@ def _fix_sm90_backward_head_dim_rounding(fa4) -> None:
                 self.check_hdim_v_oob = head_dim_v != self.tile_hdimv
                 self.shuffle_LSE = self.shuffle_dPsum = self.SdP_swapAB and self.tile_hdim <= 64
 
-    needed = ("tile_hdim", "tile_hdimv", "check_hdim_oob", "check_hdim_v_oob", "dKV_swapAB")
-    source = inspect.getsource(kernel_cls.__init__)
-    if all(f"self.{name}" in source for name in needed):
-        fa4.FlashAttentionBackwardSm90 = FlashAttentionBackwardSm90
-        _fa4_head_dim_multiple = 8
+    fa4.FlashAttentionBackwardSm90 = FlashAttentionBackwardSm90
+    _fa4_head_dim_multiple = 8
 
 
 @torch.library.custom_op("titan_mimo::fa4_forward", mutates_args=())
@@ -179,13 +181,19 @@ def _attend_fa4_padded(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, is_causal
     return out_BSHE[..., :e] if padded != e else out_BSHE
 
 
+def check_attention_backend(backend: str) -> None:
+    """ValueError naming the choices if `backend` is not one of ATTENTION_BACKENDS (the model
+    args' config check, before anything is built)."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(
+            f"attention_backend={backend!r} is unknown; choose one of {list(ATTENTION_BACKENDS)}")
+
+
 def attention_function(backend: str) -> Callable[..., Tensor]:
     """The attention for `backend`; raises ImportError naming the package if a kernel is
     missing, so a model built with it fails at build time, before any training work."""
-    if backend == "sdpa":
-        return attend_sdpa
+    check_attention_backend(backend)
     if backend == "fa4":
         _import_fa4()
         return attend_fa4
-    raise ValueError(
-        f"attention_backend={backend!r} is unknown; choose one of {list(ATTENTION_BACKENDS)}")
+    return attend_sdpa

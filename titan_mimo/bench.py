@@ -45,6 +45,7 @@ from titan_mimo.build import apply_block_options, checkpointed_layers
 from titan_mimo.config import Training
 from titan_mimo.init import init_module_weights
 from titan_mimo.models import build_model, merge_embeddings, model_args
+from titan_mimo.models.attention_kernels import ATTENTION_BACKENDS
 from titan_mimo.models.language import parallelize as lm_parallel
 from titan_mimo.models.vision import parallelize as vit_parallel
 from titan_mimo.optim import LocalShardAdamW
@@ -351,7 +352,8 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
         run="bare" if bare else "titan_mimo", module=args.module, model=args.model, compile=args.compile,
         batch=args.batch, ac=f"{args.ac}/vision:{args.vision_ac}" if args.module == "model" else
         (args.vision_ac if args.module == "vision" else args.ac), loss_kind=args.loss,
-        sdpa="fa4" if args.attention == "fa4" else args.sdpa, step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
+        sdpa="fa4" if args.attention == "fa4" else args.sdpa,
+        step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
         tflops=tflops / 1e12, mfu=tflops / peak if peak else None,
         peak_mem_gib=(torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else 0.0,
         alloc_retries=torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if device.type == "cuda" else 0,
@@ -458,7 +460,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
                    help="compute dtype (FSDP param dtype / bare autocast); default bf16 on GPU, fp32 on CPU")
     p.add_argument("--ssd-backend", default=None, help="override the LM's Mamba2 ssd_backend")
-    p.add_argument("--attention", choices=["sdpa", "fa4"], default=None,
+    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default=None,
                    help="override both modules' attention_backend ('fa4': FlashAttention-4)")
     p.add_argument("--lm-args", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override LM flavor fields, e.g. mamba_chunk_size=128 (a what-if: FLOPs are "

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from ..attention_kernels import ATTENTION_BACKENDS
+from ..attention_kernels import check_attention_backend
 
 __all__ = ["BLOCK_KINDS", "HybridLMArgs", "LM_FLAVORS", "SSD_BACKENDS"]
 
@@ -76,11 +76,7 @@ class HybridLMArgs:
             raise ValueError(
                 f"ssd_backend={self.ssd_backend!r} is unknown; choose one of {list(SSD_BACKENDS)}"
             )
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(
-                f"attention_backend={self.attention_backend!r} is unknown; choose one of "
-                f"{list(ATTENTION_BACKENDS)}"
-            )
+        check_attention_backend(self.attention_backend)
         if self.mamba_chunk_size < 1 or self.mamba_d_conv < 1:
             raise ValueError(
                 f"mamba_chunk_size={self.mamba_chunk_size} and mamba_d_conv={self.mamba_d_conv} "

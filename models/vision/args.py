@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from ..attention_kernels import ATTENTION_BACKENDS
+from ..attention_kernels import check_attention_backend
 
 __all__ = ["ViTArgs", "VIT_FLAVORS"]
 
@@ -46,11 +46,7 @@ class ViTArgs:
     def __post_init__(self) -> None:
         if self.dim % self.n_heads != 0:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(
-                f"attention_backend={self.attention_backend!r} is unknown; choose one of "
-                f"{list(ATTENTION_BACKENDS)}"
-            )
+        check_attention_backend(self.attention_backend)
         if self.pixel_shuffle < 1:
             raise ValueError(f"pixel_shuffle={self.pixel_shuffle} must be >= 1")
         if self.patch_size < 1 or self.base_grid < 1 or self.n_register_tokens < 0:
