@@ -42,6 +42,7 @@ from torch.distributed.tensor import DTensor
 
 from titan_mimo import metrics
 from titan_mimo.build import apply_block_options, checkpointed_layers
+from titan_mimo.compat import activation_memory_budget
 from titan_mimo.config import Training
 from titan_mimo.init import init_module_weights
 from titan_mimo.models import build_model, merge_embeddings, model_args
@@ -350,8 +351,7 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     tflops = wl.flops_per_step / step_s
     result = BenchResult(
         run="bare" if bare else "titan_mimo", module=args.module, model=args.model, compile=args.compile,
-        batch=args.batch, ac=f"{args.ac}/vision:{args.vision_ac}" if args.module == "model" else
-        (args.vision_ac if args.module == "vision" else args.ac), loss_kind=args.loss,
+        batch=args.batch, ac=_ac_label(args), loss_kind=args.loss,
         sdpa="fa4" if args.attention == "fa4" else args.sdpa,
         step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
         tflops=tflops / 1e12, mfu=tflops / peak if peak else None,
@@ -385,6 +385,11 @@ def sdpa_backend(name: str):
                         "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name])
 
 
+def _ac_label(args) -> str:
+    label = {"model": f"{args.ac}/vision:{args.vision_ac}", "vision": args.vision_ac}.get(args.module, args.ac)
+    return label if args.memory_budget is None else f"{label}+budget:{args.memory_budget:g}"
+
+
 def run(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns {"titan_mimo": BenchResult, "bare": BenchResult | None,
     "overhead": trainer step time / bare step time - 1 (or None)}."""
@@ -406,7 +411,7 @@ def run(argv: list[str] | None = None) -> dict:
               f"dtype={args.dtype} compile={args.compile} device={device} "
               f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) "
               f"torch={torch.__version__} flops/step={wl.flops_per_step:.4g}", flush=True)
-        with sdpa_backend(args.sdpa):
+        with sdpa_backend(args.sdpa), activation_memory_budget(args.memory_budget):
             trainer, state = run_one(args, wl, device, bare=False, state=None)
             print(fmt(trainer), flush=True)
             bare = None
@@ -445,6 +450,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --compile: torch.compile each block's forward instead of the module "
                         "call (hooks stay eager; a what-if against the trainer's Module.compile)")
     p.add_argument("--vision-eager", action="store_true", help="with --compile: leave the ViT blocks eager")
+    p.add_argument("--memory-budget", type=float, default=None, metavar="F",
+                   help="with --compile: the compiler's activation memory budget in (0, 1] (the "
+                        "trainer's activation_checkpoint = \"memory_budget\"): compiled blocks keep "
+                        "less for the backward and recompute the cheapest rest")
     p.add_argument("--python-gc", action="store_true",
                    help="leave Python's automatic garbage collection on during the steps (the trainer's "
                         "training.gc_freq = 0); by default it is off, as in the trainer")
@@ -479,6 +488,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="append results as one JSON line to this file")
     args = p.parse_args(argv)
+    if args.memory_budget is not None and not (args.compile and 0 < args.memory_budget <= 1):
+        p.error(f"--memory-budget {args.memory_budget} needs --compile and a value in (0, 1]")
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
         p.error(f"--batch {args.batch} and --steps {args.steps} must be >= 1, --warmup {args.warmup} >= 0")
     return args

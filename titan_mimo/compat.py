@@ -1,6 +1,7 @@
 """The one place private torch APIs are used. Checked on torch 2.13 (CPU); torch 2.11 (GPU)
 ships the same names."""
 
+import contextlib
 import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -8,7 +9,18 @@ from contextlib import AbstractContextManager
 import torch
 from torch.distributed._composable import checkpoint as composable_checkpoint
 
-__all__ = ["composable_checkpoint", "foreach_mul_", "time_stage_work"]
+__all__ = ["activation_memory_budget", "composable_checkpoint", "foreach_mul_", "time_stage_work"]
+
+
+def activation_memory_budget(budget: float | None) -> AbstractContextManager:
+    """A context in which torch.compile partitions forward and backward for `budget` (in (0, 1]):
+    the share of the activation memory that the runtime-optimal partition keeps (1.0) which
+    compiled graphs may keep, recomputing the cheapest of the rest in the backward (what
+    torchtitan's activation checkpointing mode "memory_budget" sets). Graphs compile lazily, on
+    their first call, so the context must span the first step. None: the default, unchanged."""
+    if budget is None:
+        return contextlib.nullcontext()
+    return torch._functorch.config.patch(activation_memory_budget=budget)
 
 
 def foreach_mul_(tensors: list, scalar: "float | torch.Tensor") -> None:
