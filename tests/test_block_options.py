@@ -11,6 +11,7 @@ PATTERN = "M-M-M*-M-"  # 0 M, 1 -, 2 M, 3 -, 4 M, 5 *, 6 -, 7 M, 8 -
 
 @pytest.mark.parametrize("mode, kinds, every, expected", [
     ("none", "", 1, set()),
+    ("memory_budget", "", 1, set()),
     ("full", "", 1, set(range(9))),
     ("selective", "-", 1, {1, 3, 6, 8}),
     ("selective", "-", 2, {1, 6}),
@@ -33,7 +34,7 @@ def test_pipeline_stages_checkpoint_what_the_whole_model_would():
 
 
 def test_unknown_mode():
-    with pytest.raises(ValueError, match="not one of 'none', 'full', 'selective'"):
+    with pytest.raises(ValueError, match="not one of 'none', 'full', 'selective', 'memory_budget'"):
         checkpointed_layers(PATTERN, "partial")
 
 
@@ -88,3 +89,105 @@ def test_reshard_after_forward(setting, n_stages, frozen, encoder, expected):
     mcfg = Module(**kind, reshard_after_forward=setting, frozen=frozen)
     assert reshards_after_forward(mcfg, n_stages) is expected
 
+
+
+def test_memory_budget_is_set_around_each_forward_and_restored():
+    import torch
+
+    from titan_mimo.compat import scope_activation_memory_budget
+    config = torch._functorch.config
+    default = config.activation_memory_budget
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self, inner=None, fail=False):
+            super().__init__()
+            self.inner, self.fail = inner, fail
+
+        def forward(self, x):
+            seen.append(config.activation_memory_budget)
+            if self.inner is not None:
+                x = self.inner(x)
+                seen.append(config.activation_memory_budget)
+            if self.fail:
+                raise RuntimeError("boom")
+            return x
+
+    inner = Probe()
+    outer = Probe(inner)
+    scope_activation_memory_budget(outer, 0.5)
+    scope_activation_memory_budget(inner, 0.25)
+    outer(torch.zeros(1))
+    # Nested modules each see their own budget; the outer one's is back after the inner returns.
+    assert seen == [0.5, 0.25, 0.5]
+    assert config.activation_memory_budget == default
+    failing = Probe(fail=True)
+    scope_activation_memory_budget(failing, 0.75)
+    with pytest.raises(RuntimeError, match="boom"):
+        failing(torch.zeros(1))
+    assert seen[-1] == 0.75 and config.activation_memory_budget == default
+
+
+def _saved_activation_bytes(block, x):
+    """Forward `block` on `x`; the bytes it keeps for its backward (storages, once each; not its
+    parameters or `x`), the float32 shapes among them, and the output."""
+    import torch
+    skip = {p.untyped_storage().data_ptr() for p in block.parameters()} | {x.untyped_storage().data_ptr()}
+    kept = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            kept[storage.data_ptr()] = (storage.nbytes(), t.dtype, tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = block(x)
+    return (sum(n for n, _, _ in kept.values()), {s for _, d, s in kept.values() if d == torch.float32}, y)
+
+
+def test_memory_budget_keeps_less_for_the_backward_with_the_same_numbers():
+    """A compiled Mamba2 block and MLP block under a budget of 0.5 keep less for the backward
+    (they recompute elementwise work) and give the same outputs and gradients. The compiler's
+    partitioner is that of Inductor (`aot_eager_decomp_partition` runs it without code
+    generation, so the recompute runs the same kernels in both runs)."""
+    import copy
+
+    import torch
+
+    from titan_mimo.compat import scope_activation_memory_budget
+    from titan_mimo.models import build_model
+    from titan_mimo.models.common import init_model_for_testing
+    model = build_model("hybrid_lm/debug", dim=64, mlp_hidden=256, mamba_n_heads=8, mamba_head_dim=16,
+                        mamba_d_state=16, mamba_n_groups=2, mamba_chunk_size=16)
+    init_model_for_testing(model, 0)
+    pattern = model.args.layer_pattern
+    x = torch.randn(2, 64, 64)
+    for kind in "M-":
+        block = model.layers[str(pattern.index(kind))]
+        runs = {}
+        for budget in (None, 0.5):
+            # Dynamo would reuse the graph compiled for the other copy (same code, same guards):
+            # the budget is read when a graph is compiled.
+            torch._dynamo.reset()
+            b = copy.deepcopy(block)
+            if budget is not None:
+                scope_activation_memory_budget(b, budget)
+            b.compile(backend="aot_eager_decomp_partition")
+            xi = x.clone().requires_grad_()
+            kept, f32_shapes, y = _saved_activation_bytes(b, xi)
+            y.square().sum().backward()
+            runs[budget] = kept, f32_shapes, y.detach(), [xi.grad] + [p.grad for p in b.parameters()]
+        (kept, _, y, grads), (kept_b, _, y_b, grads_b) = runs[None], runs[0.5]
+        assert kept_b < 0.75 * kept, (kind, kept_b, kept)
+        torch.testing.assert_close(y_b, y, rtol=0, atol=0)
+        for g_b, g in zip(grads_b, grads):
+            torch.testing.assert_close(g_b, g, rtol=1e-6, atol=1e-7)
+    # In bf16 the depthwise conv pads its input before widening it: the compiled Mamba2 block
+    # keeps no float32 padded copy ([B, S + K - 1, C]) of it.
+    torch._dynamo.reset()
+    block = copy.deepcopy(model.layers[str(pattern.index("M"))]).to(torch.bfloat16)
+    block.compile(backend="aot_eager_decomp_partition")
+    _, f32_shapes, _ = _saved_activation_bytes(block, x.to(torch.bfloat16).requires_grad_())
+    k = model.args.mamba_d_conv
+    assert f32_shapes and not any(len(s) == 3 and s[1] == x.shape[1] + k - 1 for s in f32_shapes), f32_shapes

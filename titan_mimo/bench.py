@@ -42,7 +42,7 @@ from torch.distributed.tensor import DTensor
 
 from titan_mimo import metrics
 from titan_mimo.build import apply_block_options, checkpointed_layers
-from titan_mimo.compat import activation_memory_budget
+from titan_mimo.compat import scope_activation_memory_budget
 from titan_mimo.config import Training
 from titan_mimo.init import init_module_weights
 from titan_mimo.models import build_model, merge_embeddings, model_args
@@ -109,7 +109,7 @@ def _checkpointed(module_name: str, model: nn.Module, ac: str) -> set[int]:
 
 def _build(module_name: str, model_name: str, device: torch.device, *, compile_blocks: bool, ac: str,
            fsdp_mesh, param_dtype: torch.dtype, overrides: dict, reshard: bool = True,
-           compile_forward_only: bool = False) -> nn.Module:
+           compile_forward_only: bool = False, memory_budget: float | None = None) -> nn.Module:
     """meta build → per-block AC and compile → (FSDP2) → to_empty; weights are set by the caller."""
     with torch.device("meta"):
         model = build_model(model_name, **overrides)
@@ -130,6 +130,8 @@ def _build(module_name: str, model_name: str, device: torch.device, *, compile_b
             vit_parallel.apply_fsdp(model, fsdp_mesh, param_dtype, reshard_after_forward=reshard)
         else:
             lm_parallel.apply_fsdp(model, fsdp_mesh, param_dtype, reshard_after_forward=reshard)
+    if memory_budget is not None:
+        scope_activation_memory_budget(model, memory_budget)
     model.to_empty(device=device)
     return model
 
@@ -215,7 +217,8 @@ def build_modules(args, wl: Workload, device, *, fsdp_mesh, param_dtype) -> dict
     if args.module in ("language", "model"):
         out["language"] = _build("language", wl.names[-1], device, compile_blocks=args.compile, ac=args.ac,
                                  reshard=not args.no_reshard, compile_forward_only=args.compile_forward,
-                                 fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=lm_overrides(args))
+                                 fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=lm_overrides(args),
+                                 memory_budget=args.memory_budget)
     if args.module in ("vision", "model"):
         lm_dim = model_args(wl.names[-1], **lm_overrides(args)).dim if args.module == "model" else None
         over = vision_overrides(args, lm_dim)
@@ -386,8 +389,8 @@ def sdpa_backend(name: str):
 
 
 def _ac_label(args) -> str:
-    label = {"model": f"{args.ac}/vision:{args.vision_ac}", "vision": args.vision_ac}.get(args.module, args.ac)
-    return label if args.memory_budget is None else f"{label}+budget:{args.memory_budget:g}"
+    lm = args.ac if args.memory_budget is None else f"{args.ac}+budget:{args.memory_budget:g}"
+    return {"model": f"{lm}/vision:{args.vision_ac}", "vision": args.vision_ac}.get(args.module, lm)
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -411,7 +414,7 @@ def run(argv: list[str] | None = None) -> dict:
               f"dtype={args.dtype} compile={args.compile} device={device} "
               f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) "
               f"torch={torch.__version__} flops/step={wl.flops_per_step:.4g}", flush=True)
-        with sdpa_backend(args.sdpa), activation_memory_budget(args.memory_budget):
+        with sdpa_backend(args.sdpa):
             trainer, state = run_one(args, wl, device, bare=False, state=None)
             print(fmt(trainer), flush=True)
             bare = None
@@ -451,9 +454,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "call (hooks stay eager; a what-if against the trainer's Module.compile)")
     p.add_argument("--vision-eager", action="store_true", help="with --compile: leave the ViT blocks eager")
     p.add_argument("--memory-budget", type=float, default=None, metavar="F",
-                   help="with --compile: the compiler's activation memory budget in (0, 1] (the "
-                        "trainer's activation_checkpoint = \"memory_budget\"): compiled blocks keep "
-                        "less for the backward and recompute the cheapest rest")
+                   help="with --compile: the LM's compiled blocks keep this share, in (0, 1], of the "
+                        "activation memory they would keep, recomputing the cheapest rest (the trainer's "
+                        "activation_checkpoint = \"memory_budget\"); use with --ac none")
     p.add_argument("--python-gc", action="store_true",
                    help="leave Python's automatic garbage collection on during the steps (the trainer's "
                         "training.gc_freq = 0); by default it is off, as in the trainer")
@@ -488,8 +491,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="append results as one JSON line to this file")
     args = p.parse_args(argv)
-    if args.memory_budget is not None and not (args.compile and 0 < args.memory_budget <= 1):
-        p.error(f"--memory-budget {args.memory_budget} needs --compile and a value in (0, 1]")
+    if args.memory_budget is not None and not (args.compile and 0 < args.memory_budget <= 1
+                                               and args.module != "vision" and args.ac == "none"):
+        p.error(f"--memory-budget {args.memory_budget} needs --compile, --ac none, a value in (0, 1] "
+                "and the LM")
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
         p.error(f"--batch {args.batch} and --steps {args.steps} must be >= 1, --warmup {args.warmup} >= 0")
     return args

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from titan_mimo.compat import composable_checkpoint
+from titan_mimo.compat import composable_checkpoint, scope_activation_memory_budget
 
 from titan_mimo.config import JobConfig
 from titan_mimo.init import init_module_weights
@@ -89,12 +89,13 @@ def checkpointed_layers(layer_kinds: str, mode: str, kinds: str = "", every: int
     passes one kind for all): none, all ("full"), or ("selective") every `every`-th block whose
     kind is in `kinds` (all kinds if empty), counted from the first. Indices are global, so a
     pipeline stage checkpoints the same blocks it would in the whole model."""
-    if mode == "none":
+    if mode in ("none", "memory_budget"):
         return set()
     if mode == "full":
         return set(range(len(layer_kinds)))
     if mode != "selective":
-        raise ValueError(f"activation_checkpoint = {mode!r} is not one of 'none', 'full', 'selective'")
+        raise ValueError(f"activation_checkpoint = {mode!r} is not one of 'none', 'full', 'selective', "
+                         "'memory_budget'")
     picked = [i for i, kind in enumerate(layer_kinds) if not kinds or kind in kinds]
     return set(picked[::every])
 
@@ -172,6 +173,9 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                 apply_block_options(stage.layers, _checkpointed(mcfg, full.args.layer_pattern), mcfg.compile)
                 lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=reshard)
                 parts.append(stage)
+        if mcfg.activation_checkpoint == "memory_budget":
+            for part in parts:
+                scope_activation_memory_budget(part, mcfg.memory_budget)
         for part in parts:
             part.to_empty(device=device)
             init_module_weights(part, cfg.training.seed, prefix=name,

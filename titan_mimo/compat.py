@@ -1,26 +1,40 @@
 """The one place private torch APIs are used. Checked on torch 2.13 (CPU); torch 2.11 (GPU)
 ships the same names."""
 
-import contextlib
 import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import torch
+from torch import nn
 from torch.distributed._composable import checkpoint as composable_checkpoint
 
-__all__ = ["activation_memory_budget", "composable_checkpoint", "foreach_mul_", "time_stage_work"]
+__all__ = ["composable_checkpoint", "foreach_mul_", "scope_activation_memory_budget", "time_stage_work"]
 
 
-def activation_memory_budget(budget: float | None) -> AbstractContextManager:
-    """A context in which torch.compile partitions forward and backward for `budget` (in (0, 1]):
-    the share of the activation memory that the runtime-optimal partition keeps (1.0) which
-    compiled graphs may keep, recomputing the cheapest of the rest in the backward (what
-    torchtitan's activation checkpointing mode "memory_budget" sets). Graphs compile lazily, on
-    their first call, so the context must span the first step. None: the default, unchanged."""
-    if budget is None:
-        return contextlib.nullcontext()
-    return torch._functorch.config.patch(activation_memory_budget=budget)
+def scope_activation_memory_budget(module: nn.Module, budget: float) -> None:
+    """Graphs that torch.compile builds while `module` runs its forward are partitioned for
+    `budget`, in (0, 1]: the share of the activation memory that the runtime-optimal partition
+    would keep which they may keep, recomputing the cheapest of the rest in the backward (the
+    setting torchtitan's activation checkpointing mode "memory_budget" makes).
+
+    The setting (torch._functorch.config.activation_memory_budget) is global to the process and
+    read when a graph is compiled, i.e. on a block's first forward call and on recompiles; so it
+    is set around each forward of `module` and restored after it, and modules sharing a process
+    (colocated) keep their own budgets.
+    """
+    saved: list[float] = []
+
+    def enter(mod, args):
+        saved.append(torch._functorch.config.activation_memory_budget)
+        torch._functorch.config.activation_memory_budget = budget
+
+    def leave(mod, args, output):
+        if saved:  # empty if a pre-hook registered before ours raised (this hook always runs)
+            torch._functorch.config.activation_memory_budget = saved.pop()
+
+    module.register_forward_pre_hook(enter)
+    module.register_forward_hook(leave, always_call=True)
 
 
 def foreach_mul_(tensors: list, scalar: "float | torch.Tensor") -> None:

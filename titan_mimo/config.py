@@ -49,9 +49,15 @@ class Module:
     """Train no parameters of this module (no optimizer, no grad sync, no bridge gradient)."""
     lr_scale: float = 1.0
     """Multiplier on optimizer.lr for this module's parameters."""
-    activation_checkpoint: Literal["none", "full", "selective"] = "none"
+    activation_checkpoint: Literal["none", "full", "selective", "memory_budget"] = "none"
     """Activation checkpointing per block: every block ("full"), or the blocks `ac_layers` and
-    `ac_every` pick ("selective"), to trade recompute for memory only where it is cheap."""
+    `ac_every` pick ("selective"), to trade recompute for memory only where it is cheap; or no
+    block checkpointing but torch.compile's activation memory budget ("memory_budget", needs
+    `compile`): each compiled block keeps less for its backward and recomputes the cheapest of
+    the rest (elementwise work, not matmuls, at budgets down to ~0.5)."""
+    memory_budget: float = 0.5
+    """"memory_budget": the share, in (0, 1], of the activation memory the runtime-optimal
+    partition would keep that compiled blocks may keep (torchtitan's `memory_budget`)."""
     ac_layers: str = ""
     """"selective": the language model's block kinds to checkpoint, as layer-pattern characters
     (M Mamba2, * attention, - MLP), e.g. "-" for the MLP blocks; empty: every kind."""
@@ -88,6 +94,14 @@ class Module:
         if self.activation_checkpoint != "selective" and (self.ac_layers or self.ac_every != 1):
             raise ValueError(f"ac_layers / ac_every only apply to activation_checkpoint = "
                              f"'selective', not {self.activation_checkpoint!r}")
+        if not 0 < self.memory_budget <= 1:
+            raise ValueError(f"memory_budget = {self.memory_budget} must be in (0, 1]")
+        if self.activation_checkpoint == "memory_budget" and not self.compile:
+            raise ValueError("activation_checkpoint = 'memory_budget' needs compile = true: the budget "
+                             "is how torch.compile splits each block into forward and backward")
+        if self.activation_checkpoint != "memory_budget" and self.memory_budget != 0.5:
+            raise ValueError(f"memory_budget = {self.memory_budget} only applies to "
+                             f"activation_checkpoint = 'memory_budget', not {self.activation_checkpoint!r}")
         if self.lr_scale < 0:
             raise ValueError(f"lr_scale = {self.lr_scale} must be >= 0")
         if self.pp > 1 and self.feeds:
