@@ -191,3 +191,41 @@ def test_memory_budget_keeps_less_for_the_backward_with_the_same_numbers():
     _, f32_shapes, _ = _saved_activation_bytes(block, x.to(torch.bfloat16).requires_grad_())
     k = model.args.mamba_d_conv
     assert f32_shapes and not any(len(s) == 3 and s[1] == x.shape[1] + k - 1 for s in f32_shapes), f32_shapes
+
+
+def test_build_modules_scopes_the_budget_to_its_module(monkeypatch):
+    """In a colocated world of one, the LM's blocks run under its budget and the ViT's under the
+    default. (Compilation is stubbed out: the budget is read when a graph compiles, which the
+    test above covers; here what matters is which budget each module's forward sees.)"""
+    import torch
+    import torch.distributed as dist
+
+    from titan_mimo.build import build_modules, module_args
+    from titan_mimo.config_loader import config_from_dict
+    from titan_mimo.topology import build_topology, resolve_placements
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: None)
+    cfg = config_from_dict({"modules": {
+        "vision": {"model": "vit/debug", "ranks": 1, "feeds": "language", "placeholder_id": 1,
+                   "compile": True},
+        "language": {"model": "hybrid_lm/debug", "ranks": 1, "compile": True,
+                     "activation_checkpoint": "memory_budget", "memory_budget": 0.25},
+    }})
+    args = module_args(cfg)
+    placements = resolve_placements(cfg, 1, {n: a.tp_divisors() for n, a in args.items()})
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        built = build_modules(cfg, args, build_topology(cfg, placements, "cpu"), torch.device("cpu"))
+        seen = {}
+        for name, b in built.items():
+            block = next(iter(b.parts[0].get_submodule(
+                "encoder.layers" if name == "vision" else "layers").children()))
+            block.register_forward_pre_hook(
+                lambda mod, a, name=name: seen.update({name: torch._functorch.config.activation_memory_budget}))
+        default = torch._functorch.config.activation_memory_budget
+        lm = built["language"].parts[0]
+        lm(torch.zeros(1, 8, dtype=torch.long))
+        built["vision"].parts[0](torch.zeros(1, 3, 16, 16))
+    finally:
+        dist.destroy_process_group()
+    assert seen == {"language": 0.25, "vision": default}
+    assert torch._functorch.config.activation_memory_budget == default
