@@ -186,9 +186,6 @@ BAD_DICTS = [
     ("memory_budget_out_of_range",
      _with_module("language", activation_checkpoint="memory_budget", compile=True, memory_budget=0.0),
      r"modules.language: memory_budget = 0.0 must be in \(0, 1\]"),
-    ("memory_budget_without_its_mode", _with_module("language", activation_checkpoint="full", memory_budget=0.7),
-     r"modules.language: memory_budget = 0.7 only applies to activation_checkpoint = 'memory_budget', "
-     r"not 'full'"),
     ("ac_every_zero", _with_module("language", activation_checkpoint="selective", ac_every=0),
      r"modules.language: ac_every = 0 must be >= 1"),
     ("ac_layers_unknown_kind", _with_module("language", activation_checkpoint="selective", ac_layers="-x"),

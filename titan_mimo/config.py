@@ -57,7 +57,8 @@ class Module:
     the rest (elementwise work, not matmuls, at budgets down to ~0.5)."""
     memory_budget: float = 0.5
     """"memory_budget": the share, in (0, 1], of the activation memory the runtime-optimal
-    partition would keep that compiled blocks may keep (torchtitan's `memory_budget`)."""
+    partition would keep that compiled blocks may keep (torchtitan's `memory_budget`); ignored by
+    the other modes, so a command-line switch of the mode needs no second override."""
     ac_layers: str = ""
     """"selective": the language model's block kinds to checkpoint, as layer-pattern characters
     (M Mamba2, * attention, - MLP), e.g. "-" for the MLP blocks; empty: every kind."""
@@ -99,9 +100,6 @@ class Module:
         if self.activation_checkpoint == "memory_budget" and not self.compile:
             raise ValueError("activation_checkpoint = 'memory_budget' needs compile = true: the budget "
                              "is how torch.compile splits each block into forward and backward")
-        if self.activation_checkpoint != "memory_budget" and self.memory_budget != 0.5:
-            raise ValueError(f"memory_budget = {self.memory_budget} only applies to "
-                             f"activation_checkpoint = 'memory_budget', not {self.activation_checkpoint!r}")
         if self.lr_scale < 0:
             raise ValueError(f"lr_scale = {self.lr_scale} must be >= 0")
         if self.pp > 1 and self.feeds:
