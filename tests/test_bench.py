@@ -54,3 +54,20 @@ def test_attention_flag_reaches_both_modules():
     assert vision_overrides(args, 2048) == {"use_cls_token": False, "attention_backend": "fa4",
                                             "out_dim": 2048}
     assert "attention_backend" not in lm_overrides(parse_args(["--module", "language", "--model", "hybrid_lm/debug"]))
+
+
+def test_memory_budget_flag_is_the_lms_and_checked():
+    import pytest
+
+    from titan_mimo.bench import _ac_label, parse_args
+    lm = ["--module", "language", "--model", "hybrid_lm/debug"]
+    assert _ac_label(parse_args(lm + ["--compile", "--memory-budget", "0.85"])) == "none+budget:0.85"
+    model = ["--module", "model", "--model", "vit/debug+hybrid_lm/debug", "--compile"]
+    assert _ac_label(parse_args(model + ["--memory-budget", "0.5", "--vision-ac", "full"])) == \
+        "none+budget:0.5/vision:full"
+    for bad in (lm + ["--memory-budget", "0.5"],                       # no --compile
+                lm + ["--compile", "--memory-budget", "0.5", "--ac", "mlp"],
+                lm + ["--compile", "--memory-budget", "1.5"],
+                ["--module", "vision", "--model", "vit/debug", "--compile", "--memory-budget", "0.5"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
