@@ -277,7 +277,7 @@ def _sync(device) -> None:
 
 def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, autocast_dtype,
                profile: bool = False, loss_kind: str = "logits", sync_debug: bool = False,
-               python_gc: bool = False):
+               python_gc: bool = False, sync_every_step: bool = False):
     """Warm up, then time `steps` full training steps; returns (seconds per step, last loss)."""
     def one_step():
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -294,11 +294,11 @@ def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, a
     gc.collect()
     with garbage_collection(0 if python_gc else Training.gc_freq) as collector:
         return _time_steps(one_step, device, warmup=warmup, steps=steps, profile=profile,
-                           sync_debug=sync_debug, collector=collector)
+                           sync_debug=sync_debug, collector=collector, sync_every_step=sync_every_step)
 
 
 def _time_steps(one_step, device, *, warmup: int, steps: int, profile: bool, sync_debug: bool,
-                collector=None):
+                collector=None, sync_every_step: bool = False):
     for i in range(warmup):
         one_step()
         if collector is not None:  # as the trainer: a collection after the first step
@@ -310,6 +310,8 @@ def _time_steps(one_step, device, *, warmup: int, steps: int, profile: bool, syn
     start = time.perf_counter()
     for _ in range(steps):
         loss = one_step()
+        if sync_every_step:  # as the trainer, which reads each step's loss and norm
+            _sync(device)
     host_s = (time.perf_counter() - start) / steps
     _sync(device)
     step_s = (time.perf_counter() - start) / steps
@@ -349,7 +351,7 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     step_s, loss = time_steps(modules, batch, optimizers, device, warmup=args.warmup, steps=args.steps,
                               autocast_dtype=autocast, profile=args.profile and not bare,
                               loss_kind=args.loss, sync_debug=args.sync_debug and not bare,
-                              python_gc=args.python_gc)
+                              python_gc=args.python_gc, sync_every_step=args.sync_every_step)
     peak = peak_flops(device)
     tflops = wl.flops_per_step / step_s
     result = BenchResult(
@@ -460,6 +462,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--python-gc", action="store_true",
                    help="leave Python's automatic garbage collection on during the steps (the trainer's "
                         "training.gc_freq = 0); by default it is off, as in the trainer")
+    p.add_argument("--sync-every-step", action="store_true",
+                   help="wait for the device after every timed step, as the trainer does when it reads "
+                        "each step's loss and gradient norm (a what-if for the trainer's loop)")
     p.add_argument("--no-reshard", action="store_true",
                    help="FSDP keeps each block's gathered params from forward to backward, in every "
                         "module (the trainer's reshard_after_forward = \"never\")")
