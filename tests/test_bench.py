@@ -71,3 +71,21 @@ def test_memory_budget_flag_is_the_lms_and_checked():
                 ["--module", "vision", "--model", "vit/debug", "--compile", "--memory-budget", "0.5"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_sync_every_step_waits_after_each_timed_step(monkeypatch):
+    import torch
+
+    import titan_mimo.bench as bench
+    calls = []
+    monkeypatch.setattr(bench, "_sync", lambda device: calls.append("sync"))
+
+    def one_step():
+        calls.append("step")
+        return torch.zeros(())
+    for every, expected in ((False, ["step", "sync", "step", "step", "step", "sync"]),
+                            (True, ["step", "sync", "step", "sync", "step", "sync", "step", "sync", "sync"])):
+        calls.clear()
+        bench._time_steps(one_step, torch.device("cpu"), warmup=1, steps=3, profile=False,
+                          sync_debug=False, sync_every_step=every)
+        assert calls == expected, (every, calls)
