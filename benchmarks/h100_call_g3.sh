@@ -1,15 +1,9 @@
 # Device call G3 (session 5, after G0 on a fresh machine): the GPU tests of the fa4 ops against
 # an fp32 reference; FA4's host cost per call; profiles of the ViT-H/16 step with FA4, eager and
 # compiled; FA4 without the class token (4096 tokens); the hybrid LM with FA4 and with SDPA.
-cat .fa4b/dcache_triton.tgz.part-* | tar xz
-source benchmarks/gpu_setup.sh
-source benchmarks/fa4_setup.sh || exit 1
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-set -o pipefail
-B="python3 -m titan_mimo.bench --json $OUT/results.jsonl"
+source benchmarks/call_prelude.sh fa4
 V="--module vision --model vit/h16 --batch 4 --image 1024 --no-bare --steps 10 --warmup 3 --attention fa4"
 H="--module language --model hybrid_lm/hybrid_2b --batch 2 --seq 8192 --ssd-backend mamba_ssm --loss fused --compile --steps 5 --warmup 2 --no-bare --ac mlp-half --no-reshard"
-run() { timeout "$1" "${@:2}" 2>&1 | grep -v "lspci\|UserWarning\|exe_args\|DeprecationWarning"; sleep 2; }
 set -x
 run 150 python3 -m pytest -q -p no:cacheprovider -p no:warnings tests/models/test_attention_kernels.py | tail -30 | tee $OUT/test_gpu.log
 run 60 python3 benchmarks/fa4_host_bench.py | tee $OUT/fa4_host.log

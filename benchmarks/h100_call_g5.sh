@@ -2,15 +2,9 @@
 # import (flash-attention PR 2896; head dim 80 unpadded); the GPU tests; attention at the ViT
 # shape; the ViT-H/16 step with SDPA and FA4, eager and compiled, batch 4 and 8; the colocated
 # whole model with FA4 and with SDPA.
-cat .fa4b/dcache_triton.tgz.part-* | tar xz
-source benchmarks/gpu_setup.sh
-source benchmarks/fa4_setup.sh || exit 1
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-set -o pipefail
-B="python3 -m titan_mimo.bench --json $OUT/results.jsonl"
+source benchmarks/call_prelude.sh fa4
 V="--module vision --model vit/h16 --batch 4 --image 1024 --no-bare --steps 10 --warmup 3"
 M="--module model --model vit/h16+hybrid_lm/hybrid_2b --batch 2 --seq 8192 --image 1024 --ssd-backend mamba_ssm --loss fused --compile --vision-eager --ac full --no-bare --steps 5 --warmup 2"
-run() { timeout "$1" "${@:2}" 2>&1 | grep -v "lspci\|UserWarning\|exe_args\|DeprecationWarning\|_warn_once"; sleep 2; }
 set -x
 run 120 python3 -m pytest -q -p no:cacheprovider -p no:warnings tests/models/test_attention_kernels.py | tail -25 | tee $OUT/test_gpu.log
 run 60 python3 benchmarks/attention_bench.py --head-dims 80 | grep -E "fa4|cudnn" | grep -v pad | tee $OUT/attn_vit.log

@@ -2,14 +2,8 @@
 # host-bound (G3: device busy 66%; FSDP2's per-parameter all-gather copies are the largest host
 # item), so keep its gathered parameters to the backward (--no-reshard: one all-gather per block
 # and step) at batch 4 and 8, with and without the class token, beside SDPA.
-cat .fa4b/dcache_triton.tgz.part-* | tar xz
-source benchmarks/gpu_setup.sh
-source benchmarks/fa4_setup.sh || exit 1
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-set -o pipefail
-B="python3 -m titan_mimo.bench --json $OUT/results.jsonl"
+source benchmarks/call_prelude.sh fa4
 V="--module vision --model vit/h16 --image 1024 --no-bare --steps 10 --warmup 3 --compile"
-run() { timeout "$1" "${@:2}" 2>&1 | grep -v "lspci\|UserWarning\|exe_args\|DeprecationWarning\|_warn_once"; sleep 2; }
 set -x
 run 90 $B $V --batch 4 --attention fa4 --no-reshard | tee $OUT/vision_fa4_nr_b4.log
 run 90 $B $V --batch 4 --attention fa4 | tee $OUT/vision_fa4_b4.log

@@ -1,14 +1,8 @@
 # Device call G7 (session 5, after G0 on a fresh machine): the vision peer (timm's ViT-H/16,
 # eager and compiled) in the same machine start as titan_mimo's ViT with FA4, compiled blocks and
 # gathered parameters kept to the backward, at batch 4 and 8.
-cat .fa4b/dcache_triton.tgz.part-* | tar xz
-source benchmarks/gpu_setup.sh
-source benchmarks/fa4_setup.sh || exit 1
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-set -o pipefail
-B="python3 -m titan_mimo.bench --json $OUT/results.jsonl"
+source benchmarks/call_prelude.sh fa4
 V="--module vision --model vit/h16 --image 1024 --no-bare --steps 10 --warmup 3 --compile --attention fa4 --no-reshard"
-run() { timeout "$1" "${@:2}" 2>&1 | grep -v "lspci\|UserWarning\|exe_args\|DeprecationWarning\|_warn_once"; sleep 2; }
 set -x
 run 90 $B $V --batch 8 | tee $OUT/vision_fa4_nr_b8.log
 run 60 $B $V --batch 4 | tee $OUT/vision_fa4_nr_b4.log

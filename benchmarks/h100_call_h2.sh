@@ -1,14 +1,9 @@
 # Device call H2 (session 6): the colocated step with the memory H1 freed: the compiler's activation
 # memory budget on the LM instead of checkpointing every block; the hybrid at batch 3 with less
 # recompute (budget 0.85).
-cat .fa4b/dcache_triton.tgz.part-* | tar xz
-source benchmarks/gpu_setup.sh
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-set -o pipefail
-B="python3 -m titan_mimo.bench --json $OUT/results.jsonl"
+source benchmarks/call_prelude.sh
 M="--module model --model vit/h16+hybrid_lm/hybrid_2b --batch 2 --seq 8192 --image 1024 --ssd-backend mamba_ssm --loss fused --compile --no-bare --steps 5 --warmup 2"
 H="--module language --model hybrid_lm/hybrid_2b --seq 8192 --ssd-backend mamba_ssm --loss fused --compile --steps 5 --warmup 2 --no-bare --no-reshard"
-run() { timeout "$1" "${@:2}" 2>&1 | grep -v "lspci\|UserWarning\|exe_args\|DeprecationWarning\|_warn_once"; sleep 2; }
 set -x
 run 170 $B $M --memory-budget 0.5 --vision-ac full --no-reshard | tee $OUT/model_b05_vfull_nr.log
 run 150 $B $M --memory-budget 0.5 --vision-ac full | tee $OUT/model_b05_vfull.log

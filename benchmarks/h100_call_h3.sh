@@ -1,13 +1,8 @@
 # Device call H3 (session 6): how far the memory budget goes: the hybrid at batch 3 with budget 0.9;
 # the colocated step with budgets 0.7 / 0.85 (ViT fully checkpointed) and 0.5 with no ViT checkpointing.
-cat .fa4b/dcache_triton.tgz.part-* | tar xz
-source benchmarks/gpu_setup.sh
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-set -o pipefail
-B="python3 -m titan_mimo.bench --json $OUT/results.jsonl"
+source benchmarks/call_prelude.sh
 M="--module model --model vit/h16+hybrid_lm/hybrid_2b --batch 2 --seq 8192 --image 1024 --ssd-backend mamba_ssm --loss fused --compile --no-bare --steps 5 --warmup 2 --no-reshard"
 H="--module language --model hybrid_lm/hybrid_2b --seq 8192 --ssd-backend mamba_ssm --loss fused --compile --steps 5 --warmup 2 --no-bare --no-reshard"
-run() { timeout "$1" "${@:2}" 2>&1 | grep -v "lspci\|UserWarning\|exe_args\|DeprecationWarning\|_warn_once"; sleep 2; }
 set -x
 run 130 $B $H --batch 3 --memory-budget 0.9 | tee $OUT/hybrid_b3_b09.log
 run 150 $B $M --memory-budget 0.7 --vision-ac full | tee $OUT/model_b07_vfull_nr.log

@@ -2,18 +2,14 @@
 # this session (the LM checkpoints every block) and with the memory budget (LM: memory_budget
 # 0.85; ViT: compiled, every block checkpointed; both keep gathered parameters), then the bench's
 # same settings (H3: 684.7 ms).
-cat .fa4b/dcache_triton.tgz.part-* | tar xz
-source benchmarks/gpu_setup.sh
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-set -o pipefail
+source benchmarks/call_prelude.sh
 T="torchrun --nproc-per-node 1 -m titan_mimo.train --config train_configs/vlm_hybrid_1gpu.toml --training.steps=12"
-run() { timeout "$1" "${@:2}" 2>&1 | grep -v "lspci\|UserWarning\|exe_args\|DeprecationWarning\|_warn_once\|register_pre_backward"; sleep 2; }
 set -x
 run 220 $T --modules.language.activation_checkpoint=memory_budget --modules.language.memory_budget=0.85 --modules.vision.activation_checkpoint=full --modules.vision.compile=true --modules.language.reshard_after_forward=never --modules.vision.reshard_after_forward=never --job.dump_folder=/tmp/tr_budget | tail -14 | tee $OUT/trainer_budget.log
 cp /tmp/tr_budget/metrics.jsonl $OUT/trainer_budget_metrics.jsonl
 run 200 $T --job.dump_folder=/tmp/tr_full | tail -14 | tee $OUT/trainer_full.log
 cp /tmp/tr_full/metrics.jsonl $OUT/trainer_full_metrics.jsonl
-run $((585 - SECONDS)) python3 -m titan_mimo.bench --json $OUT/results.jsonl --module model --model vit/h16+hybrid_lm/hybrid_2b --batch 2 --seq 8192 --image 1024 --ssd-backend mamba_ssm --loss fused --compile --no-bare --steps 5 --warmup 2 --no-reshard --memory-budget 0.85 --vision-ac full | tee $OUT/model_b085_vfull_nr.log
+run $((585 - SECONDS)) $B --module model --model vit/h16+hybrid_lm/hybrid_2b --batch 2 --seq 8192 --image 1024 --ssd-backend mamba_ssm --loss fused --compile --no-bare --steps 5 --warmup 2 --no-reshard --memory-budget 0.85 --vision-ac full | tee $OUT/model_b085_vfull_nr.log
 set +x
 for f in $OUT/trainer_*_metrics.jsonl; do python3 -c "
 import json, sys
