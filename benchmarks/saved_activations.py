@@ -17,6 +17,7 @@ import torch
 
 from titan_mimo.compat import scope_activation_memory_budget
 from titan_mimo.models import build_model
+from titan_mimo.profiling import saved_for_backward
 
 
 class _StubScan(torch.autograd.Function):
@@ -62,17 +63,11 @@ def main() -> None:
     x = torch.randn(1, args.seq, model.args.dim, dtype=torch.bfloat16, requires_grad=True)
     names = {p.untyped_storage().data_ptr(): n for n, p in block.named_parameters()}
     names[x.untyped_storage().data_ptr()] = "block input"
-    kept = {}
-
-    def pack(t):
-        kept.setdefault(t.untyped_storage().data_ptr(), (tuple(t.shape), t.dtype, t.untyped_storage().nbytes()))
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        block(x).float().sum().backward()
+    y, kept = saved_for_backward(block, x)
+    y.float().sum().backward()
     per_token, weights = 0, 0
-    for ptr, (shape, dtype, nbytes) in sorted(kept.items(), key=lambda kv: -kv[1][2]):
-        name = names.get(ptr)
+    for ptr, (nbytes, dtype, shapes) in sorted(kept.items(), key=lambda kv: -kv[1][0]):
+        shape, name = shapes[0], names.get(ptr)
         is_weight = name is None and len(shape) == 2 and args.seq not in shape
         if name is None and not is_weight:
             per_token += nbytes

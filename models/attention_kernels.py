@@ -9,9 +9,10 @@ Hopper and Blackwell, compiled on first use for each shape). It takes [B, S, H, 
 query heads natively, so no transposes and no repeated keys/values. Why it exists: at the ViT-H
 head width of 80, cuDNN's fused attention runs ~355 TFLOP/s on an H100 against ~545 at width
 128 (docs/benchmarks.md, S1); FlashAttention-4 runs width 80 in tiles of 96 (with a fix
-of its Hopper backward applied at import, `_fix_sm90_backward_head_dim_rounding`). The kernels are wrapped as `torch.library` custom ops (forward, backward, fake shapes),
-so a per-block `torch.compile` keeps them as opaque calls instead of tracing into CuTe DSL. The
-forward and backward entry points are FlashAttention-4's private `_flash_attn_fwd` /
+of its Hopper backward applied at import, `_fix_sm90_backward_head_dim_rounding`). The kernels
+are wrapped as `torch.library` custom ops (forward, backward, fake shapes), so a per-block
+`torch.compile` keeps them as opaque calls instead of tracing into CuTe DSL. The forward and
+backward entry points are FlashAttention-4's private `_flash_attn_fwd` /
 `_flash_attn_bwd`, the same ones PyTorch's own FA4 registration (`torch.nn.attention._fa4`)
 calls; checked against flash-attn-4 4.0.0b36.
 

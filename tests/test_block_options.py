@@ -132,18 +132,13 @@ def _saved_activation_bytes(block, x):
     """Forward `block` on `x`; the bytes it keeps for its backward (storages, once each; not its
     parameters or `x`), the float32 shapes among them, and the output."""
     import torch
+
+    from titan_mimo.profiling import saved_for_backward
     skip = {p.untyped_storage().data_ptr() for p in block.parameters()} | {x.untyped_storage().data_ptr()}
-    kept = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            kept[storage.data_ptr()] = (storage.nbytes(), t.dtype, tuple(t.shape))
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = block(x)
-    return (sum(n for n, _, _ in kept.values()), {s for _, d, s in kept.values() if d == torch.float32}, y)
+    y, kept = saved_for_backward(block, x)
+    kept = {ptr: entry for ptr, entry in kept.items() if ptr not in skip}
+    f32_shapes = {shape for _, dtype, shapes in kept.values() if dtype == torch.float32 for shape in shapes}
+    return sum(n for n, _, _ in kept.values()), f32_shapes, y
 
 
 def test_memory_budget_keeps_less_for_the_backward_with_the_same_numbers():

@@ -3,8 +3,8 @@
 Used by the benchmark (`--profile`) and the trainer (`metrics.profile_step`): the kernels with
 the most device time, the share of the steps' span in which the device was running any kernel
 (the rest it waited on the host: launch overhead, Python, synchronisations), and the host ops
-with the most self CPU time; and, for the benchmark's `--sync-debug`, where a step makes the
-host wait for the device.
+with the most self CPU time; for the benchmark's `--sync-debug`, where a step makes the
+host wait for the device; and what a forward keeps for its backward (`saved_for_backward`).
 """
 
 from __future__ import annotations
@@ -117,3 +117,20 @@ def report_syncs(one_step, device, top: int = 8) -> None:
     print(f"  synchronising calls in one step: {sum(sites.values())}", flush=True)
     for site, count in sorted(sites.items(), key=lambda kv: -kv[1])[:top]:
         print(f"    x{count:<4d} {site[:200]}", flush=True)
+
+
+def saved_for_backward(fn: Callable[..., object], *args) -> tuple[object, dict[int, tuple[int, torch.dtype, list]]]:
+    """Run `fn(*args)` and record what autograd keeps for the backward (saved-tensor hooks, so
+    compiled graphs' saved tensors count too): per storage (its data pointer; views of one
+    storage count once) its bytes, dtype and the shapes of the tensors saved on it. Returns
+    (fn's output, that dict)."""
+    kept: dict[int, tuple[int, torch.dtype, list]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        kept.setdefault(storage.data_ptr(), (storage.nbytes(), t.dtype, []))[2].append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args)
+    return out, kept
