@@ -89,3 +89,23 @@ def test_sync_every_step_waits_after_each_timed_step(monkeypatch):
         bench._time_steps(one_step, torch.device("cpu"), warmup=1, steps=3, profile=False,
                           sync_debug=False, sync_every_step=every)
         assert calls == expected, (every, calls)
+
+
+def test_kernel_kind_names():
+    """The profile's per-kind totals sort real kernel names (from H100 profiles) into kinds."""
+    from titan_mimo.profiling import kernel_kind
+    cases = {
+        "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT": "gemm",
+        "_chunk_scan_chunk_state_bwd_dx_kernel": "ssd scan",
+        "_bmm_chunk_fwd_kernel": "ssd scan",
+        "_state_passing_bwd_kernel": "ssd scan",
+        "triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0": "inductor",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x128": "attention",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::FusedOptimizerTensorListMetadata": "optimizer",
+        "Memcpy DtoD (Device -> Device)": "copy",
+        "void at::native::(anonymous namespace)::CatArrayBatchedCopy<float>": "copy",
+        "Memset (Device)": "fill",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>": "fill",
+        "void at::native::reduce_kernel<512, 1>": "other",
+    }
+    assert {name: kernel_kind(name) for name in cases} == cases

@@ -276,7 +276,7 @@ def _sync(device) -> None:
 
 
 def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, autocast_dtype,
-               profile: bool = False, loss_kind: str = "logits", sync_debug: bool = False,
+               profile: bool = False, profile_top: int = 15, loss_kind: str = "logits", sync_debug: bool = False,
                python_gc: bool = False, sync_every_step: bool = False):
     """Warm up, then time `steps` full training steps; returns (seconds per step, last loss)."""
     def one_step():
@@ -294,11 +294,12 @@ def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, a
     gc.collect()
     with garbage_collection(0 if python_gc else Training.gc_freq) as collector:
         return _time_steps(one_step, device, warmup=warmup, steps=steps, profile=profile,
-                           sync_debug=sync_debug, collector=collector, sync_every_step=sync_every_step)
+                           sync_debug=sync_debug, collector=collector, sync_every_step=sync_every_step,
+                           profile_top=profile_top)
 
 
 def _time_steps(one_step, device, *, warmup: int, steps: int, profile: bool, sync_debug: bool,
-                collector=None, sync_every_step: bool = False):
+                collector=None, sync_every_step: bool = False, profile_top: int = 15):
     for i in range(warmup):
         one_step()
         if collector is not None:  # as the trainer: a collection after the first step
@@ -319,7 +320,7 @@ def _time_steps(one_step, device, *, warmup: int, steps: int, profile: bool, syn
     # bottleneck: host time close to step time means launch overhead or syncs, not kernels.
     print(f"  host time to issue a step: {host_s * 1e3:.1f} ms of {step_s * 1e3:.1f} ms", flush=True)
     if profile:
-        print_profile(one_step, device)
+        print_profile(one_step, device, top=profile_top)
     if sync_debug:
         report_syncs(one_step, device)
     return step_s, float(loss.detach())
@@ -350,6 +351,7 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     autocast = param_dtype if (bare and param_dtype != torch.float32) else None
     step_s, loss = time_steps(modules, batch, optimizers, device, warmup=args.warmup, steps=args.steps,
                               autocast_dtype=autocast, profile=args.profile and not bare,
+                              profile_top=args.profile_top,
                               loss_kind=args.loss, sync_debug=args.sync_debug and not bare,
                               python_gc=args.python_gc, sync_every_step=args.sync_every_step)
     peak = peak_flops(device)
@@ -492,6 +494,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "for billions of parameters)")
     p.add_argument("--no-bare", action="store_true", help="skip the bare PyTorch loop")
     p.add_argument("--profile", action="store_true", help="print top kernels of the titan_mimo run")
+    p.add_argument("--profile-top", type=int, default=15, metavar="N",
+                   help="with --profile: how many kernels (by device time) to list")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="append results as one JSON line to this file")

@@ -38,6 +38,29 @@ def device_busy(events) -> tuple[float, float]:
     return busy / 1e6, ((spans[-1][1] if spans else 0) - (spans[0][0] if spans else 0)) / 1e6
 
 
+"""Kernel kinds for the per-kind totals, first match wins (names as the CUDA profiler reports
+them: cuBLAS's `nvjet`/`gemm` kernels, mamba-ssm's SSD Triton kernels, Inductor's generated
+`triton_` kernels (before "copy": their names list the fused ops, `_to_copy` among them),
+cuDNN/flash attention, the fused optimizer, copies, fills)."""
+KERNEL_KINDS = (
+    ("gemm", ("nvjet", "gemm", "cutlass", "xmma")),
+    ("ssd scan", ("_chunk_", "_bmm_chunk", "_state_passing")),
+    ("inductor", ("triton_",)),
+    ("attention", ("fmha", "flash", "sdpa", "attention")),
+    ("optimizer", ("FusedOptimizer", "multi_tensor_apply")),
+    ("copy", ("Memcpy", "copy", "Copy", "CatArray")),
+    ("fill", ("Memset", "fill", "Fill", "zero")),
+    ("conv", ("conv",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    for kind, needles in KERNEL_KINDS:
+        if any(n in name for n in needles):
+            return kind
+    return "other"
+
+
 def summary(prof, device: torch.device, n_steps: int, top: int = 15) -> list[str]:
     """Lines: kernel time per step and the top kernels, device-busy share, top host ops."""
     lines = []
@@ -50,6 +73,14 @@ def summary(prof, device: torch.device, n_steps: int, top: int = 15) -> list[str
         for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]:
             lines.append(f"  {100 * e.self_device_time_total / total:5.1f}%  "
                          f"{e.self_device_time_total / n_steps / 1e3:7.2f} ms  x{e.count // n_steps:<4d} {e.key[:110]}")
+        kinds: dict[str, list[float]] = {}
+        for e in kernels:
+            acc = kinds.setdefault(kernel_kind(e.key), [0.0, 0])
+            acc[0] += e.self_device_time_total
+            acc[1] += e.count
+        lines.append("kernel time by kind per step: " + ", ".join(
+            f"{kind} {t / n_steps / 1e3:.1f} ms (x{c // n_steps})"
+            for kind, (t, c) in sorted(kinds.items(), key=lambda kv: -kv[1][0])))
         busy_s, span_s = device_busy(prof.events())
         if span_s > 0:
             lines.append(f"device busy {100 * busy_s / span_s:.1f}% of the profiled steps' span "
