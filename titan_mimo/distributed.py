@@ -3,6 +3,10 @@
 The backend is NCCL on GPUs and gloo on CPU. Every collective and point-to-point op gets the
 configured timeout, so a peer that died or diverged turns into an error on this rank instead
 of a hang; torchrun then stops every other rank (exit code non-zero on all).
+
+Values the host already holds (loss-token counts, metrics, timings) are reduced over a host
+group (gloo) made once next to the default group: a reduction through NCCL would queue them
+behind the device's work and make the host wait for all of it to read the result back.
 """
 
 from __future__ import annotations
@@ -27,21 +31,27 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device: torch.device, timeout_seconds: int) -> None:
-    """Start the default process group (a one-process group when not launched by torchrun)."""
-    if dist.is_initialized():
-        return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29511")
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds),
-                            device_id=device if device.type == "cuda" else None)
-    if device.type == "cpu" and env_world_size() > 1:
-        # Several processes share the cores; more than one intra-op thread each was 6-9x
-        # slower on small ops (research note, cpu-feasibility section 6).
-        torch.set_num_threads(1)
+def init_distributed(device: torch.device, timeout_seconds: int) -> dist.ProcessGroup:
+    """Start the default process group (a one-process group when not launched by torchrun) and
+    return the host group for `world_sum`/`world_max`: on GPUs a gloo group over the whole
+    world (a world collective), on CPU the default group, which is gloo already. Both get the
+    timeout (`new_group` would otherwise default to gloo's 30 minutes);
+    `dist.destroy_process_group()` destroys both."""
+    timeout = timedelta(seconds=timeout_seconds)
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None)
+        if device.type == "cpu" and env_world_size() > 1:
+            # Several processes share the cores; more than one intra-op thread each was 6-9x
+            # slower on small ops (research note, cpu-feasibility section 6).
+            torch.set_num_threads(1)
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    return dist.new_group(backend="gloo", timeout=timeout)
 
 
 def world_sum_(t: torch.Tensor) -> torch.Tensor:
@@ -51,11 +61,17 @@ def world_sum_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def world_sum(values: list[float], device: torch.device) -> list[float]:
-    return world_sum_(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+def world_sum(values: list[float], host_group: dist.ProcessGroup) -> list[float]:
+    """Sum host values over the world through the host group (`init_distributed`): the
+    device's queue is not involved, so the host does not wait for it."""
+    return _host_all_reduce(values, host_group, dist.ReduceOp.SUM)
 
 
-def world_max(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+def world_max(values: list[float], host_group: dist.ProcessGroup) -> list[float]:
+    return _host_all_reduce(values, host_group, dist.ReduceOp.MAX)
+
+
+def _host_all_reduce(values: list[float], host_group: dist.ProcessGroup, op) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=op, group=host_group)
     return t.tolist()

@@ -1,6 +1,6 @@
 """Per-step metrics: gathered to rank 0 by world reductions (never by assuming rank 0 holds a
 given module), printed as one line, appended to metrics.jsonl and written to TensorBoard with
-the same tags.
+the same tags; and the clock that times training steps without making the host wait.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,6 +31,74 @@ def peak_flops(device: torch.device, configured_tflops: float) -> float:
         from torchtitan.tools.utils import get_peak_flops
         return get_peak_flops(torch.cuda.get_device_name(device))
     return 0.0
+
+
+class StepClock:
+    """Mean time of the training steps in a window, measured without a wait per step.
+
+    The loop marks the end of each step as it queues it (`mark`). A window runs from the
+    previous logged step's end (or the run's start) to the logged step's end, and its mean is
+    its time over its steps. On CUDA a mark is an event on the stream, so a window is device
+    time from the end of one step to the end of another, read once the host has waited for the
+    later one (it reads that step's results anyway); on CPU a mark is the host time, and host
+    time spent in `excluded()` work between two marks (building and writing records) is taken
+    out. At a step whose results the loop read at once (`pause`: nothing else is queued), the
+    window stops; what follows there (checkpoint save, validation, record) stays outside it,
+    and `resume` starts it again before the next step is queued."""
+
+    def __init__(self, device: torch.device, step: int):
+        self.is_cuda = device.type == "cuda"
+        self.excluded_s = 0.0
+        """CPU: host time spent in excluded work so far."""
+        self._closed_s, self._closed_steps = 0.0, 0
+        self.resume(step)
+
+    def mark(self):
+        """A point in the device's timeline: a timed CUDA event recorded now, or on CPU (host
+        time, excluded time so far)."""
+        if self.is_cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return (time.perf_counter(), self.excluded_s)
+
+    def _between(self, start, end) -> float:
+        if self.is_cuda:
+            end.synchronize()  # the step it ends has been waited for: no wait on later work
+            return start.elapsed_time(end) / 1e3
+        return (end[0] - start[0]) - (end[1] - start[1])
+
+    @contextmanager
+    def excluded(self):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded_s += time.perf_counter() - t0
+
+    def resume(self, step: int) -> None:
+        """Start (or restart) the window with `step` steps done and nothing queued."""
+        self._start, self._start_step = self.mark(), step
+
+    def pause(self, step: int, end) -> None:
+        """Close the running part of the window at the end of step `step` (mark `end`)."""
+        if self._start is not None:
+            self._closed_s += self._between(self._start, end)
+            self._closed_steps += step - self._start_step
+        self._start = None
+
+    def mean_step_s(self, step: int, end) -> float:
+        """Mean step time over the window that ends at step `step` (mark `end`); the next window
+        starts there."""
+        total, steps = self._closed_s, self._closed_steps
+        if self._start is not None:
+            total += self._between(self._start, end)
+            steps += step - self._start_step
+            self._start, self._start_step = end, step
+        self._closed_s, self._closed_steps = 0.0, 0
+        if steps <= 0:
+            raise AssertionError(f"step {step}: a timing window with {steps} steps")
+        return total / steps
 
 
 class MetricsWriter:

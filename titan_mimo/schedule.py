@@ -196,7 +196,7 @@ class StepRunner:
 
     def __init__(self, *, modules: dict[str, BuiltModule], encoders: dict[str, EncoderRole],
                  language: str | None, n_microbatches: int, schedule_name: str,
-                 tp_mesh, pp_group, device: torch.device, lm_pp: int,
+                 tp_mesh, pp_group, device: torch.device, host_group, lm_pp: int,
                  stage_shapes: dict | None, zero_embeddings: bool = False, fused_loss: bool = False):
         self.modules, self.encoders, self.language = modules, encoders, language
         self.n_mb, self.device = n_microbatches, device
@@ -244,7 +244,7 @@ class StepRunner:
         if self.schedule is not None and self.holds_first:
             exact = first_stage_forwards_ahead(self.schedule)
             ahead = -1 if exact is None else exact
-        (ahead,) = world_max([ahead], device)
+        (ahead,) = world_max([ahead], host_group)
         self.in_flight = encoder_lead(schedule_name, lm_pp, n_microbatches,
                                       None if ahead < 0 else int(ahead))
         """Encoder forwards sent ahead of the oldest returning gradient."""

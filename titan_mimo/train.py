@@ -3,6 +3,13 @@
 Reads top to bottom: validate (no communication) -> build (process group, meshes, modules,
 optimizers, bridges, schedule; titan_mimo/trainer.py) -> restore (checkpoint or initial weights)
 -> train (steps, evaluation, metrics, checkpoints, stop signals).
+
+The loop does not wait for the device on ordinary steps: it queues step N+1 and then reads
+step N's results (loss, gradient norm, stop flag), which the device has finished by then, and
+logs step N. A step whose results the loop needs before going on is read at once: a
+checkpoint step (a non-finite step is never saved), a validation or profiled step, the last
+step, the step after a stop request was seen, and every step with
+`training.skip_nonfinite_steps` (which decides on the host before the optimizer step).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from titan_mimo.data.dataset import ImageTextDataset
 from titan_mimo.data.mock import MockImageCaption
 from titan_mimo.distributed import env_world_size, init_distributed, pick_device
 from titan_mimo.export import export_checkpoint, load_weights, read_index
-from titan_mimo.metrics import MetricsWriter
+from titan_mimo.metrics import MetricsWriter, StepClock
 from titan_mimo.profiling import profile_steps, summary
 from titan_mimo.topology import resolve_placements
 from titan_mimo.trainer import Trainer, build_dataset, build_trainer
@@ -40,7 +47,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 @contextmanager
 def stop_on_signals(trainer: Trainer):
-    """SIGTERM/SIGUSR1 (preemption) only set a flag; the loop saves at the next step boundary."""
+    """SIGTERM/SIGUSR1 (preemption) only set a flag. It rides on the reduction of the next step
+    queued (say N); when the loop reads step N, one step late, every rank sees it, and the run
+    reads step N+1 (already queued) at once, saves step N+1 and stops. If step N is read at once
+    (a checkpoint, validation or last step), the run saves and stops at step N."""
     def handler(signum, frame):
         trainer.stop_signal = signal.Signals(signum).name
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
@@ -121,36 +131,69 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
               flush=True)
     records = []
     tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
+    clock = StepClock(trainer.device, start)
+
+    def read_at_once(done: int, stopping: bool) -> bool:
+        """Whether step `done` is read before the next one is queued (see the module docstring)."""
+        return (stopping or done == cfg.training.steps or done == cfg.metrics.profile_step
+                or (checkpointer is not None and done % ckpt_cfg.interval == 0)
+                or (cfg.validation.enable and done % cfg.validation.freq == 0)
+                or cfg.training.skip_nonfinite_steps)
+
+    def finish(done: int, out: dict, *, at_once: bool, stopping: bool) -> bool:
+        """Read step `done` (1-based), then save, validate and log it as due; returns whether a
+        stop was requested on any rank (the step's reduction carries every rank's flag)."""
+        trainer.read_step(done - 1, out)  # raises NonFiniteError before anything of the step is saved
+        stop = stopping or out["stop"]
+        if at_once:
+            clock.pause(done, out["end"])  # nothing else is queued: what follows is not step time
+        saved_s = None
+        # A stop seen on a step read late is acted on at the next step, which is read at once.
+        if at_once and checkpointer is not None and (done % ckpt_cfg.interval == 0
+                                                     or done == cfg.training.steps or stop):
+            with clock.excluded():
+                checkpointer.save(trainer, done)
+                if stop:
+                    checkpointer.wait()
+            saved_s = checkpointer.blocked_s
+        validate = cfg.validation.enable and done % cfg.validation.freq == 0
+        # A validation step is also a logged step, so its val_loss has a record to go in.
+        if done % cfg.metrics.log_freq == 0 or done == cfg.training.steps or validate:
+            step_time_s = clock.mean_step_s(done, out["end"])
+            with clock.excluded():
+                record = trainer.step_metrics(done - 1, out, step_time_s)
+                if validate:
+                    record["val_loss"] = trainer.evaluate(done - 1)
+                if saved_s is not None:
+                    record["checkpoint_s"] = saved_s  # time the loop was blocked by the save
+                records.append(record)
+                if writer is not None:
+                    writer.log(record)
+        if at_once:
+            clock.resume(done)
+        return stop
+
     try:
         with stop_on_signals(trainer), garbage_collection(cfg.training.gc_freq) as collector:
+            late = None  # (step done, its results) queued but not read yet
+            stopping = False
             for step in range(start, cfg.training.steps):
-                if step + 1 == cfg.metrics.profile_step:
+                done = step + 1
+                if done == cfg.metrics.profile_step:
                     out = profiled_step(trainer, step)
                 else:
                     out = trainer.train_step(step)
+                out["end"] = clock.mark()
                 trainer.tokens_seen += tokens_per_step
-                done = step + 1
                 if collector is not None:
                     collector.run(done)
-                saved_s = None
-                if checkpointer is not None and (done % ckpt_cfg.interval == 0 or done == cfg.training.steps
-                                                 or out["stop"]):
-                    checkpointer.save(trainer, done)
-                    if out["stop"]:
-                        checkpointer.wait()
-                    saved_s = checkpointer.blocked_s
-                validate = cfg.validation.enable and done % cfg.validation.freq == 0
-                # A validation step is also a logged step, so its val_loss has a record to go in.
-                if done % cfg.metrics.log_freq == 0 or done == cfg.training.steps or validate:
-                    record = trainer.step_metrics(step, out)
-                    if validate:
-                        record["val_loss"] = trainer.evaluate(step)
-                    if saved_s is not None:
-                        record["checkpoint_s"] = saved_s  # time the loop was blocked by the save
-                    records.append(record)
-                    if writer is not None:
-                        writer.log(record)
-                if out["stop"]:
+                if late is not None:  # the previous step: done on the device by now, or nearly
+                    stopping = finish(*late, at_once=False, stopping=False)
+                    late = None
+                if not read_at_once(done, stopping):
+                    late = (done, out)
+                    continue
+                if finish(done, out, at_once=True, stopping=stopping):
                     trainer.stop_signal = trainer.stop_signal or "a signal on another rank"
                     if topo.rank == 0:
                         saved = (f"checkpoint step-{done} is complete; re-run the same command to resume"
@@ -218,9 +261,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"titan_mimo: configuration error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     device = pick_device()
-    init_distributed(device, setup.cfg.comm.timeout_seconds)
+    host_group = init_distributed(device, setup.cfg.comm.timeout_seconds)
     try:
-        trainer = build_trainer(setup.cfg, setup.args, setup.placements, setup.dataset, device)
+        trainer = build_trainer(setup.cfg, setup.args, setup.placements, setup.dataset, device, host_group)
         records = train(trainer, setup.resume, setup.initial)
     except BaseException as e:
         print(f"titan_mimo: rank {dist.get_rank()} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)

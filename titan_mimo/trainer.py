@@ -1,6 +1,8 @@
 """The Trainer: what one rank holds (modules, optimizers, schedulers, bridges, schedule, data)
 and one training step on it: load this rank's data -> forward/backward of every micro-batch ->
-global loss and gradient norm -> clip, optimizer and LR steps -> metrics by world reductions.
+global loss and gradient norm -> clip, optimizer and LR steps, all queued on the device without
+reading anything back -> later, `read_step` (the step's loss, gradient norm and stop flag) and
+`step_metrics` (world reductions of host values over the host group).
 `build_trainer` puts it together after the process group exists; `titan_mimo/train.py` runs it.
 """
 
@@ -8,11 +10,11 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 
 from titan_mimo.bridge import Bridge
 from titan_mimo.build import COMPUTE_DTYPES, BuiltModule, build_modules
@@ -35,6 +37,26 @@ class NonFiniteError(RuntimeError):
     pass
 
 
+class HostCopy:
+    """A device tensor's values, copied to pinned host memory in stream order when made and read
+    later: `values()` waits only for the work queued before the copy, not for what the host has
+    queued since (the next step). On CPU it holds the tensor itself."""
+
+    def __init__(self, t: torch.Tensor):
+        self._done = None
+        if t.device.type == "cuda":
+            self._host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            self._host.copy_(t, non_blocking=True)
+            self._done = torch.cuda.Event()
+            self._done.record()
+        else:
+            self._host = t
+
+    def values(self) -> list:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host.tolist()
+
 
 def build_dataset(cfg: JobConfig, args: dict) -> MockImageCaption | ImageTextDataset:
     if cfg.data.dataset == "local":
@@ -54,6 +76,8 @@ class Trainer:
     cfg: JobConfig
     topo: Topology
     device: torch.device
+    host_group: dist.ProcessGroup
+    """World group for reductions of host values (gloo; `init_distributed`)."""
     modules: dict[str, BuiltModule]
     runner: StepRunner
     dataset: MockImageCaption | ImageTextDataset
@@ -70,8 +94,8 @@ class Trainer:
     tokens_seen: int = 0
     """Tokens (samples x seq_len) of every completed step, restored on resume."""
     stop_signal: str = ""
-    """Name of a stop signal this rank received; every rank learns of it at the next step's
-    reduction and the run saves and stops at that step boundary."""
+    """Name of a stop signal this rank received; it rides on the next step's reduction, so every
+    rank learns of it when that step's results are read (`titan_mimo/train.py` says when)."""
     loader: StepLoader | None = None
     """Local data: the worker-process loader of training steps (built on first use)."""
     data_counts: dict = field(default_factory=lambda: {"skipped": 0, "blank": 0})
@@ -160,9 +184,10 @@ class Trainer:
             loader.load_state_dict(state["loader"])
             self.data_counts.update(state["counts"])
 
-    def data_metrics(self, data: StepData) -> dict:
+    def data_metrics(self, data: StepData, counts: dict) -> dict:
         """Every rank calls this (two world reductions): records skipped as bad or too long and
-        images blanked since this process started (training split), and per encoder the patch
+        images blanked since this process started (training split, `counts`: `data_counts` as
+        they were after the step's data was loaded), and per encoder the patch
         imbalance of this step over the encoder's dp ranks: the mean over micro-batches of
         max / mean patches per rank (1.0 = balanced)."""
         encoders, patches, counted = list(self.cfg.encoders), [], []
@@ -175,9 +200,8 @@ class Trainer:
                     per_mb[mb] = sum(im.shape[-2] * im.shape[-1] / patch**2 for im in batch.images[name])
             patches += per_mb
             counted.append(float(holds))
-        sums = world_sum([self.data_counts["skipped"], self.data_counts["blank"]] + patches + counted,
-                         self.device)
-        maxes = world_max(patches, self.device)
+        sums = world_sum([counts["skipped"], counts["blank"]] + patches + counted, self.host_group)
+        maxes = world_max(patches, self.host_group)
         n_mb = self.plan.n_microbatches
         out = {"skipped_samples": int(sums[0]), "blank_images": int(sums[1])}
         for e, name in enumerate(encoders):
@@ -194,7 +218,7 @@ class Trainer:
 
     def global_loss_tokens(self, data: StepData) -> float:
         local = count_loss_tokens([b.labels for b in data.text]) if self._is_loss_rank() else 0
-        (total,) = world_sum([local], self.device)
+        (total,) = world_sum([local], self.host_group)
         if total == 0:
             raise ValueError("a step has no loss tokens (every label is -100); check the data")
         return total
@@ -203,9 +227,10 @@ class Trainer:
 
     def forward_backward(self, step: int) -> dict:
         """Forward and backward of every micro-batch, then the step's one world reduction of
-        (loss, squared gradient norm, stop flag), queued on the device and not yet read."""
-        t0 = time.perf_counter()
+        (loss, squared gradient norm, stop flag), queued on the device and not yet read. The
+        loss-token count is reduced on the host first (the loss divides by it)."""
         data = self.load_step(step, "train")
+        counts = dict(self.data_counts)
         global_tokens = self.global_loss_tokens(data)
         loss_local = self.runner.run(data, global_tokens, train=True)
         grad_sq = sum(local_grad_sq(m, self.topo.placements[n].size // self.topo.placements[n].pp, self.device)
@@ -215,23 +240,41 @@ class Trainer:
         stop = torch.full((), float(bool(self.stop_signal)), dtype=torch.float64, device=self.device)
         reduced = world_sum_(torch.stack([loss_local if self._is_loss_rank() else torch.zeros_like(stop),
                                           grad_sq, stop]))
-        return {"reduced": reduced, "global_tokens": global_tokens, "data": data, "t0": t0}
+        # The step's record is built later (after the next step is queued): keep what it needs.
+        return {"reduced": reduced, "global_tokens": global_tokens, "data": data, "data_counts": counts,
+                "timing": self.runner.train_timing}
 
     @staticmethod
-    def _read_reduced(out: dict) -> None:
-        loss, grad_sq, stop = out.pop("reduced").tolist()
+    def _read(out: dict) -> None:
+        loss, grad_sq, stop = out.pop("result").values()
         out.update(loss=loss, grad_norm=math.sqrt(grad_sq), stop=stop > 0)
+
+    def read_step(self, step: int, out: dict) -> None:
+        """Wait for step `step`'s (loss, squared gradient norm, stop flag) and read them into
+        `out` ("loss", "grad_norm", "stop"); a no-op once read. Without `skip_nonfinite_steps`
+        a non-finite loss or norm raises NonFiniteError: call this before saving the step."""
+        if "result" in out:
+            self._read(out)
+        loss, grad_norm = out["loss"], out["grad_norm"]
+        if not self.cfg.training.skip_nonfinite_steps and not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise NonFiniteError(f"step {step + 1}: non-finite loss {loss} or grad norm {grad_norm} "
+                                 "(the run stops without saving this step; set "
+                                 "training.skip_nonfinite_steps = true to skip such steps)")
 
     def optimizer_step(self, step: int, out: dict) -> None:
         """Clip with the one global coefficient, step every module's optimizer and schedule.
 
         The coefficient is computed on the device from the queued reduction, so the optimizer
-        steps are issued without the host waiting for the backward; the loss and norm are read
-        after. With `skip_nonfinite_steps` the host must see them first (one wait per step)."""
+        steps are issued without the host waiting for the backward, and nothing is read back:
+        `read_step` reads the step's results later, typically after the next step is queued.
+        With `skip_nonfinite_steps` the host must see them before stepping the optimizers, so
+        that mode waits for the device's backward in every step."""
         cfg = self.cfg
-        coef = clip_coefficient(out["reduced"][1].sqrt(), cfg.training.max_norm)
+        reduced = out.pop("reduced")
+        coef = clip_coefficient(reduced[1].sqrt(), cfg.training.max_norm)
         if cfg.training.skip_nonfinite_steps:
-            self._read_reduced(out)
+            out["result"] = HostCopy(reduced)
+            self._read(out)
             loss, grad_norm = out["loss"], out["grad_norm"]
             if math.isfinite(loss) and math.isfinite(grad_norm):
                 scale_grads(self.modules, coef)
@@ -242,12 +285,6 @@ class Trainer:
         else:
             scale_grads(self.modules, coef)
             self._step_optimizers()
-            self._read_reduced(out)
-            loss, grad_norm = out["loss"], out["grad_norm"]
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                raise NonFiniteError(f"step {step + 1}: non-finite loss {loss} or grad norm {grad_norm} "
-                                     "(the run stops without saving this step; set "
-                                     "training.skip_nonfinite_steps = true to skip such steps)")
         for opts in self.optimizers.values():
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
@@ -256,9 +293,10 @@ class Trainer:
                 part.zero_grad(set_to_none=True)
         for schedulers in self.schedulers.values():
             schedulers.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        out["time"] = time.perf_counter() - out["t0"]
+        if "loss" not in out:
+            # Copied at the step's end, so reading it later also means the step is done.
+            out["result"] = HostCopy(reduced)
+        out["memory_gib"] = memory_gib(self.device)  # the peak so far: a host-side allocator count
 
     def _step_optimizers(self) -> None:
         for opts in self.optimizers.values():
@@ -266,6 +304,7 @@ class Trainer:
                 opt.step()
 
     def train_step(self, step: int) -> dict:
+        """Queue one step; its results are read by `read_step`."""
         out = self.forward_backward(step)
         self.optimizer_step(step, out)
         return out
@@ -280,14 +319,16 @@ class Trainer:
             data = self.load_step(k, "validation")
             tokens = self.global_loss_tokens(data)
             loss_local = self.runner.run(data, tokens, train=False)
-            (loss,) = world_sum([float(loss_local) if self._is_loss_rank() else 0.0], self.device)
+            (loss,) = world_sum([float(loss_local) if self._is_loss_rank() else 0.0], self.host_group)
             total += loss
         return total / self.cfg.validation.steps
 
     # ---- metrics -----------------------------------------------------------------------------
 
-    def step_metrics(self, step: int, out: dict) -> dict:
-        """World reductions (every rank calls this); rank 0 gets the record."""
+    def step_metrics(self, step: int, out: dict, step_time_s: float) -> dict:
+        """The record of step `step` once `read_step` has read it: world reductions of host
+        values (every rank calls this); rank 0 gets the record. `step_time_s`: this rank's mean
+        step time over the logging window (`StepClock`); the record has the world max."""
         cfg, topo = self.cfg, self.topo
         names = list(cfg.modules)
         flops_local = []
@@ -299,13 +340,13 @@ class Trainer:
                     f += sum(self.flop_counters[name].flops_per_image(*im.shape[-2:])
                              for im in batch.images[name])
             flops_local.append(f)
-        # Of this step (the last training run), not accumulated since the last logged step.
-        timing = self.runner.train_timing
+        # Of this step, not accumulated since the last logged step.
+        timing = out["timing"]
         lm_place = topo.placements[cfg.language_name]
         bubble = [timing.bubble_s, timing.bubble_fraction] if cfg.language_name in self.modules else [0.0, 0.0]
-        mem = [memory_gib(self.device) if n in self.modules else 0.0 for n in names]
-        sums = world_sum(flops_local + bubble, self.device)
-        maxes = world_max(mem + [timing.bridge_wait_s, out["time"]], self.device)
+        mem = [out["memory_gib"] if n in self.modules else 0.0 for n in names]
+        sums = world_sum(flops_local + bubble, self.host_group)
+        maxes = world_max(mem + [timing.bridge_wait_s, step_time_s], self.host_group)
         step_time = maxes[-1]
         peak = peak_flops(self.device, cfg.metrics.peak_tflops)
         tokens = cfg.training.global_batch_size * cfg.training.seq_len
@@ -328,12 +369,13 @@ class Trainer:
                 "tflops_per_device": flops / step_time / size / 1e12,
                 "memory_gib": maxes[i],
             }
-        record.update(self.data_metrics(out["data"]))
+        record.update(self.data_metrics(out["data"], out["data_counts"]))
         return record
 
 
 def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockImageCaption,
-                  device: torch.device) -> Trainer:
+                  device: torch.device, host_group: dist.ProcessGroup) -> Trainer:
+    """Everything one rank holds, after `init_distributed` (which returns `host_group`)."""
     topo = build_topology(cfg, placements, device.type)
     modules = build_modules(cfg, args, topo, device)
     lm_name, lm_place = cfg.language_name, placements[cfg.language_name]
@@ -362,7 +404,8 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
                                          head_in_loss=uses_fused_loss(cfg, lm_place))
     runner = StepRunner(modules=modules, encoders=roles, language=lm_name if lm_here else None,
                         n_microbatches=topo.n_microbatches, schedule_name=cfg.parallelism.pipeline_schedule,
-                        tp_mesh=tp_mesh, pp_group=pp_group, device=device, lm_pp=lm_place.pp,
+                        tp_mesh=tp_mesh, pp_group=pp_group, device=device, host_group=host_group,
+                        lm_pp=lm_place.pp,
                         stage_shapes=stage_shapes, zero_embeddings=cfg.training.zero_encoder_embeddings,
                         fused_loss=uses_fused_loss(cfg, lm_place))
     optimizers = build_optimizers(cfg, modules, device)
@@ -371,7 +414,7 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
                          for n, m in cfg.modules.items()}
     plan = SamplePlan(global_batch_size=cfg.training.global_batch_size,
                       micro_batch_size=cfg.training.micro_batch_size, language_dp=lm_place.dp)
-    return Trainer(cfg=cfg, topo=topo, device=device, modules=modules, runner=runner, dataset=dataset,
+    return Trainer(cfg=cfg, topo=topo, device=device, host_group=host_group, modules=modules, runner=runner, dataset=dataset,
                    plan=plan, args=args, optimizers=optimizers,
                    schedulers=build_schedulers(cfg, optimizers), flop_counters=flop_counters,
                    lr_at=language_lr_schedule(cfg))

@@ -25,7 +25,7 @@ from titan_mimo.trainer import build_trainer
 def main() -> None:
     cases = json.loads(open(sys.argv[1]).read())
     device = pick_device()
-    init_distributed(device, 120)
+    host_group = init_distributed(device, 120)
     for case in cases:
         if dist.get_rank() == 0:
             if case.get("copy"):
@@ -34,7 +34,7 @@ def main() -> None:
                 export_checkpoint(*map(Path, case["export"]))
         dist.barrier()
         setup = prepare(case["argv"])
-        trainer = build_trainer(setup.cfg, setup.args, setup.placements, setup.dataset, device)
+        trainer = build_trainer(setup.cfg, setup.args, setup.placements, setup.dataset, device, host_group)
         train(trainer, setup.resume, setup.initial)
         dist.barrier()
     dist.destroy_process_group()

@@ -21,6 +21,7 @@ from torch.distributed.tensor import DTensor
 from titan_mimo.build import module_args
 from titan_mimo.config_loader import load_config
 from titan_mimo.distributed import env_world_size, init_distributed, pick_device
+from titan_mimo.metrics import StepClock
 from titan_mimo.topology import resolve_placements
 from titan_mimo.trainer import build_dataset, build_trainer
 
@@ -80,7 +81,7 @@ def main() -> None:
     cases = json.loads(Path(sys.argv[1]).read_text())
     out_root = Path(sys.argv[2])
     device = pick_device()
-    init_distributed(device, timeout_seconds=120)
+    host_group = init_distributed(device, timeout_seconds=120)
     rank = dist.get_rank()
     for case in cases:
         argv = ["--config", case["config"], f"--training.steps={case['steps']}"]
@@ -88,20 +89,23 @@ def main() -> None:
         cfg = load_config(argv)
         args = module_args(cfg)
         placements = resolve_placements(cfg, env_world_size(), {n: a.tp_divisors() for n, a in args.items()})
-        trainer = build_trainer(cfg, args, placements, build_dataset(cfg, args), device)
+        trainer = build_trainer(cfg, args, placements, build_dataset(cfg, args), device, host_group)
         resharded = probe_reshard_after_forward(trainer)
         init = snapshot(trainer, "param")
         losses, grad_norms, grads, val_loss = [], [], {}, None
         for step in range(case["steps"]):
+            clock = StepClock(device, step)  # the record's step time is the last step's
             out = trainer.forward_backward(step)
             if step == 0:
                 grads = snapshot(trainer, "grad")
             trainer.optimizer_step(step, out)
+            out["end"] = clock.mark()
+            trainer.read_step(step, out)
             losses.append(out["loss"])
             grad_norms.append(out["grad_norm"])
             if step == 0 and cfg.validation.enable:
                 val_loss = trainer.evaluate(step)
-        record = trainer.step_metrics(case["steps"] - 1, out)
+        record = trainer.step_metrics(case["steps"] - 1, out, clock.mean_step_s(case["steps"], out["end"]))
         params = snapshot(trainer, "param")
         case_dir = out_root / case["name"]
         case_dir.mkdir(parents=True, exist_ok=True)
