@@ -4,14 +4,17 @@ through the vision path, outputs follow the contract, and a dead rank stops the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
+import torch
 
-from launcher import start
+from launcher import REPO, start, torchrun
 
 CONFIG = "train_configs/debug_cpu.toml"
 
@@ -148,3 +151,131 @@ def test_garbage_collection_frees_the_first_steps_cycles():
         assert tensor() is not None  # held by the cycle: automatic collection is off
         collector.run(7)  # the first step of a resumed run
         assert tensor() is None
+
+
+# ---- the loop: results read one step late, checkpoints, non-finite steps, stop requests -----
+
+LOOP_WORKER = "tests/workers/loop_worker.py"
+LOOP = ["--training.steps=6", "--metrics.log_freq=1", "--metrics.enable_tensorboard=false",
+        "--checkpoint.enable=true", "--checkpoint.interval=3"]
+
+
+def _loop_runs(tmp: Path, nproc: int, cases: list[dict]) -> tuple[Path, str]:
+    for case in cases:
+        case["argv"] = ["--config", str(REPO / CONFIG), f"--job.dump_folder={tmp / case['name']}",
+                        *LOOP, *case.get("argv", [])]
+    spec = tmp / "cases.json"
+    spec.write_text(json.dumps(cases))
+    proc = torchrun(nproc, REPO / LOOP_WORKER, str(spec), str(tmp / "results"), timeout=600)
+    return tmp, proc.stdout + proc.stderr
+
+
+def _loop_result(runs: Path, name: str, rank: int = 0) -> dict:
+    return json.loads((runs / "results" / name / f"rank{rank}.json").read_text())
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _saved(out: Path) -> list[int]:
+    folder = out / "checkpoint"
+    return sorted(int(p.name.removeprefix("step-")) for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def one_rank_loops(tmp_path_factory) -> Path:
+    """One process: the same 6 steps (checkpoints at 3 and 6, validation at 4) read late, and
+    read at once (skip_nonfinite_steps)."""
+    validation = ["--validation.enable=true", "--validation.freq=4", "--validation.steps=1"]
+    runs, _ = _loop_runs(tmp_path_factory.mktemp("loop1"), 1, [
+        {"name": "late", "argv": validation, "trace": True},
+        {"name": "at_once", "argv": [*validation, "--training.skip_nonfinite_steps=true"], "trace": True},
+    ])
+    return runs
+
+
+def test_ordinary_steps_are_read_after_the_next_is_queued(one_rank_loops: Path) -> None:
+    """Step N is read after step N+1 is queued, except steps the loop needs at once (checkpoint
+    steps 3 and 6, validation step 4, the last step 6); queuing a step reads nothing back."""
+    late = _loop_result(one_rank_loops, "late")
+    assert late["events"] == ["queued 1", "queued 2", "read 1", "queued 3", "read 2", "read 3",
+                              "queued 4", "read 4", "queued 5", "queued 6", "read 5", "read 6"]
+    assert late["device_reads"] == 0
+    # skip_nonfinite_steps decides before the optimizer step: one read in every step.
+    at_once = _loop_result(one_rank_loops, "at_once")
+    assert at_once["events"] == [e for s in range(1, 7) for e in (f"queued {s}", f"read {s}")]
+    assert at_once["device_reads"] == 6
+
+
+def test_records_do_not_depend_on_when_steps_are_read(one_rank_loops: Path) -> None:
+    late, at_once = _records(one_rank_loops / "late"), _records(one_rank_loops / "at_once")
+    assert [r["step"] for r in late] == [1, 2, 3, 4, 5, 6]
+    for key in ("step", "loss", "grad_norm", "lr", "loss_tokens", "blank_images", "patch_imbalance/vision"):
+        assert [r[key] for r in late] == [r[key] for r in at_once], key
+    assert [r.get("val_loss") for r in late] == [r.get("val_loss") for r in at_once]
+    assert [s for s, r in enumerate(late, 1) if "checkpoint_s" in r] == [3, 6]
+    assert all(r["step_time_s"] > 0 and r["tokens_per_s"] > 0 for r in late)
+    assert _saved(one_rank_loops / "late") == [3, 6]
+
+
+@pytest.fixture(scope="module")
+def four_rank_loops(tmp_path_factory) -> tuple[Path, str]:
+    """vision 2 | language 2, 6 steps, checkpoints every 3: a NaN gradient on one rank just
+    before and exactly at checkpoint step 6 (stopping and skipping), and stop requests on one
+    rank at an ordinary step and at a checkpoint step."""
+    return _loop_runs(tmp_path_factory.mktemp("loop4"), 4, [
+        {"name": "nan_before_checkpoint", "nan_at": 5},
+        {"name": "nan_at_checkpoint", "nan_at": 6},
+        {"name": "nan_skipped", "nan_at": 5, "argv": ["--training.skip_nonfinite_steps=true"]},
+        {"name": "stop_late", "stop_at": [2, 3], "argv": ["--checkpoint.interval=100"]},
+        {"name": "stop_at_checkpoint", "stop_at": [3, 0]},
+    ])
+
+
+def _finite_state(checkpoint: Path) -> bool:
+    from titan_mimo.export import read_tensors
+    tensors = read_tensors(checkpoint, "")
+    assert any(k.startswith("language.model.") for k in tensors)
+    return all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("name, nan_at", [("nan_before_checkpoint", 5), ("nan_at_checkpoint", 6)])
+def test_nonfinite_step_is_never_saved(four_rank_loops, name: str, nan_at: int) -> None:
+    """A NaN at step 5 (read after step 6, a checkpoint step, is queued) or at step 6 itself:
+    every rank stops with NonFiniteError naming the step, and only step 3 is saved, finite."""
+    runs, _ = four_rank_loops
+    for rank in range(4):
+        error = _loop_result(runs, name, rank)["error"]
+        assert error and error.startswith(f"step {nan_at}: non-finite loss"), (rank, error)
+        assert "stops without saving this step" in error
+    assert _saved(runs / name) == [3]
+    assert _finite_state(runs / name / "checkpoint" / "step-3")
+    assert [r["step"] for r in _records(runs / name)] == list(range(1, nan_at))
+
+
+def test_nonfinite_step_is_skipped(four_rank_loops) -> None:
+    runs, _ = four_rank_loops
+    assert _loop_result(runs, "nan_skipped")["error"] is None
+    records, stopped = _records(runs / "nan_skipped"), _records(runs / "nan_before_checkpoint")
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in records[:4]] == [r["loss"] for r in stopped]
+    assert math.isnan(records[4]["grad_norm"]) and math.isfinite(records[5]["grad_norm"])
+    assert _saved(runs / "nan_skipped") == [3, 6]
+    assert _finite_state(runs / "nan_skipped" / "checkpoint" / "step-6")
+
+
+@pytest.mark.parametrize("name, stopped_at", [("stop_late", 3), ("stop_at_checkpoint", 3)])
+def test_stop_request_saves_and_stops_on_every_rank(four_rank_loops, name: str, stopped_at: int) -> None:
+    """A stop flag set on one rank before step 2 is queued rides on step 2's reduction, read
+    after step 3 is queued: every rank then reads step 3 at once, saves it and stops. Set before
+    checkpoint step 3 (read at once), the run stops at step 3 too."""
+    runs, output = four_rank_loops
+    flagged = 3 if name == "stop_late" else 0
+    for rank in range(4):
+        signal_name = _loop_result(runs, name, rank)["stop_signal"]
+        assert signal_name == ("SIGUSR1" if rank == flagged else "a signal on another rank"), (rank, signal_name)
+    assert _saved(runs / name) == [stopped_at]
+    assert [r["step"] for r in _records(runs / name)] == list(range(1, stopped_at + 1))
+    seen_by_rank0 = "SIGUSR1" if flagged == 0 else "a signal on another rank"
+    assert f"stopping after step {stopped_at} ({seen_by_rank0}): checkpoint step-{stopped_at} is complete" in output
