@@ -30,6 +30,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -167,8 +168,10 @@ class Checkpointer:
         self.models = {n: m.model for n, m in cfg.modules.items()}
         self.is_async = cfg.checkpoint.async_mode == "async"
         # A background save talks over its own group, so its collectives never interleave with
-        # the training step's on the default group.
-        self.group = dist.new_group(backend="gloo") if self.is_async else None
+        # the training step's on the default group or the host group (gloo default timeout: 30
+        # minutes; the configured one instead).
+        self.group = (dist.new_group(backend="gloo", timeout=timedelta(seconds=cfg.comm.timeout_seconds))
+                      if self.is_async else None)
         self.pending = None
         """(step, path, future) of an async save not yet marked complete."""
         self.blocked_s = 0.0

@@ -139,7 +139,9 @@ class Training:
     max_norm: float = 1.0
     """Global gradient-norm clipping threshold over all modules; <= 0 disables clipping."""
     skip_nonfinite_steps: bool = False
-    """Skip (instead of stopping on) a step whose loss or grad norm is not finite."""
+    """Skip (instead of stopping on) a step whose loss or grad norm is not finite. The host must
+    read each step's loss and norm before its optimizer step, so this mode waits for the device
+    once per step (otherwise the loop reads a step's results after queuing the next)."""
     gc_freq: int = 50
     """Python garbage collection during training (torchtitan's GarbageCollection): automatic
     collection off, a generation-1 collection every gc_freq steps, so no collection lands in the

@@ -88,12 +88,20 @@ class StepTiming:
     """The whole run: every role's forward (+ backward) of every micro-batch."""
     bridge_wait_s: float = 0.0
     """Blocked on bridge receives (embeddings on the language first stage, gradients on encoders)."""
-    schedule_s: float = 0.0
-    """Inside the language model's pipeline schedule (0 unless this rank is a pp > 1 language rank)."""
-    stage_work_s: float = 0.0
+    schedule: Spans | None = None
+    """Inside the language model's pipeline schedule (none unless this rank is a pp > 1 language rank)."""
+    stage_work: Spans | None = None
     """Inside this rank's own stage work within the schedule; includes the first stage's bridge
-    waits, since the bridge is received inside the stage forward. Both this and `schedule_s`
-    are stream time on CUDA (`SpanClock`)."""
+    waits, since the bridge is received inside the stage forward. Both are stream time on CUDA
+    (`SpanClock`), read when first asked for: after the step is done, nothing waits."""
+
+    @property
+    def schedule_s(self) -> float:
+        return self.schedule.total_s() if self.schedule is not None else 0.0
+
+    @property
+    def stage_work_s(self) -> float:
+        return self.stage_work.total_s() if self.stage_work is not None else 0.0
 
     @property
     def bubble_s(self) -> float:
@@ -105,11 +113,26 @@ class StepTiming:
         return self.bubble_s / self.schedule_s if self.schedule_s > 0 else 0.0
 
 
+class Spans:
+    """Spans of work timed by a `SpanClock`: host seconds (CPU) or pairs of CUDA events."""
+
+    def __init__(self, host_s: float, events: list):
+        self._host_s, self._events, self._total_s = host_s, events, None
+
+    def total_s(self) -> float:
+        """On CUDA this waits for the last span's work: ask once the step is done."""
+        if self._total_s is None:
+            if self._events:
+                self._events[-1][1].synchronize()
+            self._total_s = self._host_s + sum(start.elapsed_time(end) for start, end in self._events) / 1e3
+        return self._total_s
+
+
 class SpanClock:
     """Sums the durations of spans of work: host wall time on CPU; on CUDA, time on the current
     stream between events recorded around each span (kernels run asynchronously, so host time
     would only count their launches, and a pipeline's waits are stream waits, not host waits).
-    Read `total_s()` once the spans' work is queued; it synchronises on CUDA."""
+    `take()` hands the spans so far over, to be read later (`Spans.total_s`)."""
 
     def __init__(self, device: torch.device):
         self.is_cuda = device.type == "cuda"
@@ -118,6 +141,11 @@ class SpanClock:
     def reset(self) -> None:
         self._host_s = 0.0
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def take(self) -> Spans:
+        spans = Spans(self._host_s, self._events)
+        self.reset()
+        return spans
 
     @contextmanager
     def span(self):
@@ -135,11 +163,6 @@ class SpanClock:
                 yield
             finally:
                 self._host_s += time.perf_counter() - t0
-
-    def total_s(self) -> float:
-        if self._events:
-            self._events[-1][1].synchronize()
-        return self._host_s + sum(start.elapsed_time(end) for start, end in self._events) / 1e3
 
 
 def theoretical_bubble_fraction(lm_pp: int, n_microbatches: int, stages_per_rank: int = 1) -> float:
@@ -414,8 +437,8 @@ class StepRunner:
             bridge.wait_sends()
         self.timing.run_s = time.perf_counter() - t0
         self.timing.bridge_wait_s = sum(b.stats.wait_s for b in bridges) - wait0
-        self.timing.schedule_s = self._schedule_clock.total_s()
-        self.timing.stage_work_s = self._stage_clock.total_s()
+        self.timing.schedule = self._schedule_clock.take()
+        self.timing.stage_work = self._stage_clock.take()
         if train:
             self.train_timing = self.timing
         return loss
