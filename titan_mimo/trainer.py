@@ -293,7 +293,7 @@ class Trainer:
                 part.zero_grad(set_to_none=True)
         for schedulers in self.schedulers.values():
             schedulers.step()
-        if "loss" not in out:
+        if not cfg.training.skip_nonfinite_steps:  # that mode has read the results already
             # Copied at the step's end, so reading it later also means the step is done.
             out["result"] = HostCopy(reduced)
         out["memory_gib"] = memory_gib(self.device)  # the peak so far: a host-side allocator count
