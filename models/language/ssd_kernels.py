@@ -1,7 +1,8 @@
 """Optional GPU kernels for the Mamba-2 SSD scan, chosen by `HybridLMArgs.ssd_backend`.
 
-"torch" is `ssd.ssd_chunked` (pure PyTorch, the reference and the CPU path). "mamba_ssm" is
-mamba-ssm's Triton `mamba_chunk_scan_combined`, imported lazily when a mixer is built with it.
+"torch" is `ssd.ssd_chunked` (pure PyTorch, the reference and the CPU path). "mamba_ssm" runs
+mamba-ssm's Triton SSD kernels, imported lazily when a mixer is built with it: its forward, and a
+backward that keeps the forward's chunk states instead of recomputing them (`ssd_mamba_ssm`).
 
 mamba-ssm 2.3.2's package `__init__` imports its CUDA extension (`selective_scan_cuda`, used by
 Mamba-1 only) unconditionally, so a source install without that build cannot `import mamba_ssm`
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .ssd import ssd_chunked
+from .ssd_mamba_ssm import scan_function
 
 __all__ = ["MISSING_MAMBA_SSM", "ssd_function"]
 
@@ -52,7 +54,7 @@ def _import_mamba_chunk_scan() -> Callable[..., Tensor]:
         module = importlib.import_module(_TRITON_MODULE)
     except ImportError as e:
         raise ImportError(f"{MISSING_MAMBA_SSM} (importing {_TRITON_MODULE} failed: {e})") from e
-    return module.mamba_chunk_scan_combined
+    return scan_function(module)
 
 
 def _mamba_ssm_scan() -> Callable[..., Tensor]:

@@ -1,0 +1,317 @@
+"""mamba-ssm's Triton SSD scan with a leaner backward: what `ssd_backend="mamba_ssm"` runs.
+
+The forward is mamba-ssm's (`_mamba_chunk_scan_combined_fwd`) and the backward runs the same
+Triton kernels as its `_mamba_chunk_scan_combined_bwd`, restricted to what `Mamba2Mixer` calls (no
+z gate, dt bias, initial states or seq_idx), with two changes:
+
+1. **The forward's chunk states are kept.** mamba-ssm's backward recomputes dA's cumsum, the
+   per-chunk states and the state passing (`_chunk_cumsum_fwd`, `_chunk_state_fwd`,
+   `_state_passing_fwd`: about 0.45 ms per layer and step at 3 x 8192 tokens on an H100). We save
+   the states the forward already made: the bf16 states its output was computed from, so the dC
+   kernel reads exactly the values mamba-ssm's backward rounds to bf16 for it; only the state
+   passing's dA gradient reads them in bf16 where mamba-ssm reads its fp32 recompute. The cost is
+   H·P·N·2/chunk bytes per token (4 KiB at the hybrid's 64 heads x 64, state 128, chunk 256).
+2. **No reduction over a split of size one.** mamba-ssm's dB, dC and dCB wrappers write fp32
+   partial sums per head split and add them up with `.sum(2)`; when the heads of a group fit one
+   program (every shape we train: the split is 1) that sum is a full fp32 copy of dCB, dB and dC.
+   We take the single split as a view instead, and still sum when there are several.
+
+`scan_function()` returns this scan when mamba-ssm's private functions and the three kernels'
+signatures are those of the 2.3.x releases it was written against, and otherwise mamba-ssm's own
+`mamba_chunk_scan_combined` with a warning, so a mamba-ssm upgrade degrades to the stock backward
+instead of launching kernels with wrong arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["scan_function"]
+
+# The arguments our wrappers pass to each kernel (by name), plus the autotuned block sizes.
+_AUTOTUNED = {"BLOCK_SIZE_M", "BLOCK_SIZE_N"}
+
+
+def _strides(prefix: str, t: Tensor | None, **dims: int) -> dict[str, int]:
+    """{prefix + name: t.stride(dim)} for each name=dim (zeros for a missing tensor)."""
+    return {prefix + name: (t.stride(dim) if t is not None else 0) for name, dim in dims.items()}
+
+
+class _Kernels:
+    """mamba-ssm's private SSD functions and kernels, checked against what this module passes."""
+
+    def __init__(self) -> None:
+        import triton
+        from mamba_ssm.ops.triton import ssd_chunk_scan, ssd_chunk_state, ssd_combined
+        from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_bwd, _bmm_chunk_fwd
+        from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_bwd
+        from mamba_ssm.utils.determinism import (
+            alloc_tile_workspace,
+            finalize_tile_workspace,
+            use_deterministic_mode,
+        )
+
+        self.triton = triton
+        self.combined_fwd = ssd_combined._mamba_chunk_scan_combined_fwd
+        self.bwd_dx = ssd_combined._chunk_scan_chunk_state_bwd_dx
+        self.bwd_dstates = ssd_chunk_scan._chunk_scan_bwd_dstates
+        self.bwd_ddAcs_stable = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable
+        self.cumsum_bwd = ssd_chunk_state._chunk_cumsum_bwd
+        self.bmm_fwd, self.bmm_bwd = _bmm_chunk_fwd, _bmm_chunk_bwd
+        self.state_passing_bwd = _state_passing_bwd
+        self.alloc_tile_workspace = alloc_tile_workspace
+        self.finalize_tile_workspace = finalize_tile_workspace
+        self.use_deterministic_mode = use_deterministic_mode
+        self.db_kernel = ssd_chunk_state._chunk_state_bwd_db_kernel
+        self.db_min_block_n = ssd_chunk_state._CHUNK_STATE_BWD_DB_MIN_BLOCK_N
+        self.dc_kernel = ssd_chunk_scan._chunk_scan_bwd_dc_kernel
+        self.dc_min_block_n = ssd_chunk_scan._CHUNK_SCAN_BWD_DC_MIN_BLOCK_N
+        self.dcb_kernel = ssd_chunk_scan._chunk_scan_bwd_dcb_kernel
+
+    def check(self) -> str | None:
+        """None if every kernel takes exactly the arguments our wrappers pass, else the first
+        difference (the kernels' signatures changed in the installed mamba-ssm)."""
+        for kernel, passed in ((self.db_kernel, _DB_ARGS), (self.dc_kernel, _DC_ARGS),
+                               (self.dcb_kernel, _DCB_ARGS)):
+            names = set(getattr(getattr(kernel, "fn", kernel), "arg_names", ()))
+            if names != set(passed) | _AUTOTUNED:
+                return (f"{getattr(getattr(kernel, 'fn', kernel), '__name__', kernel)} takes "
+                        f"{sorted(names ^ (set(passed) | _AUTOTUNED))} unlike mamba-ssm 2.3.x")
+        return None
+
+    # --- dB, dC, dCB without the sum over a head split of one ------------------------------
+
+    def _split(self, batch: int, nchunks: int, nheads: int, ngroups: int, device) -> tuple[int, int]:
+        # mamba-ssm's choice of heads per program (same formula, so the same kernels run).
+        ratio = nheads // ngroups
+        sm_count = torch.cuda.get_device_properties(device).multi_processor_count
+        per_program = max(min(math.ceil(batch * nchunks * nheads / sm_count), ratio), 1)
+        return per_program, self.triton.cdiv(ratio, per_program)
+
+    @staticmethod
+    def _sum_splits(t: Tensor) -> Tensor:
+        return t[:, :, 0] if t.shape[2] == 1 else t.sum(2)
+
+    def chunk_state_bwd_db(self, x: Tensor, dt: Tensor, dA_cumsum: Tensor, dstates: Tensor,
+                           B: Tensor, ngroups: int) -> tuple[Tensor, Tensor]:
+        """mamba-ssm's `_chunk_state_bwd_db` with B given: (dB in fp32, ddA_cumsum)."""
+        batch, seqlen, nheads, headdim = x.shape
+        nchunks, chunk_size = dt.shape[2], dt.shape[3]
+        dstate = dstates.shape[-1]
+        deterministic = self.use_deterministic_mode()
+        ddA, stride_tile = self.alloc_tile_workspace(
+            (batch, nheads, nchunks, chunk_size), math.ceil(dstate / self.db_min_block_n),
+            torch.float32, x.device, deterministic, zero_init=True)
+        per_program, nsplits = self._split(batch, nchunks, nheads, ngroups, x.device)
+        dB = torch.empty(batch, seqlen, nsplits, ngroups, dstate, device=x.device, dtype=torch.float32)
+        grid = lambda META: (  # noqa: E731
+            self.triton.cdiv(chunk_size, META["BLOCK_SIZE_M"]) * self.triton.cdiv(dstate, META["BLOCK_SIZE_N"]),
+            batch * nchunks, nsplits * ngroups)
+        with torch.cuda.device(x.device.index):
+            self.db_kernel[grid](
+                x_ptr=x, dstates_ptr=dstates, b_ptr=B, dt_ptr=dt, dA_cumsum_ptr=dA_cumsum,
+                seq_idx_ptr=None, db_ptr=dB, ddA_cumsum_ptr=ddA,
+                chunk_size=chunk_size, dstate=dstate, hdim=headdim, batch=batch, seqlen=seqlen,
+                nheads=nheads, nheads_per_program=per_program, ngroups=ngroups,
+                **_strides("stride_x_", x, batch=0, seqlen=1, head=2, hdim=3),
+                **_strides("stride_dstates_", dstates, batch=0, chunk=1),
+                **_strides("stride_states_", dstates, head=2, hdim=3, dstate=4),
+                **_strides("stride_b_", B, batch=0, seqlen=1, head=2, dstate=3),
+                **_strides("stride_dt_", dt, batch=0, chunk=2, head=1, csize=3),
+                **_strides("stride_dA_cs_", dA_cumsum, batch=0, chunk=2, head=1, csize=3),
+                stride_seq_idx_batch=0, stride_seq_idx_seqlen=0,
+                **_strides("stride_db_", dB, batch=0, seqlen=1, split=2, group=3, dstate=4),
+                **_strides("stride_ddA_cs_", ddA, batch=0, chunk=2, head=1, csize=3),
+                stride_ddA_tile=stride_tile,
+                HAS_DDA_CS=True, HAS_SEQ_IDX=False, DETERMINISTIC_REDUCTION=deterministic,
+                BLOCK_SIZE_K=max(self.triton.next_power_of_2(headdim), 16),
+            )
+        ddA = self.finalize_tile_workspace(ddA, deterministic)
+        # As in mamba-ssm: the first position of each chunk does not reach the chunk's state.
+        torch.cumsum(ddA, dim=-1, out=ddA)
+        return self._sum_splits(dB), ddA
+
+    def chunk_scan_bwd_dC(self, prev_states: Tensor, dA_cumsum: Tensor, dout: Tensor, C: Tensor,
+                          ngroups: int) -> tuple[Tensor, Tensor]:
+        """mamba-ssm's `_chunk_scan_bwd_dC` with C given: (dC in fp32, ddA_cumsum_prev)."""
+        batch, nchunks, nheads, headdim, dstate = prev_states.shape
+        seqlen = dout.shape[1]
+        chunk_size = dA_cumsum.shape[-1]
+        deterministic = self.use_deterministic_mode()
+        ddA_prev, stride_tile = self.alloc_tile_workspace(
+            (batch, nheads, nchunks, chunk_size), math.ceil(dstate / self.dc_min_block_n),
+            torch.float32, dout.device, deterministic, zero_init=True)
+        per_program, nsplits = self._split(batch, nchunks, nheads, ngroups, dout.device)
+        dC = torch.empty(batch, seqlen, nsplits, ngroups, dstate, device=dout.device, dtype=torch.float32)
+        grid = lambda META: (  # noqa: E731
+            self.triton.cdiv(chunk_size, META["BLOCK_SIZE_M"]) * self.triton.cdiv(dstate, META["BLOCK_SIZE_N"]),
+            batch * nchunks, nsplits * ngroups)
+        with torch.cuda.device(dout.device.index):
+            self.dc_kernel[grid](
+                dout_ptr=dout, prev_states_ptr=prev_states, C_ptr=C, dA_cumsum_ptr=dA_cumsum,
+                seq_idx_ptr=None, dc_ptr=dC, ddA_cumsum_ptr=ddA_prev,
+                chunk_size=chunk_size, dstate=dstate, hdim=headdim, batch=batch, seqlen=seqlen,
+                nheads=nheads, nheads_per_program=per_program, ngroups=ngroups,
+                **_strides("stride_dout_", dout, batch=0, seqlen=1, head=2, hdim=3),
+                **_strides("stride_prev_states_", prev_states, batch=0, chunk=1, head=2, hdim=3, dstate=4),
+                **_strides("stride_C_", C, batch=0, seqlen=1, head=2, dstate=3),
+                **_strides("stride_dA_cs_", dA_cumsum, batch=0, chunk=2, head=1, csize=3),
+                stride_seq_idx_batch=0, stride_seq_idx_seqlen=0,
+                **_strides("stride_dc_", dC, batch=0, seqlen=1, split=2, group=3, dstate=4),
+                **_strides("stride_ddA_cs_", ddA_prev, batch=0, chunk=2, head=1, csize=3),
+                stride_ddA_tile=stride_tile,
+                HAS_DDA_CS=True, HAS_SEQ_IDX=False, DETERMINISTIC_REDUCTION=deterministic,
+                BLOCK_SIZE_K=max(self.triton.next_power_of_2(headdim), 16),
+            )
+        return self._sum_splits(dC), self.finalize_tile_workspace(ddA_prev, deterministic)
+
+    def chunk_scan_bwd_dcb(self, x: Tensor, dt: Tensor, dA_cumsum: Tensor, dout: Tensor,
+                           ngroups: int) -> Tensor:
+        """mamba-ssm's `_chunk_scan_bwd_dcb` without CB: dCB in fp32."""
+        batch, seqlen, nheads, headdim = x.shape
+        nchunks, chunk_size = dt.shape[2], dt.shape[3]
+        per_program, nsplits = self._split(batch, nchunks, nheads, ngroups, x.device)
+        dcb = torch.empty(batch, nchunks, nsplits, ngroups, chunk_size, chunk_size,
+                          device=x.device, dtype=torch.float32)
+        grid = lambda META: (  # noqa: E731
+            self.triton.cdiv(chunk_size, META["BLOCK_SIZE_M"]) * self.triton.cdiv(chunk_size, META["BLOCK_SIZE_N"]),
+            batch * nchunks, nsplits * ngroups)
+        with torch.cuda.device(x.device.index):
+            self.dcb_kernel[grid](
+                x_ptr=x, dout_ptr=dout, cb_ptr=None, dt_ptr=dt, dA_cumsum_ptr=dA_cumsum,
+                seq_idx_ptr=None, dcb_ptr=dcb, ddA_cumsum_ptr=None,
+                chunk_size=chunk_size, hdim=headdim, batch=batch, seqlen=seqlen, nheads=nheads,
+                nheads_per_program=per_program, ngroups=ngroups,
+                **_strides("stride_x_", x, batch=0, seqlen=1, head=2, hdim=3),
+                **_strides("stride_dout_", dout, batch=0, seqlen=1, head=2, hdim=3),
+                **_strides("stride_cb_", None, batch=0, chunk=1, head=2, csize_m=3, csize_n=4),
+                **_strides("stride_dt_", dt, batch=0, chunk=2, head=1, csize=3),
+                **_strides("stride_dA_cs_", dA_cumsum, batch=0, chunk=2, head=1, csize=3),
+                stride_seq_idx_batch=0, stride_seq_idx_seqlen=0,
+                **_strides("stride_dcb_", dcb, batch=0, chunk=1, split=2, group=3, csize_m=4, csize_n=5),
+                **_strides("stride_ddA_cs_", None, batch=0, chunk=1, head=2, csize_m=3, csize_n=4),
+                HAS_DDA_CS=False, HAS_SEQ_IDX=False,
+                BLOCK_SIZE_K=max(self.triton.next_power_of_2(headdim), 16),
+            )
+        return self._sum_splits(dcb)
+
+
+_DB_ARGS = (
+    "x_ptr", "dstates_ptr", "b_ptr", "dt_ptr", "dA_cumsum_ptr", "seq_idx_ptr", "db_ptr",
+    "ddA_cumsum_ptr", "chunk_size", "dstate", "hdim", "batch", "seqlen", "nheads",
+    "nheads_per_program", "ngroups", "stride_x_batch", "stride_x_seqlen", "stride_x_head",
+    "stride_x_hdim", "stride_dstates_batch", "stride_dstates_chunk", "stride_states_head",
+    "stride_states_hdim", "stride_states_dstate", "stride_b_batch", "stride_b_seqlen",
+    "stride_b_head", "stride_b_dstate", "stride_dt_batch", "stride_dt_chunk", "stride_dt_head",
+    "stride_dt_csize", "stride_dA_cs_batch", "stride_dA_cs_chunk", "stride_dA_cs_head",
+    "stride_dA_cs_csize", "stride_seq_idx_batch", "stride_seq_idx_seqlen", "stride_db_batch",
+    "stride_db_seqlen", "stride_db_split", "stride_db_group", "stride_db_dstate",
+    "stride_ddA_cs_batch", "stride_ddA_cs_chunk", "stride_ddA_cs_head", "stride_ddA_cs_csize",
+    "stride_ddA_tile", "HAS_DDA_CS", "HAS_SEQ_IDX", "DETERMINISTIC_REDUCTION", "BLOCK_SIZE_K",
+)
+_DC_ARGS = (
+    "dout_ptr", "prev_states_ptr", "C_ptr", "dA_cumsum_ptr", "seq_idx_ptr", "dc_ptr",
+    "ddA_cumsum_ptr", "chunk_size", "dstate", "hdim", "batch", "seqlen", "nheads",
+    "nheads_per_program", "ngroups", "stride_dout_batch", "stride_dout_seqlen",
+    "stride_dout_head", "stride_dout_hdim", "stride_prev_states_batch", "stride_prev_states_chunk",
+    "stride_prev_states_head", "stride_prev_states_hdim", "stride_prev_states_dstate",
+    "stride_C_batch", "stride_C_seqlen", "stride_C_head", "stride_C_dstate", "stride_dA_cs_batch",
+    "stride_dA_cs_chunk", "stride_dA_cs_head", "stride_dA_cs_csize", "stride_seq_idx_batch",
+    "stride_seq_idx_seqlen", "stride_dc_batch", "stride_dc_seqlen", "stride_dc_split",
+    "stride_dc_group", "stride_dc_dstate", "stride_ddA_cs_batch", "stride_ddA_cs_chunk",
+    "stride_ddA_cs_head", "stride_ddA_cs_csize", "stride_ddA_tile", "HAS_DDA_CS", "HAS_SEQ_IDX",
+    "DETERMINISTIC_REDUCTION", "BLOCK_SIZE_K",
+)
+_DCB_ARGS = (
+    "x_ptr", "dout_ptr", "cb_ptr", "dt_ptr", "dA_cumsum_ptr", "seq_idx_ptr", "dcb_ptr",
+    "ddA_cumsum_ptr", "chunk_size", "hdim", "batch", "seqlen", "nheads", "nheads_per_program",
+    "ngroups", "stride_x_batch", "stride_x_seqlen", "stride_x_head", "stride_x_hdim",
+    "stride_dout_batch", "stride_dout_seqlen", "stride_dout_head", "stride_dout_hdim",
+    "stride_cb_batch", "stride_cb_chunk", "stride_cb_head", "stride_cb_csize_m",
+    "stride_cb_csize_n", "stride_dt_batch", "stride_dt_chunk", "stride_dt_head", "stride_dt_csize",
+    "stride_dA_cs_batch", "stride_dA_cs_chunk", "stride_dA_cs_head", "stride_dA_cs_csize",
+    "stride_seq_idx_batch", "stride_seq_idx_seqlen", "stride_dcb_batch", "stride_dcb_chunk",
+    "stride_dcb_split", "stride_dcb_group", "stride_dcb_csize_m", "stride_dcb_csize_n",
+    "stride_ddA_cs_batch", "stride_ddA_cs_chunk", "stride_ddA_cs_head", "stride_ddA_cs_csize_m",
+    "stride_ddA_cs_csize_n", "HAS_DDA_CS", "HAS_SEQ_IDX", "BLOCK_SIZE_K",
+)
+
+
+class _SSDScan(torch.autograd.Function):
+    """y = SSD(x, dt, A, B, C) + D·x with mamba-ssm's kernels; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx: Any, k: _Kernels, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                chunk_size: int, D: Tensor | None) -> Tensor:
+        # The layouts mamba-ssm's forward would make, so the saved tensors are the ones it read.
+        B = B if B.stride(-1) == 1 else B.contiguous()
+        C = C if C.stride(-1) == 1 else C.contiguous()
+        if x.stride(-1) != 1 and x.stride(1) != 1:
+            x = x.contiguous()
+        if D is not None and D.stride(-1) != 1:
+            D = D.contiguous()
+        out, _, dt_chunked, dA_cumsum, states, _ = k.combined_fwd(x, dt, A, B, C, chunk_size, D=D)
+        ctx.save_for_backward(x, dt, A, B, C, D, dt_chunked, dA_cumsum, states)
+        ctx.kernels, ctx.chunk_size = k, chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor):
+        k: _Kernels = ctx.kernels
+        x, dt, A, B, C, D, dt_chunked, dA_cumsum, states = ctx.saved_tensors
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        batch, _, nheads, headdim = x.shape
+        ngroups, dstate = B.shape[2], B.shape[3]
+        nchunks = dA_cumsum.shape[2]
+        CB = k.bmm_fwd(C, B, ctx.chunk_size, output_dtype=torch.float32)
+        dstates = k.bwd_dstates(C, dA_cumsum, dout, dtype=torch.float32)
+        # states[:, c] is the state entering chunk c (zeros for c = 0); dstates the same for its
+        # gradient. mamba-ssm converts its fp32 recompute to x's dtype here; ours already is.
+        flat = (batch, nchunks, nheads, headdim * dstate)
+        dstates, ddA_chunk_cumsum, _, states = k.state_passing_bwd(
+            states.view(flat), dA_cumsum[:, :, :, -1], dstates.view(flat),
+            dstates_dtype=x.dtype, states_dtype=states.dtype, chunk_size=ctx.chunk_size)
+        full = (batch, nchunks, nheads, headdim, dstate)
+        states, dstates = states.view(full), dstates.view(full)
+        dx, ddt, dD = k.bwd_dx(x, dt_chunked, dA_cumsum, B, CB, dout, dstates, D=D)
+        dB, ddA_next = k.chunk_state_bwd_db(x, dt_chunked, dA_cumsum, dstates, B, ngroups)
+        dC, ddA_cumsum_prev = k.chunk_scan_bwd_dC(states.to(x.dtype), dA_cumsum, dout, C, ngroups)
+        dCB = k.chunk_scan_bwd_dcb(x, dt_chunked, dA_cumsum, dout, ngroups)
+        dB_out, dC_out = torch.empty_like(B), torch.empty_like(C)
+        k.bmm_bwd(C, dCB, residual=dB, out=dB_out)
+        k.bmm_bwd(B, dCB.transpose(-1, -2), residual=dC, out=dC_out)
+        ddA_cumsum_prev[..., -1] += ddA_chunk_cumsum
+        ddA = k.bwd_ddAcs_stable(x, dt_chunked, dA_cumsum, dout, CB)
+        ddA += ddA_next + ddA_cumsum_prev.flip([-1]).cumsum(dim=-1).flip([-1])
+        ddt_out, dA, _ = k.cumsum_bwd(ddA, ddt, dt, A)
+        return None, dx, ddt_out, dA, dB_out, dC_out, None, dD
+
+
+def scan_function(module: Any) -> Callable[..., Tensor]:
+    """The scan `(x, dt, A, B, C, chunk_size, D=None) -> y` for the imported `ssd_combined`
+    `module`: ours when the installed mamba-ssm matches what it was written against, else the
+    module's own `mamba_chunk_scan_combined` (logged as a warning)."""
+    try:
+        kernels = _Kernels()
+        problem = kernels.check()
+    except (ImportError, AttributeError) as e:
+        problem = f"{type(e).__name__}: {e}"
+    if problem is not None:
+        logger.warning("ssd_backend='mamba_ssm': using mamba-ssm's own backward, which recomputes "
+                       "the chunk states (%s)", problem)
+        return module.mamba_chunk_scan_combined
+
+    def scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
+             D: Tensor | None = None) -> Tensor:
+        return _SSDScan.apply(kernels, x, dt, A, B, C, chunk_size, D)
+
+    return scan

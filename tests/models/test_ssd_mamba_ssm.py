@@ -1,0 +1,78 @@
+"""Our backward around mamba-ssm's Triton SSD kernels (`ssd_mamba_ssm`), on CPU.
+
+One process (tests/workers/ssd_interpreter_worker.py) runs mamba-ssm's real kernels and wrappers
+on CPU tensors under Triton's interpreter, for our scan, mamba-ssm's own
+`mamba_chunk_scan_combined` and the pure-PyTorch reference `ssd_chunked`. Needs mamba-ssm's
+source: a mamba_ssm package on the path, or build/mamba_ssm_src as `bash tests/fetch_mamba_ssm.sh`
+(run by .ci/run) leaves it. The compiled kernels are covered by the GPU test in
+test_ssd_kernels.py, bf16 too (the interpreter's bf16 is not meaningful).
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+SOURCE = REPO / "build" / "mamba_ssm_src"
+WORKER = REPO / "tests" / "workers" / "ssd_interpreter_worker.py"
+NAMES = ("y", "dx", "ddt", "dA", "dB", "dC", "dD")
+
+pytestmark = pytest.mark.skipif(
+    not (SOURCE / "mamba_ssm").is_dir() and importlib.util.find_spec("mamba_ssm") is None,
+    reason="needs mamba-ssm's source: run `bash tests/fetch_mamba_ssm.sh` (.ci/run does)")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("ssd") / "out.pt"
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(WORKER), str(out), str(SOURCE)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return torch.load(out)
+
+
+def _rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def test_kernels_take_the_arguments_we_pass(results):
+    assert results["check"] is None
+    assert not results["ours_is_stock"]
+
+
+@pytest.mark.parametrize("case", ["fp32_split1", "fp32_splits", "deterministic"])
+def test_fp32_equals_mamba_ssm_and_matches_reference(results, case):
+    """In fp32 the states the forward saves are the ones mamba-ssm's backward recomputes, and a
+    split of one taken as a view equals the sum over it: the same numbers as mamba-ssm's own
+    backward, with several splits and in deterministic mode too."""
+    r = results[case]
+    for name, ours, stock, ref in zip(NAMES, r["ours"], r["stock"], r["ref"]):
+        torch.testing.assert_close(ours, stock, rtol=1e-6, atol=1e-6, msg=f"{name} vs mamba-ssm")
+        assert _rel(ours, ref) < 1e-4, f"{name}: relative error {_rel(ours, ref):.3g} vs reference"
+
+
+def test_backward_does_not_recompute_the_forward(results):
+    """mamba-ssm's backward calls the forward's cumsum, chunk-state and state-passing helpers
+    again; ours calls them once, in the forward (both recompute CB = C·Bᵀ: fp32, 4·chunk bytes
+    per token and group, not worth keeping)."""
+    once = {"_chunk_cumsum_fwd": 1, "_chunk_state_fwd": 1, "_state_passing_fwd": 1}
+    assert results["calls_stock"] == {k: 2 for k in once}
+    assert results["calls_ours"] == once
+
+
+def test_no_sum_over_a_split_of_one(results):
+    """dB, dC and dCB each come out of mamba-ssm's wrappers through a `.sum(2)` over the head
+    split, a full fp32 copy when the split is 1; ours takes the view (the other sums remain)."""
+    assert results["sums_stock"] - results["sums_ours"] == 3
+
+
+def test_changed_kernel_signature_falls_back_to_mamba_ssm(results):
+    assert results["fallback_is_stock"]
+    assert any("new_arg" in m and "recomputes" in m for m in results["fallback_log"])
