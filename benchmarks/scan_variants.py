@@ -1,11 +1,16 @@
-"""Where mamba-ssm's SSD scan spends its device time, and what one change of precision buys.
+"""Where mamba-ssm's SSD scan spends its device time, and what our backward and one change of
+precision buy.
 
 At hybrid_2b's layer shape (8192 tokens, 64 heads x 64, state 128, 8 groups, chunk 256, bf16),
-for each batch size given (default 2 and 3), forward + backward of `mamba_chunk_scan_combined`:
+for each batch size given (default 2 and 3), forward + backward of each variant named with
+`--variants` (default: default,titan):
 
-- "default": mamba-ssm as shipped. Its forward and backward each build CB = C·Bᵀ per chunk
-  (`_bmm_chunk_fwd`, fp32, chunk² per group and chunk) which the scan kernels read once per head;
-- "cb_bf16": the same with CB stored in bf16 (the kernels load it and widen to fp32 anyway; they
+- "default": mamba-ssm's `mamba_chunk_scan_combined` as shipped. Its forward and backward each
+  build CB = C·Bᵀ per chunk (`_bmm_chunk_fwd`, fp32, chunk² per group and chunk) which the scan
+  kernels read once per head; its backward recomputes the chunk states and state passing;
+- "titan": what `ssd_backend="mamba_ssm"` runs (`models/language/ssd_mamba_ssm.py`): the same
+  kernels, the forward's chunk states kept for the backward, no sum over a head split of one;
+- "cb_bf16": "default" with CB stored in bf16 (the kernels load it and widen to fp32 anyway; they
   round CB·decay·dt to bf16 before their tensor-core dot): half the bytes of the largest
   intermediate.
 
@@ -13,7 +18,7 @@ Prints device time per fwd+bwd (CUDA events over queued iterations), each kernel
 fwd+bwd (torch.profiler), and the relative error (‖a − ref‖ / ‖ref‖) of the output and every
 gradient against the same scan run in float32.
 
-Run on a GPU: python3 benchmarks/scan_variants.py [BATCH ...]
+Run on a GPU: python3 benchmarks/scan_variants.py [--variants a,b,...] [BATCH ...]
 """
 
 import collections
@@ -21,9 +26,8 @@ import contextlib
 import sys
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 from titan_mimo.models.language.ssd_kernels import _import_mamba_chunk_scan
+from torch.profiler import ProfilerActivity, profile
 
 S, H, P, N, G, CHUNK = 8192, 64, 64, 128, 8, 256
 
@@ -97,9 +101,15 @@ def rel_errors(kernel, args, dy, ref) -> list[float]:
 
 
 def main():
-    batches = [int(b) for b in sys.argv[1:]] or [2, 3]
+    argv = sys.argv[1:]
+    variants = ["default", "titan"]
+    if argv[:1] == ["--variants"]:
+        variants, argv = argv[1].split(","), argv[2:]
+    batches = [int(b) for b in argv] or [2, 3]
     print("torch", torch.__version__, torch.cuda.get_device_name(), flush=True)
-    kernel = _import_mamba_chunk_scan()
+    titan = _import_mamba_chunk_scan()
+    kernel = sys.modules["mamba_ssm.ops.triton.ssd_combined"].mamba_chunk_scan_combined
+    table = {"default": (kernel, None), "titan": (titan, None), "cb_bf16": (kernel, torch.bfloat16)}
     names = ["out", "dx", "ddt", "dA", "dB", "dC", "dD"]
     for batch in batches:
         args32, dy32 = inputs(batch, torch.float32)
@@ -108,18 +118,20 @@ def main():
         del args32, dy32, y
         args, dy = inputs(batch, torch.bfloat16)
         per_kernel = {}
-        for name, dtype in (("default", None), ("cb_bf16", torch.bfloat16)):
+        for name in variants:
+            fn, dtype = table[name]
             with cb_dtype(dtype):
-                ms = device_ms(kernel, args, dy)
-                errs = rel_errors(kernel, args, dy, ref)
-                per_kernel[name] = kernel_ms(kernel, args, dy)
+                ms = device_ms(fn, args, dy)
+                errs = rel_errors(fn, args, dy, ref)
+                per_kernel[name] = kernel_ms(fn, args, dy)
             print(f"batch {batch} {name}: {ms:.3f} ms per fwd+bwd; rel. error vs fp32: "
                   + ", ".join(f"{n} {e:.2e}" for n, e in zip(names, errs)), flush=True)
-        keys = sorted(set().union(*per_kernel.values()), key=lambda k: -per_kernel["default"].get(k, 0))
-        print(f"batch {batch}: kernel time per fwd+bwd (ms), default | cb_bf16")
+        first = per_kernel[variants[0]]
+        keys = sorted(set().union(*per_kernel.values()), key=lambda k: -first.get(k, 0))
+        print(f"batch {batch}: kernel time per fwd+bwd (ms), " + " | ".join(variants))
         for k in keys:
-            print(f"  {per_kernel['default'].get(k, 0):7.3f} | {per_kernel['cb_bf16'].get(k, 0):7.3f}  {k}")
-        print(f"  {sum(per_kernel['default'].values()):7.3f} | {sum(per_kernel['cb_bf16'].values()):7.3f}  total",
+            print("  " + " | ".join(f"{per_kernel[v].get(k, 0):7.3f}" for v in variants) + f"  {k}")
+        print("  " + " | ".join(f"{sum(per_kernel[v].values()):7.3f}" for v in variants) + "  total",
               flush=True)
         del ref, args, dy
         torch.cuda.empty_cache()

@@ -112,7 +112,7 @@ class _Kernels:
             torch.float32, x.device, deterministic, zero_init=True)
         per_program, nsplits = self._split(batch, nchunks, nheads, ngroups, x.device)
         dB = torch.empty(batch, seqlen, nsplits, ngroups, dstate, device=x.device, dtype=torch.float32)
-        grid = lambda META: (  # noqa: E731
+        grid = lambda META: (
             self.triton.cdiv(chunk_size, META["BLOCK_SIZE_M"]) * self.triton.cdiv(dstate, META["BLOCK_SIZE_N"]),
             batch * nchunks, nsplits * ngroups)
         with torch.cuda.device(x.device.index):
@@ -151,7 +151,7 @@ class _Kernels:
             torch.float32, dout.device, deterministic, zero_init=True)
         per_program, nsplits = self._split(batch, nchunks, nheads, ngroups, dout.device)
         dC = torch.empty(batch, seqlen, nsplits, ngroups, dstate, device=dout.device, dtype=torch.float32)
-        grid = lambda META: (  # noqa: E731
+        grid = lambda META: (
             self.triton.cdiv(chunk_size, META["BLOCK_SIZE_M"]) * self.triton.cdiv(dstate, META["BLOCK_SIZE_N"]),
             batch * nchunks, nsplits * ngroups)
         with torch.cuda.device(dout.device.index):
@@ -181,7 +181,7 @@ class _Kernels:
         per_program, nsplits = self._split(batch, nchunks, nheads, ngroups, x.device)
         dcb = torch.empty(batch, nchunks, nsplits, ngroups, chunk_size, chunk_size,
                           device=x.device, dtype=torch.float32)
-        grid = lambda META: (  # noqa: E731
+        grid = lambda META: (
             self.triton.cdiv(chunk_size, META["BLOCK_SIZE_M"]) * self.triton.cdiv(chunk_size, META["BLOCK_SIZE_N"]),
             batch * nchunks, nsplits * ngroups)
         with torch.cuda.device(x.device.index):

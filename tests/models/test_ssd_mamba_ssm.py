@@ -33,7 +33,7 @@ def results(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ssd") / "out.pt"
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(WORKER), str(out), str(SOURCE)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     return torch.load(out)
 

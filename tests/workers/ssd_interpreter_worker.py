@@ -22,12 +22,11 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 if len(sys.argv) > 2:
     sys.path.insert(0, sys.argv[2])
 
-import torch  # noqa: E402
-import triton.runtime.autotuner as autotuner  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-from titan_mimo.models.language import ssd_kernels, ssd_mamba_ssm  # noqa: E402
-from titan_mimo.models.language.ssd import ssd_chunked  # noqa: E402
+import torch
+from titan_mimo.models.language import ssd_kernels, ssd_mamba_ssm
+from titan_mimo.models.language.ssd import ssd_chunked
+from torch.utils._python_dispatch import TorchDispatchMode
+from triton.runtime import autotuner
 
 SM_COUNT = [8]
 autotuner.Autotuner._bench = lambda self, *a, config, **k: [1.0, 1.0, 1.0]
