@@ -56,7 +56,7 @@ def test_attention_flag_reaches_both_modules():
     assert "attention_backend" not in lm_overrides(parse_args(["--module", "language", "--model", "hybrid_lm/debug"]))
 
 
-def test_memory_budget_flag_is_the_lms_and_checked():
+def test_memory_budget_flags_are_per_module_and_checked():
     import pytest
 
     from titan_mimo.bench import _ac_label, parse_args
@@ -65,10 +65,18 @@ def test_memory_budget_flag_is_the_lms_and_checked():
     model = ["--module", "model", "--model", "vit/debug+hybrid_lm/debug", "--compile"]
     assert _ac_label(parse_args(model + ["--memory-budget", "0.5", "--vision-ac", "full"])) == \
         "none+budget:0.5/vision:full"
+    assert _ac_label(parse_args(model + ["--memory-budget", "0.5", "--vision-memory-budget", "0.7"])) == \
+        "none+budget:0.5/vision:none+budget:0.7"
+    vit = ["--module", "vision", "--model", "vit/debug", "--compile"]
+    assert _ac_label(parse_args(vit + ["--vision-memory-budget", "0.7"])) == "none+budget:0.7"
     for bad in (lm + ["--memory-budget", "0.5"],                       # no --compile
                 lm + ["--compile", "--memory-budget", "0.5", "--ac", "mlp"],
                 lm + ["--compile", "--memory-budget", "1.5"],
-                ["--module", "vision", "--model", "vit/debug", "--compile", "--memory-budget", "0.5"]):
+                vit + ["--memory-budget", "0.5"],
+                lm + ["--compile", "--vision-memory-budget", "0.5"],
+                vit + ["--vision-memory-budget", "0.5", "--vision-ac", "full"],
+                vit + ["--vision-memory-budget", "0.5", "--vision-eager"],
+                vit + ["--vision-memory-budget", "0"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
 

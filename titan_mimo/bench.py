@@ -224,7 +224,8 @@ def build_modules(args, wl: Workload, device, *, fsdp_mesh, param_dtype) -> dict
         over = vision_overrides(args, lm_dim)
         out["vision"] = _build("vision", wl.names[0], device, compile_blocks=args.compile and not args.vision_eager,
                                ac=args.vision_ac, compile_forward_only=args.compile_forward,
-                               reshard=not args.no_reshard, fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=over)
+                               reshard=not args.no_reshard, fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=over,
+                               memory_budget=args.vision_memory_budget)
     return out
 
 
@@ -394,7 +395,9 @@ def sdpa_backend(name: str):
 
 def _ac_label(args) -> str:
     lm = args.ac if args.memory_budget is None else f"{args.ac}+budget:{args.memory_budget:g}"
-    return {"model": f"{lm}/vision:{args.vision_ac}", "vision": args.vision_ac}.get(args.module, lm)
+    vision = args.vision_ac if args.vision_memory_budget is None else \
+        f"{args.vision_ac}+budget:{args.vision_memory_budget:g}"
+    return {"model": f"{lm}/vision:{vision}", "vision": vision}.get(args.module, lm)
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -461,6 +464,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --compile: the LM's compiled blocks keep this share, in (0, 1], of the "
                         "activation memory they would keep, recomputing the cheapest rest (the trainer's "
                         "activation_checkpoint = \"memory_budget\"); use with --ac none")
+    p.add_argument("--vision-memory-budget", type=float, default=None, metavar="F",
+                   help="the same for the ViT's compiled blocks (activation_checkpoint = "
+                        "\"memory_budget\" of the vision module); use with --vision-ac none")
     p.add_argument("--python-gc", action="store_true",
                    help="leave Python's automatic garbage collection on during the steps (the trainer's "
                         "training.gc_freq = 0); by default it is off, as in the trainer")
@@ -504,6 +510,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                and args.module != "vision" and args.ac == "none"):
         p.error(f"--memory-budget {args.memory_budget} needs --compile, --ac none, a value in (0, 1] "
                 "and the LM")
+    if args.vision_memory_budget is not None and not (
+            args.compile and not args.vision_eager and 0 < args.vision_memory_budget <= 1
+            and args.module != "language" and args.vision_ac == "none"):
+        p.error(f"--vision-memory-budget {args.vision_memory_budget} needs --compile (not --vision-eager), "
+                "--vision-ac none, a value in (0, 1] and the ViT")
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
         p.error(f"--batch {args.batch} and --steps {args.steps} must be >= 1, --warmup {args.warmup} >= 0")
     return args
