@@ -3,13 +3,15 @@ precision buy.
 
 At hybrid_2b's layer shape (8192 tokens, 64 heads x 64, state 128, 8 groups, chunk 256, bf16),
 for each batch size given (default 2 and 3), forward + backward of each variant named with
-`--variants` (default: default,titan):
+`--variants` (default: default,titan,titan_keep):
 
 - "default": mamba-ssm's `mamba_chunk_scan_combined` as shipped. Its forward and backward each
   build CB = C·Bᵀ per chunk (`_bmm_chunk_fwd`, fp32, chunk² per group and chunk) which the scan
   kernels read once per head; its backward recomputes the chunk states and state passing;
 - "titan": what `ssd_backend="mamba_ssm"` runs (`models/language/ssd_mamba_ssm.py`): the same
-  kernels, the forward's chunk states kept for the backward, no sum over a head split of one;
+  kernels, no sum over a head split of one;
+- "titan_keep": the same with `ssd_keep_states=True`: the forward's chunk states kept for the
+  backward instead of recomputed;
 - "cb_bf16": "default" with CB stored in bf16 (the kernels load it and widen to fp32 anyway; they
   round CB·decay·dt to bf16 before their tensor-core dot): half the bytes of the largest
   intermediate.
@@ -102,14 +104,16 @@ def rel_errors(kernel, args, dy, ref) -> list[float]:
 
 def main():
     argv = sys.argv[1:]
-    variants = ["default", "titan"]
+    variants = ["default", "titan", "titan_keep"]
     if argv[:1] == ["--variants"]:
         variants, argv = argv[1].split(","), argv[2:]
     batches = [int(b) for b in argv] or [2, 3]
     print("torch", torch.__version__, torch.cuda.get_device_name(), flush=True)
-    titan = _import_mamba_chunk_scan()
+    titan = _import_mamba_chunk_scan(keep_states=False)
+    titan_keep = _import_mamba_chunk_scan(keep_states=True)
     kernel = sys.modules["mamba_ssm.ops.triton.ssd_combined"].mamba_chunk_scan_combined
-    table = {"default": (kernel, None), "titan": (titan, None), "cb_bf16": (kernel, torch.bfloat16)}
+    table = {"default": (kernel, None), "titan": (titan, None), "titan_keep": (titan_keep, None),
+             "cb_bf16": (kernel, torch.bfloat16)}
     names = ["out", "dx", "ddt", "dA", "dB", "dC", "dD"]
     for batch in batches:
         args32, dy32 = inputs(batch, torch.float32)

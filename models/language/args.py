@@ -46,6 +46,11 @@ class HybridLMArgs:
     """Chunk length of the chunked SSD scan; sequences are padded internally to a multiple."""
     ssd_backend: str = "torch"
     """Implementation of the SSD scan: "torch" (reference) or "mamba_ssm" (Triton, GPU)."""
+    ssd_keep_states: bool = False
+    """ssd_backend="mamba_ssm" only: the scan's backward reads the chunk states its forward made
+    instead of recomputing them (~0.35 ms less per Mamba2 layer and step at 3 x 8192 tokens on an
+    H100) for mamba_n_heads * mamba_head_dim * mamba_d_state * 2 / mamba_chunk_size bytes per
+    token and layer (4 KiB on hybrid_2b). See models/language/ssd_mamba_ssm.py."""
     attention_backend: str = "sdpa"
     """Kernel of the attention blocks: "sdpa" (PyTorch's SDPA, the reference) or "fa4"
     (FlashAttention-4, CUDA bf16/fp16 only, the `flash-attn-4` package)."""
@@ -75,6 +80,11 @@ class HybridLMArgs:
         if self.ssd_backend not in SSD_BACKENDS:
             raise ValueError(
                 f"ssd_backend={self.ssd_backend!r} is unknown; choose one of {list(SSD_BACKENDS)}"
+            )
+        if self.ssd_keep_states and self.ssd_backend != "mamba_ssm":
+            raise ValueError(
+                f"ssd_keep_states=True applies to ssd_backend='mamba_ssm', not {self.ssd_backend!r} "
+                "(the torch scan's autograd keeps what its backward needs)"
             )
         check_attention_backend(self.attention_backend)
         if self.mamba_chunk_size < 1 or self.mamba_d_conv < 1:

@@ -35,7 +35,7 @@ MISSING_MAMBA_SSM = (
 _TRITON_MODULE = "mamba_ssm.ops.triton.ssd_combined"
 
 
-def _import_mamba_chunk_scan() -> Callable[..., Tensor]:
+def _import_mamba_chunk_scan(keep_states: bool = False) -> Callable[..., Tensor]:
     spec = importlib.util.find_spec("mamba_ssm")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(MISSING_MAMBA_SSM)
@@ -54,11 +54,11 @@ def _import_mamba_chunk_scan() -> Callable[..., Tensor]:
         module = importlib.import_module(_TRITON_MODULE)
     except ImportError as e:
         raise ImportError(f"{MISSING_MAMBA_SSM} (importing {_TRITON_MODULE} failed: {e})") from e
-    return scan_function(module)
+    return scan_function(module, keep_states)
 
 
-def _mamba_ssm_scan() -> Callable[..., Tensor]:
-    kernel = _import_mamba_chunk_scan()
+def _mamba_ssm_scan(keep_states: bool) -> Callable[..., Tensor]:
+    kernel = _import_mamba_chunk_scan(keep_states)
 
     # Dynamo cannot trace the Triton autograd.Function; a per-block torch.compile breaks the
     # graph around it and compiles the projections, convs and norms on either side.
@@ -73,10 +73,11 @@ def _mamba_ssm_scan() -> Callable[..., Tensor]:
     return ssd_mamba_ssm
 
 
-def ssd_function(backend: str) -> Callable[..., Tensor]:
-    """The scan for `backend`; raises ImportError naming the `gpu` extra if a kernel is missing."""
+def ssd_function(backend: str, keep_states: bool = False) -> Callable[..., Tensor]:
+    """The scan for `backend`; raises ImportError naming the `gpu` extra if a kernel is missing.
+    `keep_states` (mamba_ssm only): the backward reads the forward's chunk states."""
     if backend == "torch":
         return ssd_chunked
     if backend == "mamba_ssm":
-        return _mamba_ssm_scan()
+        return _mamba_ssm_scan(keep_states)
     raise ValueError(f"ssd_backend={backend!r} is unknown; choose 'torch' or 'mamba_ssm'")

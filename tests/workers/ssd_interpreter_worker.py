@@ -77,11 +77,11 @@ class AtenOps(TorchDispatchMode):
 
 
 def main() -> None:
-    scan = ssd_kernels._import_mamba_chunk_scan()
-    assert not isinstance(scan, type(ssd_chunked)) or scan.__name__ == "scan", scan
+    keep = ssd_kernels._import_mamba_chunk_scan(keep_states=True)
     module = sys.modules[ssd_kernels._TRITON_MODULE]
+    recompute = ssd_mamba_ssm.scan_function(module, keep_states=False)
     stock = module.mamba_chunk_scan_combined
-    out = {"check": ssd_mamba_ssm._Kernels().check(), "ours_is_stock": scan is stock}
+    out = {"check": ssd_mamba_ssm._Kernels().check(), "ours_is_stock": stock in (keep, recompute)}
     cases = {
         # 1 SM: all heads of a group in one program, a split of one taken as a view; 64 SMs:
         # one head per program, so dB, dC and dCB are still summed over the splits. s = 80 with
@@ -95,7 +95,8 @@ def main() -> None:
         os.environ["MAMBA_DETERMINISTIC"] = "1" if case.get("det") else "0"
         args, dy = inputs(case["seed"], **case["kw"])
         out[name] = {
-            "ours": run(scan, args, dy, 32),
+            "keep": run(keep, args, dy, 32),
+            "recompute": run(recompute, args, dy, 32),
             "stock": run(stock, args, dy, 32),
             "ref": run(ssd_chunked, [t.float() for t in args], dy.float(), 32),
         }
@@ -105,12 +106,14 @@ def main() -> None:
     # again (counted where ssd_combined calls them) and the aten sums.
     SM_COUNT[0] = 1
     args, dy = inputs(0)
-    for label, fn in (("ours", scan), ("stock", stock)):
+    for label in ("keep", "recompute", "stock"):
         calls = collections.Counter()
         originals = {n: getattr(module, n) for n in RECOMPUTED}
         for n, f in originals.items():
             setattr(module, n, counted(f, n, calls))
         try:
+            # Built after the patch: our scan takes mamba-ssm's helpers from ssd_combined.
+            fn = stock if label == "stock" else ssd_mamba_ssm.scan_function(module, label == "keep")
             with AtenOps() as ops:
                 run(fn, args, dy, 32)
         finally:
