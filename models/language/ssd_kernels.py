@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .ssd import ssd_chunked
-from .ssd_mamba_ssm import scan_function
+from .ssd_mamba_ssm import is_custom_op_scan, scan_function
 
 __all__ = ["MISSING_MAMBA_SSM", "ssd_function"]
 
@@ -60,9 +60,6 @@ def _import_mamba_chunk_scan(keep_states: bool = False) -> Callable[..., Tensor]
 def _mamba_ssm_scan(keep_states: bool) -> Callable[..., Tensor]:
     kernel = _import_mamba_chunk_scan(keep_states)
 
-    # Dynamo cannot trace the Triton autograd.Function; a per-block torch.compile breaks the
-    # graph around it and compiles the projections, convs and norms on either side.
-    @torch.compiler.disable
     def ssd_mamba_ssm(x_BSHP: Tensor, dt_BSH: Tensor, A_H: Tensor, B_BSGN: Tensor,
                       C_BSGN: Tensor, chunk_size: int, D_H: Tensor | None = None) -> Tensor:
         """Same contract as `ssd_chunked` (dt already softplus'd, output in x's dtype)."""
@@ -70,7 +67,12 @@ def _mamba_ssm_scan(keep_states: bool) -> Callable[..., Tensor]:
             raise ValueError("ssd_backend='mamba_ssm' runs on CUDA tensors only; use 'torch' on CPU")
         return kernel(x_BSHP, dt_BSH, A_H, B_BSGN, C_BSGN, chunk_size, D=D_H)
 
-    return ssd_mamba_ssm
+    if is_custom_op_scan(kernel):
+        # torch.library custom ops: a per-block torch.compile traces the mixer as one graph.
+        return ssd_mamba_ssm
+    # mamba-ssm's own autograd.Function (the fallback), which Dynamo cannot trace: a per-block
+    # torch.compile breaks the graph around it and compiles the parts on either side.
+    return torch.compiler.disable(ssd_mamba_ssm)
 
 
 def ssd_function(backend: str, keep_states: bool = False) -> Callable[..., Tensor]:

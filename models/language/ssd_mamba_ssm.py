@@ -27,6 +27,7 @@ instead of launching kernels with wrong arguments.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["scan_function"]
+__all__ = ["is_custom_op_scan", "scan_function", "ssd_scan"]
 
 # The arguments our wrappers pass to each kernel (by name), plus the autotuned block sizes.
 _AUTOTUNED = {"BLOCK_SIZE_M", "BLOCK_SIZE_N"}
@@ -250,67 +251,125 @@ _DCB_ARGS = (
 )
 
 
-class _SSDScan(torch.autograd.Function):
-    """y = SSD(x, dt, A, B, C) + D·x with mamba-ssm's kernels; see the module docstring."""
+_KERNELS: _Kernels | None = None
+"""The kernels the ops below run: set by `scan_function` once mamba-ssm passed its check."""
 
-    @staticmethod
-    def forward(ctx: Any, k: _Kernels, keep_states: bool, x: Tensor, dt: Tensor, A: Tensor,
-                B: Tensor, C: Tensor, chunk_size: int, D: Tensor | None) -> Tensor:
-        # The layouts mamba-ssm's forward would make, so the saved tensors are the ones it read.
-        B = B if B.stride(-1) == 1 else B.contiguous()
-        C = C if C.stride(-1) == 1 else C.contiguous()
-        if x.stride(-1) != 1 and x.stride(1) != 1:
-            x = x.contiguous()
-        if D is not None and D.stride(-1) != 1:
-            D = D.contiguous()
-        out, _, dt_chunked, dA_cumsum, states, _ = k.combined_fwd(x, dt, A, B, C, chunk_size, D=D)
-        ctx.save_for_backward(x, dt, A, B, C, D, dt_chunked, dA_cumsum,
-                              states if keep_states else None)
-        ctx.kernels, ctx.chunk_size = k, chunk_size
-        return out
 
-    @staticmethod
-    def backward(ctx: Any, dout: Tensor):
-        k: _Kernels = ctx.kernels
-        x, dt, A, B, C, D, dt_chunked, dA_cumsum, states = ctx.saved_tensors
-        if dout.stride(-1) != 1:
-            dout = dout.contiguous()
-        batch, _, nheads, headdim = x.shape
-        ngroups, dstate = B.shape[2], B.shape[3]
-        nchunks = dA_cumsum.shape[2]
-        flat = (batch, nchunks, nheads, headdim * dstate)
-        if states is None:  # recomputed in fp32, as mamba-ssm's backward does
-            states = k.chunk_state_fwd(B, x, dt_chunked, dA_cumsum, states_in_fp32=True)
-            states, _ = k.state_passing_fwd(states.view(flat), dA_cumsum[:, :, :, -1],
-                                            chunk_size=ctx.chunk_size)
-        CB = k.bmm_fwd(C, B, ctx.chunk_size, output_dtype=torch.float32)
-        dstates = k.bwd_dstates(C, dA_cumsum, dout, dtype=torch.float32)
-        # states[:, c] is the state entering chunk c (zeros for c = 0); dstates the same for its
-        # gradient. Both leave in x's dtype (a kept state already is) for the kernels below.
-        dstates, ddA_chunk_cumsum, _, states = k.state_passing_bwd(
-            states.view(flat), dA_cumsum[:, :, :, -1], dstates.view(flat),
-            dstates_dtype=x.dtype, states_dtype=x.dtype, chunk_size=ctx.chunk_size)
-        full = (batch, nchunks, nheads, headdim, dstate)
-        states, dstates = states.view(full), dstates.view(full)
-        dx, ddt, dD = k.bwd_dx(x, dt_chunked, dA_cumsum, B, CB, dout, dstates, D=D)
-        dB, ddA_next = k.chunk_state_bwd_db(x, dt_chunked, dA_cumsum, dstates, B, ngroups)
-        dC, ddA_cumsum_prev = k.chunk_scan_bwd_dC(states.to(x.dtype), dA_cumsum, dout, C, ngroups)
-        dCB = k.chunk_scan_bwd_dcb(x, dt_chunked, dA_cumsum, dout, ngroups)
-        dB_out, dC_out = torch.empty_like(B), torch.empty_like(C)
-        k.bmm_bwd(C, dCB, residual=dB, out=dB_out)
-        k.bmm_bwd(B, dCB.transpose(-1, -2), residual=dC, out=dC_out)
-        ddA_cumsum_prev[..., -1] += ddA_chunk_cumsum
-        ddA = k.bwd_ddAcs_stable(x, dt_chunked, dA_cumsum, dout, CB)
-        ddA += ddA_next + ddA_cumsum_prev.flip([-1]).cumsum(dim=-1).flip([-1])
-        ddt_out, dA, _ = k.cumsum_bwd(ddA, ddt, dt, A)
-        return None, None, dx, ddt_out, dA, dB_out, dC_out, None, dD
+# The scan as two torch.library custom ops with an autograd formula, so a per-block
+# torch.compile traces the whole Mamba2 mixer as one graph (the Triton launches stay opaque
+# calls): no graph break around the scan, and the partitioner sees the conv + SiLU that makes
+# x, B and C and may recompute it in the backward instead of keeping its outputs.
+# Every output is contiguous, in the real ops and their fake (meta) versions alike.
+
+
+@torch.library.custom_op("titan_mimo::ssd_forward", mutates_args=())
+def _ssd_forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                 chunk_size: int, keep_states: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, chunked dt, dA's cumsum, the chunk states or an empty tensor)."""
+    # The layouts mamba-ssm's own forward would make.
+    B = B if B.stride(-1) == 1 else B.contiguous()
+    C = C if C.stride(-1) == 1 else C.contiguous()
+    if x.stride(-1) != 1 and x.stride(1) != 1:
+        x = x.contiguous()
+    if D is not None and D.stride(-1) != 1:
+        D = D.contiguous()
+    out, _, dt_chunked, dA_cumsum, states, _ = _KERNELS.combined_fwd(x, dt, A, B, C, chunk_size, D=D)
+    if not keep_states:
+        states = states.new_empty(0)
+    return out.contiguous(), dt_chunked, dA_cumsum, states
+
+
+@_ssd_forward.register_fake
+def _(x, dt, A, B, C, D, chunk_size, keep_states):
+    batch, seqlen, nheads, headdim = x.shape
+    nchunks = -(-seqlen // chunk_size)
+    chunked = dt.new_empty(batch, nheads, nchunks, chunk_size, dtype=torch.float32)
+    states = (C.new_empty(batch, nchunks, nheads, headdim, B.shape[-1]) if keep_states
+              else C.new_empty(0))
+    return torch.empty_like(x, memory_format=torch.contiguous_format), chunked, \
+        torch.empty_like(chunked), states
+
+
+@torch.library.custom_op("titan_mimo::ssd_backward", mutates_args=())
+def _ssd_backward(dout: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                  D: Tensor | None, dt_chunked: Tensor, dA_cumsum: Tensor, states: Tensor,
+                  chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, ddt, dA, dB, dC, dD or an empty tensor); `states` empty: recomputed here."""
+    k = _KERNELS
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    B = B if B.stride(-1) == 1 else B.contiguous()
+    C = C if C.stride(-1) == 1 else C.contiguous()
+    batch, _, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    nchunks = dA_cumsum.shape[2]
+    flat = (batch, nchunks, nheads, headdim * dstate)
+    if states.numel() == 0:  # recomputed in fp32, as mamba-ssm's backward does
+        states = k.chunk_state_fwd(B, x, dt_chunked, dA_cumsum, states_in_fp32=True)
+        states, _ = k.state_passing_fwd(states.view(flat), dA_cumsum[:, :, :, -1],
+                                        chunk_size=chunk_size)
+    CB = k.bmm_fwd(C, B, chunk_size, output_dtype=torch.float32)
+    dstates = k.bwd_dstates(C, dA_cumsum, dout, dtype=torch.float32)
+    # states[:, c] is the state entering chunk c (zeros for c = 0); dstates the same for its
+    # gradient. Both leave in x's dtype (a kept state already is) for the kernels below.
+    dstates, ddA_chunk_cumsum, _, states = k.state_passing_bwd(
+        states.reshape(flat), dA_cumsum[:, :, :, -1], dstates.view(flat),
+        dstates_dtype=x.dtype, states_dtype=x.dtype, chunk_size=chunk_size)
+    full = (batch, nchunks, nheads, headdim, dstate)
+    states, dstates = states.view(full), dstates.view(full)
+    dx, ddt, dD = k.bwd_dx(x, dt_chunked, dA_cumsum, B, CB, dout, dstates, D=D)
+    dB, ddA_next = k.chunk_state_bwd_db(x, dt_chunked, dA_cumsum, dstates, B, ngroups)
+    dC, ddA_cumsum_prev = k.chunk_scan_bwd_dC(states.to(x.dtype), dA_cumsum, dout, C, ngroups)
+    dCB = k.chunk_scan_bwd_dcb(x, dt_chunked, dA_cumsum, dout, ngroups)
+    dB_out, dC_out = torch.empty_like(B), torch.empty_like(C)
+    k.bmm_bwd(C, dCB, residual=dB, out=dB_out)
+    k.bmm_bwd(B, dCB.transpose(-1, -2), residual=dC, out=dC_out)
+    ddA_cumsum_prev[..., -1] += ddA_chunk_cumsum
+    ddA = k.bwd_ddAcs_stable(x, dt_chunked, dA_cumsum, dout, CB)
+    ddA += ddA_next + ddA_cumsum_prev.flip([-1]).cumsum(dim=-1).flip([-1])
+    ddt_out, dA, _ = k.cumsum_bwd(ddA, ddt, dt.contiguous(), A)
+    return (dx.contiguous(), ddt_out.contiguous(), dA, dB_out.contiguous(), dC_out.contiguous(),
+            dD if dD is not None else A.new_empty(0))
+
+
+@_ssd_backward.register_fake
+def _(dout, x, dt, A, B, C, D, dt_chunked, dA_cumsum, states, chunk_size):
+    like = lambda t, **kw: torch.empty_like(t, memory_format=torch.contiguous_format, **kw)  # noqa: E731
+    return (like(x), like(dt), like(A, dtype=torch.float32), like(B), like(C),
+            like(D) if D is not None else A.new_empty(0))
+
+
+def _ssd_setup_context(ctx, inputs, output) -> None:
+    x, dt, A, B, C, D, chunk_size, _ = inputs
+    _, dt_chunked, dA_cumsum, states = output
+    ctx.save_for_backward(x, dt, A, B, C, D, dt_chunked, dA_cumsum, states)
+    ctx.chunk_size = chunk_size
+
+
+def _ssd_grad(ctx, dout: Tensor, *_internal):
+    # Only y leaves `ssd_scan`: the other outputs' gradients are None.
+    x, dt, A, B, C, D, dt_chunked, dA_cumsum, states = ctx.saved_tensors
+    dx, ddt, dA, dB, dC, dD = _ssd_backward(dout, x, dt, A, B, C, D, dt_chunked, dA_cumsum,
+                                            states, ctx.chunk_size)
+    return dx, ddt, dA, dB, dC, (dD if D is not None else None), None, None
+
+
+_ssd_forward.register_autograd(_ssd_grad, setup_context=_ssd_setup_context)
+
+
+def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
+             D: Tensor | None = None, *, keep_states: bool = False) -> Tensor:
+    """y = SSD(x, dt, A, B, C) + D·x through the ops above (`scan_function` must have passed)."""
+    return _ssd_forward(x, dt, A, B, C, D, chunk_size, keep_states)[0]
 
 
 def scan_function(module: Any, keep_states: bool = False) -> Callable[..., Tensor]:
     """The scan `(x, dt, A, B, C, chunk_size, D=None) -> y` for the imported `ssd_combined`
     `module`: ours (`keep_states`: see the module docstring) when the installed mamba-ssm matches
     what it was written against, else the module's own `mamba_chunk_scan_combined` (logged as a
-    warning)."""
+    warning; it is an autograd.Function that torch.compile cannot trace: callers keep it out of
+    compiled graphs)."""
+    global _KERNELS
     try:
         kernels = _Kernels()
         problem = kernels.check()
@@ -320,9 +379,10 @@ def scan_function(module: Any, keep_states: bool = False) -> Callable[..., Tenso
         logger.warning("ssd_backend='mamba_ssm': using mamba-ssm's own backward, which recomputes "
                        "the chunk states (%s)", problem)
         return module.mamba_chunk_scan_combined
+    _KERNELS = kernels
+    return functools.partial(ssd_scan, keep_states=keep_states)
 
-    def scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
-             D: Tensor | None = None) -> Tensor:
-        return _SSDScan.apply(kernels, keep_states, x, dt, A, B, C, chunk_size, D)
 
-    return scan
+def is_custom_op_scan(fn: Callable[..., Tensor]) -> bool:
+    """Whether `fn` (from `scan_function`) is ours, traceable by torch.compile."""
+    return isinstance(fn, functools.partial) and fn.func is ssd_scan

@@ -32,14 +32,17 @@ def _has_mamba_ssm() -> bool:
 
 
 @pytest.mark.skipif(not _has_mamba_ssm(), reason="needs CUDA and mamba-ssm (the gpu extra)")
-@pytest.mark.parametrize("keep_states", [False, True])
-def test_mamba_ssm_matches_torch_reference_bf16(keep_states):
+@pytest.mark.parametrize("keep_states,compiled", [(False, False), (True, False), (False, True)])
+def test_mamba_ssm_matches_torch_reference_bf16(keep_states, compiled):
     torch.manual_seed(0)
     ref = Mamba2Mixer(ARGS)
     init_model_for_testing(ref, seed=0)
     fast = Mamba2Mixer(dataclasses.replace(ARGS, ssd_backend="mamba_ssm", ssd_keep_states=keep_states))
     fast.load_state_dict(ref.state_dict())
     ref, fast = ref.cuda().bfloat16(), fast.cuda().bfloat16()
+    if compiled:
+        # The scan's custom ops keep the mixer one graph: a graph break would raise here.
+        fast.compile(fullgraph=True)
     # 1000 is not a multiple of the chunk: both paths must handle the ragged last chunk.
     u = torch.randn(2, 1000, ARGS.dim, device="cuda", dtype=torch.bfloat16)
     grad = torch.randn_like(u)

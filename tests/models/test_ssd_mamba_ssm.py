@@ -78,6 +78,19 @@ def test_no_sum_over_a_split_of_one(results):
     assert results["sums_stock"] - results["sums_recompute"] == 3
 
 
+def test_custom_ops_pass_opcheck(results):
+    """torch.library.opcheck on both ops (keep_states on and off): schema, fake tensors against
+    the real outputs' shapes, dtypes and strides, autograd registration."""
+    assert results["opcheck"]
+
+
+def test_one_graph_under_compile(results):
+    """torch.compile(fullgraph=True) through the scan (a graph break would raise in the worker),
+    with the same values and gradients as eager."""
+    for name, compiled, eager in zip(NAMES, results["compiled"], results["eager"]):
+        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6, msg=name)
+
+
 def test_changed_kernel_signature_falls_back_to_mamba_ssm(results):
     assert results["fallback_is_stock"]
     assert any("new_arg" in m and "recomputes" in m for m in results["fallback_log"])

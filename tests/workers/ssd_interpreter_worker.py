@@ -49,9 +49,10 @@ def inputs(seed, b=1, s=80, h=4, p=16, g=2, n=16, dtype=torch.float32):
 
 
 def run(fn, args, dy, chunk_size):
+    """y and every gradient of fn(x, dt, A, B, C, chunk_size, D) (chunk_size None: fn(x, ..., D))."""
     leaves = [t.clone().requires_grad_() for t in args]
     x, dt, A, B, C, D = leaves
-    y = fn(x, dt, A, B, C, chunk_size, D)
+    y = fn(x, dt, A, B, C, D) if chunk_size is None else fn(x, dt, A, B, C, chunk_size, D)
     y.backward(dy)
     return [y.detach()] + [t.grad for t in leaves]
 
@@ -67,12 +68,21 @@ def counted(f, name, calls):
 
 
 class AtenOps(TorchDispatchMode):
+    """Counts the aten ops run, including those inside our custom ops (their Python bodies are
+    run with the mode still active instead of dispatching them as one op)."""
+
+    BODIES = {op._opoverload: op._init_fn for op in (ssd_mamba_ssm._ssd_forward,
+                                                      ssd_mamba_ssm._ssd_backward)}
+
     def __init__(self):
         super().__init__()
         self.counts = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.counts[func.overloadpacket.__name__ + "." + func._overloadname] += 1
+        if func in self.BODIES:
+            with self:
+                return self.BODIES[func](*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
 
 
@@ -121,6 +131,30 @@ def main() -> None:
                 setattr(module, n, f)
         out[f"calls_{label}"] = dict(calls)
         out[f"sums_{label}"] = ops.counts["sum.dim_IntList"]
+
+    # The custom ops' fake versions, schemas and autograd registration against their real runs.
+    SM_COUNT[0] = 1
+    args, dy = inputs(3, s=64)
+    x, dt, A, B, C, D = (t.clone().requires_grad_() for t in args)
+    for keep_states in (False, True):
+        fwd_args = (x, dt, A, B, C, D, 32, keep_states)
+        torch.library.opcheck(ssd_mamba_ssm._ssd_forward, fwd_args,
+                              test_utils=("test_schema", "test_autograd_registration",
+                                          "test_faketensor"))
+        out_, dt_chunked, dA_cumsum, states = ssd_mamba_ssm._ssd_forward(*fwd_args)
+        plain = [t.detach() for t in (dy, x, dt, A, B, C, D, dt_chunked, dA_cumsum, states)]
+        torch.library.opcheck(ssd_mamba_ssm._ssd_backward, (*plain, 32),
+                              test_utils=("test_schema", "test_faketensor"))
+    out["opcheck"] = True
+
+    # One graph under torch.compile (fullgraph: a graph break raises), same numbers as eager.
+    def block(x, dt, A, B, C, D):
+        silu = torch.nn.functional.silu
+        return keep(silu(x), dt, A, silu(B), silu(C), 32, D) * 2.0
+
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    out["compiled"] = run(compiled, args, dy, None)
+    out["eager"] = run(block, args, dy, None)
 
     # A kernel whose signature changed: mamba-ssm's own function, with a warning.
     records = []
