@@ -334,7 +334,7 @@ def _ssd_backward(dout: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: 
 
 @_ssd_backward.register_fake
 def _(dout, x, dt, A, B, C, D, dt_chunked, dA_cumsum, states, chunk_size):
-    like = lambda t, **kw: torch.empty_like(t, memory_format=torch.contiguous_format, **kw)  # noqa: E731
+    like = lambda t, **kw: torch.empty_like(t, memory_format=torch.contiguous_format, **kw)
     return (like(x), like(dt), like(A, dtype=torch.float32), like(B), like(C),
             like(D) if D is not None else A.new_empty(0))
 

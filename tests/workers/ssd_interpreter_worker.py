@@ -96,9 +96,9 @@ def main() -> None:
         # 1 SM: all heads of a group in one program, a split of one taken as a view; 64 SMs:
         # one head per program, so dB, dC and dCB are still summed over the splits. s = 80 with
         # chunk 32 leaves a ragged last chunk.
-        "fp32_split1": dict(sm=1, seed=0, kw={}),
-        "fp32_splits": dict(sm=64, seed=0, kw={}),
-        "deterministic": dict(sm=64, seed=2, kw={"s": 64, "g": 1}, det=True),
+        "fp32_split1": {"sm": 1, "seed": 0, "kw": {}},
+        "fp32_splits": {"sm": 64, "seed": 0, "kw": {}},
+        "deterministic": {"sm": 64, "seed": 2, "kw": {"s": 64, "g": 1}, "det": True},
     }
     for name, case in cases.items():
         SM_COUNT[0] = case["sm"]
@@ -141,7 +141,7 @@ def main() -> None:
         torch.library.opcheck(ssd_mamba_ssm._ssd_forward, fwd_args,
                               test_utils=("test_schema", "test_autograd_registration",
                                           "test_faketensor"))
-        out_, dt_chunked, dA_cumsum, states = ssd_mamba_ssm._ssd_forward(*fwd_args)
+        _, dt_chunked, dA_cumsum, states = ssd_mamba_ssm._ssd_forward(*fwd_args)
         plain = [t.detach() for t in (dy, x, dt, A, B, C, D, dt_chunked, dA_cumsum, states)]
         torch.library.opcheck(ssd_mamba_ssm._ssd_backward, (*plain, 32),
                               test_utils=("test_schema", "test_faketensor"))
