@@ -79,9 +79,11 @@ def test_no_sum_over_a_split_of_one(results):
 
 
 def test_custom_ops_pass_opcheck(results):
-    """torch.library.opcheck on both ops (keep_states on and off): schema, fake tensors against
-    the real outputs' shapes, dtypes and strides, autograd registration."""
+    """torch.library.opcheck on both ops (keep_states on and off, and without D): schema, fake
+    tensors against the real outputs' shapes, dtypes and strides, autograd registration."""
     assert results["opcheck"]
+    # Called without D, every input but D gets a gradient.
+    assert all(results["no_D_grads"])
 
 
 def test_one_graph_under_compile(results):

@@ -145,6 +145,12 @@ def main() -> None:
         plain = [t.detach() for t in (dy, x, dt, A, B, C, D, dt_chunked, dA_cumsum, states)]
         torch.library.opcheck(ssd_mamba_ssm._ssd_backward, (*plain, 32),
                               test_utils=("test_schema", "test_faketensor"))
+    # Without D (no skip connection): dD comes back as an empty tensor, its gradient as None.
+    torch.library.opcheck(ssd_mamba_ssm._ssd_forward, (x, dt, A, B, C, None, 32, False),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    y = ssd_mamba_ssm.ssd_scan(x, dt, A, B, C, 32, None)
+    y.backward(dy)
+    out["no_D_grads"] = [t.grad is not None for t in (x, dt, A, B, C)] + [D.grad is None]
     out["opcheck"] = True
 
     # One graph under torch.compile (fullgraph: a graph break raises), same numbers as eager.
