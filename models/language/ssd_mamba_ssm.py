@@ -255,6 +255,22 @@ _KERNELS: _Kernels | None = None
 """The kernels the ops below run: set by `scan_function` once mamba-ssm passed its check."""
 
 
+def _kernels() -> _Kernels:
+    """`_KERNELS`, set up on first use when an op runs before any mixer was built in this process
+    (e.g. a graph loaded from a compile cache)."""
+    if _KERNELS is None:
+        from .ssd_kernels import _import_mamba_chunk_scan
+
+        _import_mamba_chunk_scan()
+        if _KERNELS is None:
+            raise RuntimeError(
+                "titan_mimo::ssd_forward / ssd_backward: the installed mamba-ssm's kernels do not "
+                "match what these ops were written against (see the warning above); build the "
+                "Mamba2 mixers with ssd_backend='mamba_ssm' to use mamba-ssm's own function instead"
+            )
+    return _KERNELS
+
+
 # The scan as two torch.library custom ops with an autograd formula, so a per-block
 # torch.compile traces the whole Mamba2 mixer as one graph (the Triton launches stay opaque
 # calls): no graph break around the scan, and the partitioner sees the conv + SiLU that makes
@@ -273,7 +289,8 @@ def _ssd_forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tens
         x = x.contiguous()
     if D is not None and D.stride(-1) != 1:
         D = D.contiguous()
-    out, _, dt_chunked, dA_cumsum, states, _ = _KERNELS.combined_fwd(x, dt, A, B, C, chunk_size, D=D)
+    out, _, dt_chunked, dA_cumsum, states, _ = _kernels().combined_fwd(x, dt, A, B, C, chunk_size,
+                                                                     D=D)
     if not keep_states:
         states = states.new_empty(0)
     return out.contiguous(), dt_chunked, dA_cumsum, states
@@ -295,7 +312,7 @@ def _ssd_backward(dout: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: 
                   D: Tensor | None, dt_chunked: Tensor, dA_cumsum: Tensor, states: Tensor,
                   chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, ddt, dA, dB, dC, dD or an empty tensor); `states` empty: recomputed here."""
-    k = _KERNELS
+    k = _kernels()
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     B = B if B.stride(-1) == 1 else B.contiguous()

@@ -93,6 +93,11 @@ def test_one_graph_under_compile(results):
         torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6, msg=name)
 
 
+def test_ops_set_up_their_kernels_on_first_use(results):
+    assert results["lazy_setup"]
+
+
 def test_changed_kernel_signature_falls_back_to_mamba_ssm(results):
     assert results["fallback_is_stock"]
     assert any("new_arg" in m and "recomputes" in m for m in results["fallback_log"])
+    assert "do not match" in results["ops_after_fallback"]

@@ -162,6 +162,11 @@ def main() -> None:
     out["compiled"] = run(compiled, args, dy, None)
     out["eager"] = run(block, args, dy, None)
 
+    # The ops set their kernels up on first use when no mixer did (a graph from a compile cache).
+    ssd_mamba_ssm._KERNELS = None
+    lazy = ssd_mamba_ssm.ssd_scan(*[t.detach() for t in (x, dt, A, B, C)], 32, D.detach())
+    out["lazy_setup"] = ssd_mamba_ssm._KERNELS is not None and lazy.shape == x.shape
+
     # A kernel whose signature changed: mamba-ssm's own function, with a warning.
     records = []
     handler = logging.Handler()
@@ -171,6 +176,13 @@ def main() -> None:
     fallback = ssd_mamba_ssm.scan_function(module)
     out["fallback_is_stock"] = fallback is stock
     out["fallback_log"] = [r.getMessage() for r in records]
+    # ... and our ops, called anyway, say why they cannot run.
+    ssd_mamba_ssm._KERNELS = None
+    try:
+        ssd_mamba_ssm.ssd_scan(*[t.detach() for t in (x, dt, A, B, C)], 32, D.detach())
+        out["ops_after_fallback"] = "ran"
+    except RuntimeError as e:
+        out["ops_after_fallback"] = str(e)
     torch.save(out, sys.argv[1])
 
 
