@@ -67,12 +67,13 @@ def counted(f, name, calls):
     return wrapper
 
 
+BODIES = {op._opoverload: op._init_fn for op in (ssd_mamba_ssm._ssd_forward,
+                                                  ssd_mamba_ssm._ssd_backward)}
+
+
 class AtenOps(TorchDispatchMode):
     """Counts the aten ops run, including those inside our custom ops (their Python bodies are
     run with the mode still active instead of dispatching them as one op)."""
-
-    BODIES = {op._opoverload: op._init_fn for op in (ssd_mamba_ssm._ssd_forward,
-                                                      ssd_mamba_ssm._ssd_backward)}
 
     def __init__(self):
         super().__init__()
@@ -80,9 +81,9 @@ class AtenOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.counts[func.overloadpacket.__name__ + "." + func._overloadname] += 1
-        if func in self.BODIES:
+        if func in BODIES:
             with self:
-                return self.BODIES[func](*args, **(kwargs or {}))
+                return BODIES[func](*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
 
 
