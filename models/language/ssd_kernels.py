@@ -1,8 +1,9 @@
 """Optional GPU kernels for the Mamba-2 SSD scan, chosen by `HybridLMArgs.ssd_backend`.
 
 "torch" is `ssd.ssd_chunked` (pure PyTorch, the reference and the CPU path). "mamba_ssm" runs
-mamba-ssm's Triton SSD kernels, imported lazily when a mixer is built with it: its forward, and a
-backward that keeps the forward's chunk states instead of recomputing them (`ssd_mamba_ssm`).
+mamba-ssm's Triton SSD kernels, imported lazily when a mixer is built with it, as titan_mimo's
+custom ops with a leaner backward (`ssd_mamba_ssm`; `keep_states`: the forward's chunk states are
+kept instead of recomputed).
 
 mamba-ssm 2.3.2's package `__init__` imports its CUDA extension (`selective_scan_cuda`, used by
 Mamba-1 only) unconditionally, so a source install without that build cannot `import mamba_ssm`

@@ -106,6 +106,15 @@ class _Kernels:
     def _sum_splits(t: Tensor) -> Tensor:
         return t[:, :, 0] if t.shape[2] == 1 else t.sum(2)
 
+    def _launch(self, kernel, device, m_extent: int, n_extent: int, programs_yz: tuple[int, int],
+                **kwargs: Any) -> None:
+        """kernel on mamba-ssm's grid: (M tiles x N tiles of the autotuned block, *programs_yz)."""
+        cdiv = self.triton.cdiv
+        grid = lambda META: (
+            cdiv(m_extent, META["BLOCK_SIZE_M"]) * cdiv(n_extent, META["BLOCK_SIZE_N"]), *programs_yz)
+        with torch.cuda.device(device.index):
+            kernel[grid](**kwargs)
+
     def chunk_state_bwd_db(self, x: Tensor, dt: Tensor, dA_cumsum: Tensor, dstates: Tensor,
                            B: Tensor, ngroups: int) -> tuple[Tensor, Tensor]:
         """mamba-ssm's `_chunk_state_bwd_db` with B given: (dB in fp32, ddA_cumsum)."""
@@ -118,28 +127,25 @@ class _Kernels:
             torch.float32, x.device, deterministic, zero_init=True)
         per_program, nsplits = self._split(batch, nchunks, nheads, ngroups, x.device)
         dB = torch.empty(batch, seqlen, nsplits, ngroups, dstate, device=x.device, dtype=torch.float32)
-        grid = lambda META: (
-            self.triton.cdiv(chunk_size, META["BLOCK_SIZE_M"]) * self.triton.cdiv(dstate, META["BLOCK_SIZE_N"]),
-            batch * nchunks, nsplits * ngroups)
-        with torch.cuda.device(x.device.index):
-            self.db_kernel[grid](
-                x_ptr=x, dstates_ptr=dstates, b_ptr=B, dt_ptr=dt, dA_cumsum_ptr=dA_cumsum,
-                seq_idx_ptr=None, db_ptr=dB, ddA_cumsum_ptr=ddA,
-                chunk_size=chunk_size, dstate=dstate, hdim=headdim, batch=batch, seqlen=seqlen,
-                nheads=nheads, nheads_per_program=per_program, ngroups=ngroups,
-                **_strides("stride_x_", x, batch=0, seqlen=1, head=2, hdim=3),
-                **_strides("stride_dstates_", dstates, batch=0, chunk=1),
-                **_strides("stride_states_", dstates, head=2, hdim=3, dstate=4),
-                **_strides("stride_b_", B, batch=0, seqlen=1, head=2, dstate=3),
-                **_strides("stride_dt_", dt, batch=0, chunk=2, head=1, csize=3),
-                **_strides("stride_dA_cs_", dA_cumsum, batch=0, chunk=2, head=1, csize=3),
-                stride_seq_idx_batch=0, stride_seq_idx_seqlen=0,
-                **_strides("stride_db_", dB, batch=0, seqlen=1, split=2, group=3, dstate=4),
-                **_strides("stride_ddA_cs_", ddA, batch=0, chunk=2, head=1, csize=3),
-                stride_ddA_tile=stride_tile,
-                HAS_DDA_CS=True, HAS_SEQ_IDX=False, DETERMINISTIC_REDUCTION=deterministic,
-                BLOCK_SIZE_K=max(self.triton.next_power_of_2(headdim), 16),
-            )
+        self._launch(
+            self.db_kernel, x.device, chunk_size, dstate, (batch * nchunks, nsplits * ngroups),
+            x_ptr=x, dstates_ptr=dstates, b_ptr=B, dt_ptr=dt, dA_cumsum_ptr=dA_cumsum,
+            seq_idx_ptr=None, db_ptr=dB, ddA_cumsum_ptr=ddA,
+            chunk_size=chunk_size, dstate=dstate, hdim=headdim, batch=batch, seqlen=seqlen,
+            nheads=nheads, nheads_per_program=per_program, ngroups=ngroups,
+            **_strides("stride_x_", x, batch=0, seqlen=1, head=2, hdim=3),
+            **_strides("stride_dstates_", dstates, batch=0, chunk=1),
+            **_strides("stride_states_", dstates, head=2, hdim=3, dstate=4),
+            **_strides("stride_b_", B, batch=0, seqlen=1, head=2, dstate=3),
+            **_strides("stride_dt_", dt, batch=0, chunk=2, head=1, csize=3),
+            **_strides("stride_dA_cs_", dA_cumsum, batch=0, chunk=2, head=1, csize=3),
+            stride_seq_idx_batch=0, stride_seq_idx_seqlen=0,
+            **_strides("stride_db_", dB, batch=0, seqlen=1, split=2, group=3, dstate=4),
+            **_strides("stride_ddA_cs_", ddA, batch=0, chunk=2, head=1, csize=3),
+            stride_ddA_tile=stride_tile,
+            HAS_DDA_CS=True, HAS_SEQ_IDX=False, DETERMINISTIC_REDUCTION=deterministic,
+            BLOCK_SIZE_K=max(self.triton.next_power_of_2(headdim), 16),
+        )
         ddA = self.finalize_tile_workspace(ddA, deterministic)
         # As in mamba-ssm: the first position of each chunk does not reach the chunk's state.
         torch.cumsum(ddA, dim=-1, out=ddA)
@@ -157,26 +163,23 @@ class _Kernels:
             torch.float32, dout.device, deterministic, zero_init=True)
         per_program, nsplits = self._split(batch, nchunks, nheads, ngroups, dout.device)
         dC = torch.empty(batch, seqlen, nsplits, ngroups, dstate, device=dout.device, dtype=torch.float32)
-        grid = lambda META: (
-            self.triton.cdiv(chunk_size, META["BLOCK_SIZE_M"]) * self.triton.cdiv(dstate, META["BLOCK_SIZE_N"]),
-            batch * nchunks, nsplits * ngroups)
-        with torch.cuda.device(dout.device.index):
-            self.dc_kernel[grid](
-                dout_ptr=dout, prev_states_ptr=prev_states, C_ptr=C, dA_cumsum_ptr=dA_cumsum,
-                seq_idx_ptr=None, dc_ptr=dC, ddA_cumsum_ptr=ddA_prev,
-                chunk_size=chunk_size, dstate=dstate, hdim=headdim, batch=batch, seqlen=seqlen,
-                nheads=nheads, nheads_per_program=per_program, ngroups=ngroups,
-                **_strides("stride_dout_", dout, batch=0, seqlen=1, head=2, hdim=3),
-                **_strides("stride_prev_states_", prev_states, batch=0, chunk=1, head=2, hdim=3, dstate=4),
-                **_strides("stride_C_", C, batch=0, seqlen=1, head=2, dstate=3),
-                **_strides("stride_dA_cs_", dA_cumsum, batch=0, chunk=2, head=1, csize=3),
-                stride_seq_idx_batch=0, stride_seq_idx_seqlen=0,
-                **_strides("stride_dc_", dC, batch=0, seqlen=1, split=2, group=3, dstate=4),
-                **_strides("stride_ddA_cs_", ddA_prev, batch=0, chunk=2, head=1, csize=3),
-                stride_ddA_tile=stride_tile,
-                HAS_DDA_CS=True, HAS_SEQ_IDX=False, DETERMINISTIC_REDUCTION=deterministic,
-                BLOCK_SIZE_K=max(self.triton.next_power_of_2(headdim), 16),
-            )
+        self._launch(
+            self.dc_kernel, dout.device, chunk_size, dstate, (batch * nchunks, nsplits * ngroups),
+            dout_ptr=dout, prev_states_ptr=prev_states, C_ptr=C, dA_cumsum_ptr=dA_cumsum,
+            seq_idx_ptr=None, dc_ptr=dC, ddA_cumsum_ptr=ddA_prev,
+            chunk_size=chunk_size, dstate=dstate, hdim=headdim, batch=batch, seqlen=seqlen,
+            nheads=nheads, nheads_per_program=per_program, ngroups=ngroups,
+            **_strides("stride_dout_", dout, batch=0, seqlen=1, head=2, hdim=3),
+            **_strides("stride_prev_states_", prev_states, batch=0, chunk=1, head=2, hdim=3, dstate=4),
+            **_strides("stride_C_", C, batch=0, seqlen=1, head=2, dstate=3),
+            **_strides("stride_dA_cs_", dA_cumsum, batch=0, chunk=2, head=1, csize=3),
+            stride_seq_idx_batch=0, stride_seq_idx_seqlen=0,
+            **_strides("stride_dc_", dC, batch=0, seqlen=1, split=2, group=3, dstate=4),
+            **_strides("stride_ddA_cs_", ddA_prev, batch=0, chunk=2, head=1, csize=3),
+            stride_ddA_tile=stride_tile,
+            HAS_DDA_CS=True, HAS_SEQ_IDX=False, DETERMINISTIC_REDUCTION=deterministic,
+            BLOCK_SIZE_K=max(self.triton.next_power_of_2(headdim), 16),
+        )
         return self._sum_splits(dC), self.finalize_tile_workspace(ddA_prev, deterministic)
 
     def chunk_scan_bwd_dcb(self, x: Tensor, dt: Tensor, dA_cumsum: Tensor, dout: Tensor,
@@ -187,26 +190,23 @@ class _Kernels:
         per_program, nsplits = self._split(batch, nchunks, nheads, ngroups, x.device)
         dcb = torch.empty(batch, nchunks, nsplits, ngroups, chunk_size, chunk_size,
                           device=x.device, dtype=torch.float32)
-        grid = lambda META: (
-            self.triton.cdiv(chunk_size, META["BLOCK_SIZE_M"]) * self.triton.cdiv(chunk_size, META["BLOCK_SIZE_N"]),
-            batch * nchunks, nsplits * ngroups)
-        with torch.cuda.device(x.device.index):
-            self.dcb_kernel[grid](
-                x_ptr=x, dout_ptr=dout, cb_ptr=None, dt_ptr=dt, dA_cumsum_ptr=dA_cumsum,
-                seq_idx_ptr=None, dcb_ptr=dcb, ddA_cumsum_ptr=None,
-                chunk_size=chunk_size, hdim=headdim, batch=batch, seqlen=seqlen, nheads=nheads,
-                nheads_per_program=per_program, ngroups=ngroups,
-                **_strides("stride_x_", x, batch=0, seqlen=1, head=2, hdim=3),
-                **_strides("stride_dout_", dout, batch=0, seqlen=1, head=2, hdim=3),
-                **_strides("stride_cb_", None, batch=0, chunk=1, head=2, csize_m=3, csize_n=4),
-                **_strides("stride_dt_", dt, batch=0, chunk=2, head=1, csize=3),
-                **_strides("stride_dA_cs_", dA_cumsum, batch=0, chunk=2, head=1, csize=3),
-                stride_seq_idx_batch=0, stride_seq_idx_seqlen=0,
-                **_strides("stride_dcb_", dcb, batch=0, chunk=1, split=2, group=3, csize_m=4, csize_n=5),
-                **_strides("stride_ddA_cs_", None, batch=0, chunk=1, head=2, csize_m=3, csize_n=4),
-                HAS_DDA_CS=False, HAS_SEQ_IDX=False,
-                BLOCK_SIZE_K=max(self.triton.next_power_of_2(headdim), 16),
-            )
+        self._launch(
+            self.dcb_kernel, x.device, chunk_size, chunk_size, (batch * nchunks, nsplits * ngroups),
+            x_ptr=x, dout_ptr=dout, cb_ptr=None, dt_ptr=dt, dA_cumsum_ptr=dA_cumsum,
+            seq_idx_ptr=None, dcb_ptr=dcb, ddA_cumsum_ptr=None,
+            chunk_size=chunk_size, hdim=headdim, batch=batch, seqlen=seqlen, nheads=nheads,
+            nheads_per_program=per_program, ngroups=ngroups,
+            **_strides("stride_x_", x, batch=0, seqlen=1, head=2, hdim=3),
+            **_strides("stride_dout_", dout, batch=0, seqlen=1, head=2, hdim=3),
+            **_strides("stride_cb_", None, batch=0, chunk=1, head=2, csize_m=3, csize_n=4),
+            **_strides("stride_dt_", dt, batch=0, chunk=2, head=1, csize=3),
+            **_strides("stride_dA_cs_", dA_cumsum, batch=0, chunk=2, head=1, csize=3),
+            stride_seq_idx_batch=0, stride_seq_idx_seqlen=0,
+            **_strides("stride_dcb_", dcb, batch=0, chunk=1, split=2, group=3, csize_m=4, csize_n=5),
+            **_strides("stride_ddA_cs_", None, batch=0, chunk=1, head=2, csize_m=3, csize_n=4),
+            HAS_DDA_CS=False, HAS_SEQ_IDX=False,
+            BLOCK_SIZE_K=max(self.triton.next_power_of_2(headdim), 16),
+        )
         return self._sum_splits(dcb)
 
 
@@ -278,17 +278,23 @@ def _kernels() -> _Kernels:
 # Every output is contiguous, in the real ops and their fake (meta) versions alike.
 
 
-@torch.library.custom_op("titan_mimo::ssd_forward", mutates_args=())
-def _ssd_forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                 chunk_size: int, keep_states: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(y, chunked dt, dA's cumsum, the chunk states or an empty tensor)."""
-    # The layouts mamba-ssm's own forward would make.
+def _kernel_layouts(x: Tensor, B: Tensor, C: Tensor, D: Tensor | None):
+    """x, B, C, D in the layouts mamba-ssm's forward gives its kernels (copies only when needed);
+    both ops apply it, since the backward gets the op's inputs as they came."""
     B = B if B.stride(-1) == 1 else B.contiguous()
     C = C if C.stride(-1) == 1 else C.contiguous()
     if x.stride(-1) != 1 and x.stride(1) != 1:
         x = x.contiguous()
     if D is not None and D.stride(-1) != 1:
         D = D.contiguous()
+    return x, B, C, D
+
+
+@torch.library.custom_op("titan_mimo::ssd_forward", mutates_args=())
+def _ssd_forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                 chunk_size: int, keep_states: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, chunked dt, dA's cumsum, the chunk states or an empty tensor)."""
+    x, B, C, D = _kernel_layouts(x, B, C, D)
     out, _, dt_chunked, dA_cumsum, states, _ = _kernels().combined_fwd(x, dt, A, B, C, chunk_size,
                                                                      D=D)
     if not keep_states:
@@ -315,8 +321,7 @@ def _ssd_backward(dout: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: 
     k = _kernels()
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
-    B = B if B.stride(-1) == 1 else B.contiguous()
-    C = C if C.stride(-1) == 1 else C.contiguous()
+    x, B, C, D = _kernel_layouts(x, B, C, D)
     batch, _, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     nchunks = dA_cumsum.shape[2]

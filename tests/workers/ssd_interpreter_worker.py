@@ -49,10 +49,10 @@ def inputs(seed, b=1, s=80, h=4, p=16, g=2, n=16, dtype=torch.float32):
 
 
 def run(fn, args, dy, chunk_size):
-    """y and every gradient of fn(x, dt, A, B, C, chunk_size, D) (chunk_size None: fn(x, ..., D))."""
+    """y and every gradient of fn(x, dt, A, B, C, chunk_size, D)."""
     leaves = [t.clone().requires_grad_() for t in args]
     x, dt, A, B, C, D = leaves
-    y = fn(x, dt, A, B, C, D) if chunk_size is None else fn(x, dt, A, B, C, chunk_size, D)
+    y = fn(x, dt, A, B, C, chunk_size, D)
     y.backward(dy)
     return [y.detach()] + [t.grad for t in leaves]
 
@@ -155,13 +155,13 @@ def main() -> None:
     out["opcheck"] = True
 
     # One graph under torch.compile (fullgraph: a graph break raises), same numbers as eager.
-    def block(x, dt, A, B, C, D):
+    def block(x, dt, A, B, C, chunk_size, D):
         silu = torch.nn.functional.silu
-        return keep(silu(x), dt, A, silu(B), silu(C), 32, D) * 2.0
+        return keep(silu(x), dt, A, silu(B), silu(C), chunk_size, D) * 2.0
 
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
-    out["compiled"] = run(compiled, args, dy, None)
-    out["eager"] = run(block, args, dy, None)
+    out["compiled"] = run(compiled, args, dy, 32)
+    out["eager"] = run(block, args, dy, 32)
 
     # The ops set their kernels up on first use when no mixer did (a graph from a compile cache).
     ssd_mamba_ssm._KERNELS = None
