@@ -394,9 +394,9 @@ def sdpa_backend(name: str):
 
 
 def _ac_label(args) -> str:
-    lm = args.ac if args.memory_budget is None else f"{args.ac}+budget:{args.memory_budget:g}"
-    vision = args.vision_ac if args.vision_memory_budget is None else \
-        f"{args.vision_ac}+budget:{args.vision_memory_budget:g}"
+    def label(ac: str, budget: float | None) -> str:
+        return ac if budget is None else f"{ac}+budget:{budget:g}"
+    lm, vision = label(args.ac, args.memory_budget), label(args.vision_ac, args.vision_memory_budget)
     return {"model": f"{lm}/vision:{vision}", "vision": vision}.get(args.module, lm)
 
 
