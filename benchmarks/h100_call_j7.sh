@@ -4,14 +4,6 @@
 source benchmarks/call_prelude.sh
 H="$B --module language --model hybrid_lm/hybrid_2b --seq 8192 --ssd-backend mamba_ssm --loss fused --compile --steps 8 --warmup 3 --no-bare --batch 3 --no-reshard"
 M="$B --module model --model vit/h16+hybrid_lm/hybrid_2b --batch 2 --seq 8192 --image 1024 --ssd-backend mamba_ssm --loss fused --compile --no-bare --steps 8 --warmup 3 --no-reshard --vision-ac full"
-T="torchrun --nproc-per-node 1 -m titan_mimo.train --config train_configs/vlm_hybrid_1gpu.toml --training.steps=14"
-summ() { python3 -c "
-import json
-rows = [json.loads(l) for l in open('$1')]
-t = [r['step_time_s'] for r in rows if 4 <= r['step'] <= 13]
-print('$2', 'steps 4-13 mean %.4f s' % (sum(t) / len(t)), 'min %.3f max %.3f' % (min(t), max(t)),
-      'mem', {k: round(v['memory_gib'], 1) for k, v in rows[-1]['modules'].items()}, 'loss %.4f' % rows[-1]['loss'])
-" | tee -a $OUT/summary.log; cp $1 $OUT/$2_metrics.jsonl; }
 set -x
 run 180 $T --modules.language.memory_budget=0.9 --job.dump_folder=/tmp/tr_a | tail -4; summ /tmp/tr_a/metrics.jsonl trainer_b090
 run 150 $H --memory-budget 1.0 | tee $OUT/hybrid_b3_b100.log
