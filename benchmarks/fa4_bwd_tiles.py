@@ -1,0 +1,119 @@
+"""FlashAttention-4's Hopper backward at the ViT-H/16 head width (80): which head-dim tile and
+which tile configuration is fastest, and are their gradients right.
+
+    python3 benchmarks/fa4_bwd_tiles.py [--batch 4] [--seq 4097] [--heads 16] [--head-dim 80]
+
+FA4's SM90 backward kernel tiles the head dim in multiples of 16 (80 stays 80) while its
+interface lays out the fp32 dq accumulator in multiples of 32 (96): dq comes back wrong
+(flash-attention PR 2896). titan_mimo's fix so far (`attention_kernels.
+_fix_sm90_backward_head_dim_rounding`) rounds the kernel's tile up to 32, so every one of the
+backward's five GEMMs runs 96 wide for 80 useful columns. The other fix is the interface's
+accumulator at the kernel's multiple of 16 (`attention_kernels.
+_fa4_backward_accumulator_at_kernel_tile`): the GEMMs run 80 wide. Variants:
+
+  tile96      the round-up fix, FA4's own tile configuration for head dims <= 96
+  tile80      the accumulator fix, same configuration
+  tile80_nsw  tile80 with SdP_swapAB off (the config search's second row)
+  tile80_128  tile80 with 128 x 64 tiles (its first 128-row config)
+
+Each variant: its forward (once, for reference) and backward time per call (CUDA events, 20
+calls after 3), and the gradients of batch element 0 against float32 SDPA (math backend) as
+max |error| / max |reference| per tensor, next to tile96's. Prints one line per variant.
+"""
+
+import argparse
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from titan_mimo.models import attention_kernels
+
+
+def timed(fn, n_it: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n_it):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / n_it
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=4097)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--head-dim", type=int, default=80)
+    p.add_argument("--variants", default="tile96,tile80,tile80_nsw,tile80_128")
+    a = p.parse_args()
+
+    fa4 = attention_kernels._import_fa4()  # with the accumulator fix installed
+    accum_bwd, orig_cls = fa4._flash_attn_bwd, fa4.FlashAttentionBackwardSm90
+    orig_bwd = getattr(accum_bwd, "__wrapped_titan_mimo__", None)
+    assert orig_bwd is not None, "the accumulator fix does not apply to this flash-attn-4"
+    attention_kernels._fix_sm90_backward_head_dim_rounding(fa4)  # the round-up class
+    fixed_cls = fa4.FlashAttentionBackwardSm90
+    assert fixed_cls is not orig_cls, "the round-up fix does not apply to this flash-attn-4"
+    orig_cfg = fa4._tile_size_bwd_sm90
+
+    def cfg_with(**changes):
+        return lambda *args, **kw: dataclasses.replace(orig_cfg(*args, **kw), **changes)
+
+    variants = {
+        "tile96": (fixed_cls, orig_bwd, orig_cfg),
+        "tile80": (orig_cls, accum_bwd, orig_cfg),
+        "tile80_nsw": (orig_cls, accum_bwd, cfg_with(SdP_swapAB=False)),
+        "tile80_128": (orig_cls, accum_bwd, cfg_with(
+            m_block_size=128, n_block_size=64, SdP_swapAB=False, AtomLayoutMSdP=2,
+            AtomLayoutNdKV=1, AtomLayoutMdQ=2, dQ_single_wg=False)),
+    }
+
+    torch.manual_seed(0)
+    b, s, h, e = a.batch, a.seq, a.heads, a.head_dim
+    q, k, v, dout = (torch.randn(b, s, h, e, device="cuda", dtype=torch.bfloat16)
+                     for _ in range(4))
+    scale = e ** -0.5
+    qr, kr, vr = (t[:1].float().transpose(1, 2).requires_grad_() for t in (q, k, v))
+    with sdpa_kernel(SDPBackend.MATH):
+        F.scaled_dot_product_attention(qr, kr, vr).backward(dout[:1].float().transpose(1, 2))
+    ref = [t.grad.transpose(1, 2) for t in (qr, kr, vr)]
+    del qr, kr, vr
+
+    out, lse = fa4._flash_attn_fwd(q, k, v, softmax_scale=scale, causal=False,
+                                   return_lse=True)[:2]
+    fwd_ms = timed(lambda: fa4._flash_attn_fwd(q, k, v, softmax_scale=scale, causal=False,
+                                               return_lse=True))
+    fwd_flop = 4 * b * h * s * s * e
+    print(f"shape B={b} S={s} H={h} E={e}: forward {fwd_ms:.3f} ms "
+          f"({fwd_flop / fwd_ms / 1e9:.0f} TFLOP/s)", flush=True)
+    base_err = None
+    for name in a.variants.split(","):
+        cls, bwd, cfg = variants[name]
+        fa4.FlashAttentionBackwardSm90, fa4._flash_attn_bwd, fa4._tile_size_bwd_sm90 = cls, bwd, cfg
+        for fn in (orig_bwd, fa4._bwd_preprocess, fa4._bwd_postprocess_convert):
+            fn.compile_cache.clear()
+        try:
+            def run():
+                return fa4._flash_attn_bwd(q, k, v, out, dout, lse, scale, False)[:3]
+            grads = run()
+            err = [float((g[:1].float() - r).abs().max() / r.abs().max())
+                   for g, r in zip(grads, ref)]
+            ms = timed(run)
+        except Exception as exc:  # a configuration that does not compile is a result too
+            print(f"{name:11s} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            continue
+        base_err = base_err or err
+        print(f"{name:11s} backward {ms:.3f} ms ({2.5 * fwd_flop / ms / 1e9:.0f} TFLOP/s "
+              f"at 2.5x the forward's FLOPs); rel. error dq {err[0]:.2e} dk {err[1]:.2e} "
+              f"dv {err[2]:.2e} (tile96: {base_err[0]:.2e} {base_err[1]:.2e} "
+              f"{base_err[2]:.2e})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
