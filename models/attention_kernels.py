@@ -61,21 +61,8 @@ def _import_fa4():
         fa4 = importlib.import_module(_FA4_MODULE)
     except ImportError as e:
         raise ImportError(f"{MISSING_FA4} (importing {_FA4_MODULE} failed: {e})") from e
-    _fix_sm90_backward_head_dims(fa4)
+    _fix_sm90_backward_head_dim_rounding(fa4)
     return fa4
-
-
-def _fix_sm90_backward_head_dims(fa4) -> None:
-    """Once per imported FA4 module: the accumulator fix where it applies (the GEMMs at the
-    real head dim), else the round-up fix, else `_attend_fa4_padded` pads."""
-    global _fa4_head_dim_multiple
-    if getattr(fa4, "_titan_mimo_checked", False):
-        return
-    fa4._titan_mimo_checked = True
-    if _fa4_backward_accumulator_at_kernel_tile(fa4) is not None:
-        _fa4_head_dim_multiple = 8
-    else:
-        _fix_sm90_backward_head_dim_rounding(fa4)
 
 
 def _fix_sm90_backward_head_dim_rounding(fa4) -> None:
@@ -90,17 +77,18 @@ def _fix_sm90_backward_head_dim_rounding(fa4) -> None:
     `_attend_fa4_padded` pads such head dims to 32 instead.
     """
     global _fa4_head_dim_multiple
-    kernel_cls = getattr(fa4, "FlashAttentionBackwardSm90", None)
-    if getattr(kernel_cls, "_titan_mimo_rounds_to_32", False):
+    # Once per imported module: the fa4 ops import it on every call, and reading the kernel's
+    # source is no work for a hot path.
+    if getattr(fa4, "_titan_mimo_checked", False):
         return
+    fa4._titan_mimo_checked = True
+    kernel_cls = getattr(fa4, "FlashAttentionBackwardSm90", None)
     needed = ("tile_hdim", "tile_hdimv", "check_hdim_oob", "check_hdim_v_oob", "dKV_swapAB")
     if kernel_cls is None or not all(f"self.{name}" in inspect.getsource(kernel_cls.__init__)
                                       for name in needed):
         return
 
     class FlashAttentionBackwardSm90(kernel_cls):
-        _titan_mimo_rounds_to_32 = True
-
         def __init__(self, dtype, head_dim, head_dim_v=None, *args, **kwargs):
             super().__init__(dtype, head_dim, head_dim_v, *args, **kwargs)
             if not self.dKV_swapAB:
@@ -113,45 +101,6 @@ def _fix_sm90_backward_head_dim_rounding(fa4) -> None:
 
     fa4.FlashAttentionBackwardSm90 = FlashAttentionBackwardSm90
     _fa4_head_dim_multiple = 8
-
-
-_BWD_ACCUM_LINE = "hdim_multiple_of = 64 if arch // 10 == 9 and dKV_swapAB else 32"
-_BWD_ACCUM_FIXED = ("hdim_multiple_of = 64 if arch // 10 == 9 and dKV_swapAB else "
-                    "(16 if arch // 10 == 9 else 32)")
-
-
-def _fa4_backward_accumulator_at_kernel_tile(fa4, install: bool = True):
-    """The other fix for FA4's wrong dq at head dims that are not multiples of 32: its
-    `_flash_attn_bwd` allocates, zeroes and reads back the fp32 dq (and GQA dk/dv) accumulators
-    with the head dim rounded to 16 instead of 32 on Hopper when dK/dV are not swapped, the
-    multiple the backward kernel itself tiles with (64 when swapped, and other GPUs' 32, are
-    unchanged). The kernel then runs its GEMMs at the real head dim (80 wide for ViT-H instead
-    of 96).
-
-    Built from `_flash_attn_bwd`'s own source with that one line changed, in FA4's module
-    namespace, keeping the function's compile caches. Returns the new function (and with
-    `install` puts it in the module), or None where the line is not in the source (another
-    FA4 version: the caller keeps the round-up fix).
-    """
-    fn = fa4._flash_attn_bwd
-    try:
-        source = inspect.getsource(fn)
-    except (OSError, TypeError):
-        return None
-    if source.count(_BWD_ACCUM_LINE) != 1 or not source.startswith("def _flash_attn_bwd("):
-        return None
-    namespace: dict = {}
-    # Blank lines first, so that tracebacks name the lines of FA4's file.
-    padding = "\n" * (fn.__code__.co_firstlineno - 1)
-    code = compile(padding + source.replace(_BWD_ACCUM_LINE, _BWD_ACCUM_FIXED),
-                   inspect.getsourcefile(fn) or "<flash_attn_bwd>", "exec")
-    exec(code, fa4.__dict__, namespace)  # noqa: S102 - FA4's own source, one line changed
-    new_fn = namespace["_flash_attn_bwd"]
-    new_fn.__dict__.update(fn.__dict__)  # compile_cache and any other attribute
-    new_fn.__wrapped_titan_mimo__ = fn
-    if install:
-        fa4._flash_attn_bwd = new_fn
-    return new_fn
 
 
 @torch.library.custom_op("titan_mimo::fa4_forward", mutates_args=())

@@ -147,66 +147,6 @@ def test_sm90_backward_fix_rounds_head_dim_tiles_to_32(monkeypatch):
     assert fa4.FlashAttentionBackwardSm90.__mro__[1] is FlashAttentionBackwardSm90
 
 
-_FAKE_INTERFACE = """\
-HELPER = "a module global"
-
-
-def _flash_attn_bwd(head_dim, arch=90, dKV_swapAB=False, fail=False):
-    hdim_multiple_of = 64 if arch // 10 == 9 and dKV_swapAB else 32
-    if fail:
-        raise RuntimeError("line 7")
-    return (head_dim + hdim_multiple_of - 1) // hdim_multiple_of * hdim_multiple_of, HELPER
-
-
-_flash_attn_bwd.compile_cache = {"key": "compiled"}
-"""
-
-
-def _interface_from_source(tmp_path, source, name):
-    path = tmp_path / f"{name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_sm90_backward_accumulator_fix_keeps_the_kernel_tile(tmp_path, monkeypatch):
-    """The accumulator fix on a stand-in with FA4 4.0.0b36's line: on Hopper without swapped
-    dK/dV the accumulator rounds to 16 (80 stays 80, as the kernel tiles it); swapped (64) and
-    other GPUs (32) are unchanged; module globals, the compile cache and the file's line numbers
-    carry over; preferred over the round-up fix, and applied once."""
-    fa4 = _interface_from_source(tmp_path, _FAKE_INTERFACE, "fake_fa4_interface")
-    original = fa4._flash_attn_bwd
-    assert original(80) == (96, "a module global")  # the unfixed layout
-    monkeypatch.setattr(ak, "_fa4_head_dim_multiple", 32)
-    ak._fix_sm90_backward_head_dims(fa4)
-    fixed = fa4._flash_attn_bwd
-    assert fixed is not original and fixed.__wrapped_titan_mimo__ is original
-    assert ak._fa4_head_dim_multiple == 8
-    assert fixed(80) == (80, "a module global") and fixed(72) == (80, "a module global")
-    assert fixed(128)[0] == 128 and fixed(80, dKV_swapAB=True)[0] == 128
-    assert fixed(80, arch=100)[0] == 96
-    assert fixed.compile_cache is original.compile_cache
-    with pytest.raises(RuntimeError) as info:
-        fixed(80, fail=True)
-    assert info.traceback[-1].lineno + 1 == 7  # pytest counts from 0
-    ak._fix_sm90_backward_head_dims(fa4)
-    assert fa4._flash_attn_bwd is fixed
-
-
-def test_sm90_backward_accumulator_fix_leaves_other_versions_alone(tmp_path, monkeypatch):
-    """Without the exact line (another FA4), nothing is rebuilt and the caller falls back."""
-    source = _FAKE_INTERFACE.replace("else 32", "else 16")
-    fa4 = _interface_from_source(tmp_path, source, "fake_fa4_interface_other")
-    original = fa4._flash_attn_bwd
-    assert ak._fa4_backward_accumulator_at_kernel_tile(fa4) is None
-    assert fa4._flash_attn_bwd is original
-    monkeypatch.setattr(ak, "_fa4_head_dim_multiple", 32)
-    ak._fix_sm90_backward_head_dims(fa4)  # no kernel class either: head dims stay padded
-    assert fa4._flash_attn_bwd is original and ak._fa4_head_dim_multiple == 32
-
-
 def test_fa4_ops_pass_opcheck(fake_fa4):
     q, k, v = _qkv(dtype=torch.float32)
     torch.library.opcheck(torch.ops.titan_mimo.fa4_forward.default, (q, k, v, True, 0.25))
