@@ -5,18 +5,17 @@ which tile configuration is fastest, and are their gradients right.
 
 FA4's SM90 backward kernel tiles the head dim in multiples of 16 (80 stays 80) while its
 interface lays out the fp32 dq accumulator in multiples of 32 (96): dq comes back wrong
-(flash-attention PR 2896). titan_mimo's fix (`attention_kernels.
-_fix_sm90_backward_head_dim_rounding`) rounds the kernel's tile up to 32, so each of the
-backward's five GEMMs runs 96 wide for 80 useful columns. The alternatives here keep the
-kernel's tile at 80 and change FA4's `_flash_attn_bwd` (rebuilt from its source with lines
-replaced, this script only):
+(flash-attention PR 2896). Variants:
 
-  tile96      the round-up fix, FA4's own tile configuration for head dims <= 96
-  tile80      accumulators allocated, zeroed (preprocess) and read back (postprocess) at a
-              multiple of 16
-  tile80_nsw  tile80 with SdP_swapAB off (FA4's config search's second row)
-  tile80b     accumulator allocated and zeroed at 32 as before, only the dq read-back at 16
-  tile80b_128 tile80b with 128 x 64 tiles (the config search's first 128-row config)
+  tile96      the round-up fix (`attention_kernels._fix_sm90_backward_head_dim_rounding`):
+              the kernel's tile at 96, so the backward's five GEMMs run 96 wide for 80 columns
+  tile80b     the read-back fix (`attention_kernels._fix_sm90_backward_dq_read_back`, what
+              titan_mimo applies): the kernel's tile stays 80, the postprocess reads the
+              accumulator back at a multiple of 16
+  tile80b_128 tile80b with 128 x 64 tiles (FA4's config search's first 128-row config)
+  tile80b_nsw tile80b with SdP_swapAB off (the config search's second row)
+  tile80      the accumulator allocated and zeroed at 16 as well (FA4's `_flash_attn_bwd`
+              rebuilt from its source with that line replaced, this script only; K1: wrong)
 
 Each variant: its forward (once, for reference) and backward time per call (CUDA events, 20
 calls after 3), and the gradients of batch element 0 against float32 SDPA (math backend) as
@@ -48,25 +47,16 @@ def timed(fn, n_it: int = 20) -> float:
 
 
 ACCUM_LINE = "hdim_multiple_of = 64 if arch // 10 == 9 and dKV_swapAB else 32"
-DQ_POST_CALL = "dq_accum, dq, softmax_scale,"
-HDIM_KWARG = "hdim_multiple_of=hdim_multiple_of,"
 
 
-def patched_bwd(fa4, everywhere: bool):
-    """FA4's `_flash_attn_bwd` rebuilt from its source in its module's namespace, with the
-    accumulator multiple at 16 on Hopper (unswapped dK/dV): everywhere, or only where dq is read
-    back (postprocess). Keeps the compile caches (the caller clears them)."""
-    fn = fa4._flash_attn_bwd
+def accumulator_at_16(fa4, fn):
+    """FA4's `_flash_attn_bwd` (`fn`) rebuilt from its source in its module's namespace with
+    the accumulator multiple at 16 on Hopper (unswapped dK/dV) for allocation, zeroing and
+    read-back. Shares `fn`'s compile caches (the caller clears them)."""
     source = inspect.getsource(fn)
-    assert source.count(ACCUM_LINE) == 1 and DQ_POST_CALL in source, "another flash-attn-4"
+    assert source.count(ACCUM_LINE) == 1, "another flash-attn-4"
     sixteen = "(16 if arch // 10 == 9 and not dKV_swapAB else hdim_multiple_of)"
-    if everywhere:
-        source = source.replace(ACCUM_LINE, ACCUM_LINE + "\n    hdim_multiple_of = " + sixteen)
-    else:
-        head, tail = source.split(DQ_POST_CALL, 1)
-        assert HDIM_KWARG in tail
-        source = head + DQ_POST_CALL + tail.replace(
-            HDIM_KWARG, f"hdim_multiple_of={sixteen},", 1)
+    source = source.replace(ACCUM_LINE, ACCUM_LINE + "\n    hdim_multiple_of = " + sixteen)
     namespace: dict = {}
     exec(compile(source, "<patched _flash_attn_bwd>", "exec"), fa4.__dict__, namespace)
     new_fn = namespace["_flash_attn_bwd"]
@@ -80,27 +70,29 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=4097)
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--head-dim", type=int, default=80)
-    p.add_argument("--variants", default="tile96,tile80,tile80b,tile80b_128")
+    p.add_argument("--variants", default="tile96,tile80b,tile80b_nsw")
     a = p.parse_args()
 
-    fa4 = attention_kernels._import_fa4()  # with the round-up fix applied
-    fixed_cls, orig_bwd = fa4.FlashAttentionBackwardSm90, fa4._flash_attn_bwd
-    orig_cls = fixed_cls.__mro__[1]
-    assert fixed_cls.__module__ == attention_kernels.__name__, "round-up fix not applied"
+    fa4 = attention_kernels._import_fa4()  # with the read-back fix applied
+    read_back = fa4._bwd_postprocess_convert
+    assert getattr(read_back, "_titan_mimo_read_back", False), "read-back fix not applied"
+    post, orig_cls, bwd = read_back.__wrapped__, fa4.FlashAttentionBackwardSm90, fa4._flash_attn_bwd
+    attention_kernels._fix_sm90_backward_head_dim_rounding(fa4)
+    round_up_cls = fa4.FlashAttentionBackwardSm90
+    assert round_up_cls is not orig_cls, "round-up fix not applied"
     orig_cfg = fa4._tile_size_bwd_sm90
-    accum_bwd, dq_post_bwd = patched_bwd(fa4, everywhere=True), patched_bwd(fa4, everywhere=False)
 
     def cfg_with(**changes):
         return lambda *args, **kw: dataclasses.replace(orig_cfg(*args, **kw), **changes)
 
     cfg128 = cfg_with(m_block_size=128, n_block_size=64, SdP_swapAB=False, AtomLayoutMSdP=2,
                       AtomLayoutNdKV=1, AtomLayoutMdQ=2, dQ_single_wg=False)
-    variants = {
-        "tile96": (fixed_cls, orig_bwd, orig_cfg),
-        "tile80": (orig_cls, accum_bwd, orig_cfg),
-        "tile80_nsw": (orig_cls, accum_bwd, cfg_with(SdP_swapAB=False)),
-        "tile80b": (orig_cls, dq_post_bwd, orig_cfg),
-        "tile80b_128": (orig_cls, dq_post_bwd, cfg128),
+    variants = {  # kernel class, _flash_attn_bwd, postprocess, tile configuration
+        "tile96": (round_up_cls, bwd, post, orig_cfg),
+        "tile80b": (orig_cls, bwd, read_back, orig_cfg),
+        "tile80b_128": (orig_cls, bwd, read_back, cfg128),
+        "tile80b_nsw": (orig_cls, bwd, read_back, cfg_with(SdP_swapAB=False)),
+        "tile80": (orig_cls, accumulator_at_16(fa4, bwd), post, orig_cfg),
     }
 
     torch.manual_seed(0)
@@ -123,9 +115,9 @@ def main() -> None:
           f"({fwd_flop / fwd_ms / 1e9:.0f} TFLOP/s)", flush=True)
     base_err = None
     for name in a.variants.split(","):
-        cls, bwd, cfg = variants[name]
-        fa4.FlashAttentionBackwardSm90, fa4._flash_attn_bwd, fa4._tile_size_bwd_sm90 = cls, bwd, cfg
-        for fn in (orig_bwd, fa4._bwd_preprocess, fa4._bwd_postprocess_convert):
+        (fa4.FlashAttentionBackwardSm90, fa4._flash_attn_bwd, fa4._bwd_postprocess_convert,
+         fa4._tile_size_bwd_sm90) = variants[name]
+        for fn in (bwd, fa4._bwd_preprocess, post):
             fn.compile_cache.clear()
         try:
             def run():

@@ -8,8 +8,8 @@ to the query heads first (query head i reads kv head i // n_rep, torchtitan's co
 Hopper and Blackwell, compiled on first use for each shape). It takes [B, S, H, E] and grouped-
 query heads natively, so no transposes and no repeated keys/values. Why it exists: at the ViT-H
 head width of 80, cuDNN's fused attention runs ~355 TFLOP/s on an H100 against ~545 at width
-128 (docs/benchmarks.md, S1); FlashAttention-4 runs width 80 in tiles of 96 (with a fix
-of its Hopper backward applied at import, `_fix_sm90_backward_head_dim_rounding`). The kernels
+128 (docs/benchmarks.md, S1); FlashAttention-4 runs width 80 as it is (with a fix of its Hopper
+backward applied at import, `_fix_sm90_backward_head_dims`). The kernels
 are wrapped as `torch.library` custom ops (forward, backward, fake shapes), so a per-block
 `torch.compile` keeps them as opaque calls instead of tracing into CuTe DSL. The forward and
 backward entry points are FlashAttention-4's private `_flash_attn_fwd` /
@@ -21,6 +21,7 @@ Shape legend: B batch, S sequence, H query heads, K key/value heads, E head dim.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
@@ -40,8 +41,8 @@ MISSING_FA4 = (
 )
 _FA4_MODULE = "flash_attn.cute.interface"
 _fa4_head_dim_multiple = 32
-"""Head dims go to FA4 zero-padded to a multiple of this: 8 (its alignment) once
-`_fix_sm90_backward_head_dim_rounding` applied, else 32 (see `_attend_fa4_padded`)."""
+"""Head dims go to FA4 zero-padded to a multiple of this: 8 (its alignment) once a fix of its
+Hopper backward applied (`_fix_sm90_backward_head_dims`), else 32 (see `_attend_fa4_padded`)."""
 
 
 def attend_sdpa(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, *, is_causal: bool) -> Tensor:
@@ -61,8 +62,68 @@ def _import_fa4():
         fa4 = importlib.import_module(_FA4_MODULE)
     except ImportError as e:
         raise ImportError(f"{MISSING_FA4} (importing {_FA4_MODULE} failed: {e})") from e
-    _fix_sm90_backward_head_dim_rounding(fa4)
+    _fix_sm90_backward_head_dims(fa4)
     return fa4
+
+
+def _fix_sm90_backward_head_dims(fa4) -> None:
+    """Once per imported FA4 module: the read-back fix where it applies (the backward's GEMMs
+    at the real head dim), else the round-up fix, else `_attend_fa4_padded` pads."""
+    global _fa4_head_dim_multiple
+    # The fa4 ops import the module on every call; reading sources is no work for a hot path.
+    if getattr(fa4, "_titan_mimo_checked", False):
+        return
+    fa4._titan_mimo_checked = True
+    if _fix_sm90_backward_dq_read_back(fa4):
+        _fa4_head_dim_multiple = 8
+    else:
+        _fix_sm90_backward_head_dim_rounding(fa4)
+
+
+_KERNEL_TILE_LINE = "hdim_multiple_of = 64 if dKV_swapAB else 16"
+
+
+def _fix_sm90_backward_dq_read_back(fa4) -> bool:
+    """The faster fix of FA4's wrong dq at head dims that are not multiples of 32 (below): the
+    kernel keeps its tile (a multiple of 16: 80 for ViT-H), and the postprocess that converts
+    the fp32 dq (and GQA dk/dv) accumulators reads them back at that multiple too, as the
+    kernel wrote them. Allocation and zeroing stay at FA4's multiple of 32, which covers them.
+    The five GEMMs of the backward then run 80 wide instead of 96: 5.6% less backward time at
+    the ViT-H shape, gradients as accurate (docs/benchmarks.md, K3).
+
+    Applied as a wrapper of FA4's `_bwd_postprocess_convert` that passes 16 instead of 32 on
+    Hopper (swapped dK/dV, 64, and other GPUs are left alone), only where the kernel class
+    tiles as 4.0.0b36 does and the postprocess takes `arch` and `hdim_multiple_of`; returns
+    whether it applied.
+    """
+    kernel_cls = getattr(fa4, "FlashAttentionBackwardSm90", None)
+    post = getattr(fa4, "_bwd_postprocess_convert", None)
+    if getattr(post, "_titan_mimo_read_back", False):
+        return True
+    if kernel_cls is None or post is None:
+        return False
+    try:
+        tiles_by_16 = _KERNEL_TILE_LINE in inspect.getsource(kernel_cls.__init__)
+        names = list(inspect.signature(post).parameters)
+    except (OSError, TypeError, ValueError):
+        return False
+    if not tiles_by_16 or "arch" not in names or "hdim_multiple_of" not in names:
+        return False
+    arch_at, multiple_at = names.index("arch"), names.index("hdim_multiple_of")
+
+    @functools.wraps(post)  # keeps its compile_cache, which FA4 reads through this name
+    def read_back_at_kernel_tile(*args, **kwargs):
+        arch = args[arch_at] if len(args) > arch_at else kwargs["arch"]
+        if arch // 10 == 9:
+            if len(args) > multiple_at and args[multiple_at] == 32:
+                args = (*args[:multiple_at], 16, *args[multiple_at + 1:])
+            elif kwargs.get("hdim_multiple_of") == 32:
+                kwargs["hdim_multiple_of"] = 16
+        return post(*args, **kwargs)
+
+    read_back_at_kernel_tile._titan_mimo_read_back = True
+    fa4._bwd_postprocess_convert = read_back_at_kernel_tile
+    return True
 
 
 def _fix_sm90_backward_head_dim_rounding(fa4) -> None:
@@ -72,23 +133,23 @@ def _fix_sm90_backward_head_dim_rounding(fa4) -> None:
     swapped) while `_flash_attn_bwd` lays out and reads back the fp32 dq accumulator in
     multiples of 32: at head dims that are not multiples of 32 (ViT-H's 80) the kernel writes dq
     with the wrong row stride and dq comes back wrong (relative error 1.3 on the H100; forward,
-    dk and dv are right). The fix rounds the tile to 32 as well. On a version that already does,
-    this changes nothing; on one whose kernel class looks different, the fix is not applied and
-    `_attend_fa4_padded` pads such head dims to 32 instead.
+    dk and dv are right). This fix rounds the tile to 32 as well (the GEMMs then run 96 wide
+    at head dim 80); `_fix_sm90_backward_dq_read_back` is preferred where it applies. On a
+    version that already rounds to 32, this changes nothing; on one whose kernel class looks
+    different, the fix is not applied and `_attend_fa4_padded` pads such head dims to 32.
     """
     global _fa4_head_dim_multiple
-    # Once per imported module: the fa4 ops import it on every call, and reading the kernel's
-    # source is no work for a hot path.
-    if getattr(fa4, "_titan_mimo_checked", False):
-        return
-    fa4._titan_mimo_checked = True
     kernel_cls = getattr(fa4, "FlashAttentionBackwardSm90", None)
+    if getattr(kernel_cls, "_titan_mimo_rounds_to_32", False):
+        return
     needed = ("tile_hdim", "tile_hdimv", "check_hdim_oob", "check_hdim_v_oob", "dKV_swapAB")
     if kernel_cls is None or not all(f"self.{name}" in inspect.getsource(kernel_cls.__init__)
                                       for name in needed):
         return
 
     class FlashAttentionBackwardSm90(kernel_cls):
+        _titan_mimo_rounds_to_32 = True
+
         def __init__(self, dtype, head_dim, head_dim_v=None, *args, **kwargs):
             super().__init__(dtype, head_dim, head_dim_v, *args, **kwargs)
             if not self.dKV_swapAB:

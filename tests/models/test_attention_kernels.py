@@ -147,6 +147,78 @@ def test_sm90_backward_fix_rounds_head_dim_tiles_to_32(monkeypatch):
     assert fa4.FlashAttentionBackwardSm90.__mro__[1] is FlashAttentionBackwardSm90
 
 
+def _fake_sm90_backward(tmp_path, kernel_line: str):
+    """A stand-in FA4 module (a file, so that its source can be read): a kernel class whose
+    __init__ has `kernel_line` (4.0.0b36's tile rounding or another), and a postprocess with
+    4.0.0b36's parameters that records what it was called with."""
+    path = tmp_path / "fake_fa4_sm90.py"
+    path.write_text(f"""\
+calls = []
+
+
+class FlashAttentionBackwardSm90:
+    def __init__(self, dtype, head_dim, dKV_swapAB=False):
+        {kernel_line}
+        self.tile_hdim = self.tile_hdimv = self.check_hdim_oob = self.check_hdim_v_oob = None
+        self.dKV_swapAB = dKV_swapAB
+
+
+def _bwd_postprocess_convert(accum, out, scale, cu_seqlens, seqused, arch, dtype, head_dim,
+                             tile_m, num_threads, atom_layout, swap_ab, fake_mode=False,
+                             hdim_multiple_of=32):
+    calls.append((arch, hdim_multiple_of))
+    return _bwd_postprocess_convert.compile_cache
+
+
+_bwd_postprocess_convert.compile_cache = {{"key": "compiled"}}
+""")
+    spec = importlib.util.spec_from_file_location("fake_fa4_sm90", path)
+    fa4 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fa4)
+    return fa4, fa4.calls
+
+
+def test_sm90_backward_read_back_fix_reads_dq_at_the_kernel_tile(tmp_path, monkeypatch):
+    """The read-back fix: on Hopper, FA4's postprocess reads the accumulators back at the
+    kernel's multiple of 16 instead of 32, whether it is passed by keyword or by position;
+    64 (swapped dK/dV) and other GPUs are left alone; the kernel class is not touched; FA4's
+    compile cache stays reachable through the wrapper; preferred over the round-up fix, once."""
+    fa4, calls = _fake_sm90_backward(tmp_path, "hdim_multiple_of = 64 if dKV_swapAB else 16")
+    kernel_cls, post = fa4.FlashAttentionBackwardSm90, fa4._bwd_postprocess_convert
+    monkeypatch.setattr(ak, "_fa4_head_dim_multiple", 32)
+    ak._fix_sm90_backward_head_dims(fa4)
+    assert ak._fa4_head_dim_multiple == 8
+    assert fa4.FlashAttentionBackwardSm90 is kernel_cls
+    wrapper = fa4._bwd_postprocess_convert
+    assert wrapper is not post and wrapper.__wrapped__ is post
+    head = ("acc", "dq", 0.1, None, None)
+    rest = ("bf16", 80, 64, 128, 1, False)
+    assert wrapper(*head, 90, *rest, hdim_multiple_of=32) is post.compile_cache
+    wrapper(*head, 90, *rest, False, 32)  # by position
+    wrapper(*head, 90, *rest, hdim_multiple_of=64)  # swapped dK/dV
+    wrapper(*head, 100, *rest, hdim_multiple_of=32)  # Blackwell tiles by 32
+    wrapper(*head, arch=90, dtype="bf16", head_dim=80, tile_m=64, num_threads=128,
+            atom_layout=1, swap_ab=False)  # the default 32, not passed: FA4 passes it
+    assert calls == [(90, 16), (90, 16), (90, 64), (100, 32), (90, 32)]
+    ak._fix_sm90_backward_head_dims(fa4)
+    assert ak._fix_sm90_backward_dq_read_back(fa4) and fa4._bwd_postprocess_convert is wrapper
+
+
+def test_sm90_backward_read_back_fix_needs_the_kernel_tiling_it_was_checked_on(tmp_path,
+                                                                            monkeypatch):
+    """A kernel that tiles otherwise (say by 32, flash-attention PR 2896 merged) keeps FA4's
+    read-back: reading at 16 would then be the bug."""
+    fa4, _ = _fake_sm90_backward(tmp_path, "hdim_multiple_of = 64 if dKV_swapAB else 32")
+    post, kernel_cls = fa4._bwd_postprocess_convert, fa4.FlashAttentionBackwardSm90
+    assert not ak._fix_sm90_backward_dq_read_back(fa4)
+    assert fa4._bwd_postprocess_convert is post
+    monkeypatch.setattr(ak, "_fa4_head_dim_multiple", 32)
+    ak._fix_sm90_backward_head_dims(fa4)  # falls back to the round-up fix (a no-op by 32)
+    assert fa4._bwd_postprocess_convert is post
+    assert fa4.FlashAttentionBackwardSm90.__mro__[1] is kernel_cls
+    assert ak._fa4_head_dim_multiple == 8
+
+
 def test_fa4_ops_pass_opcheck(fake_fa4):
     q, k, v = _qkv(dtype=torch.float32)
     torch.library.opcheck(torch.ops.titan_mimo.fa4_forward.default, (q, k, v, True, 0.25))
@@ -206,6 +278,7 @@ def _rel(a, b):
     (2, 1025, 4, 4, 80, False),
     (2, 1024, 4, 4, 80, False),
     (2, 1024, 4, 4, 72, True),
+    (1, 1024, 4, 2, 80, False),  # GQA: dk and dv read back from fp32 accumulators too
     (1, 2048, 8, 2, 128, True),
 ])
 def test_fa4_matches_sdpa_bf16(shape):
