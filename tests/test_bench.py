@@ -117,3 +117,31 @@ def test_kernel_kind_names():
         "void at::native::reduce_kernel<512, 1>": "other",
     }
     assert {name: kernel_kind(name) for name in cases} == cases
+
+
+def test_coordinate_descent_tuning_is_on_for_the_run_only(monkeypatch):
+    """`--coordinate-descent-tuning` needs --compile, turns Inductor's setting on while the
+    trainer's build and the bare loop run (they compile), off again after, and is in the label."""
+    import pytest
+    import torch
+    import torch._inductor.config as inductor_config
+
+    import titan_mimo.bench as bench
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--module", "vision", "--model", "vit/debug", "--coordinate-descent-tuning"])
+    seen = []
+    real_run_one = bench.run_one
+
+    def run_one(*a, **k):
+        seen.append(inductor_config.coordinate_descent_tuning)
+        return real_run_one(*a, **k)
+    monkeypatch.setattr(bench, "run_one", run_one)
+    # The setting, not Inductor, is under test: blocks stay eager.
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: None)
+    assert inductor_config.coordinate_descent_tuning is False
+    out = run(["--module", "vision", "--model", "vit/debug", "--batch", "1", "--image", "16",
+               "--steps", "1", "--warmup", "0", "--device", "cpu", "--compile",
+               "--coordinate-descent-tuning"])
+    assert seen == [True, True] and inductor_config.coordinate_descent_tuning is False
+    assert out["titan_mimo"].coordinate_descent_tuning
+    assert " compile+cdt " in bench.fmt(out["titan_mimo"])

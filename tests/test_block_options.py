@@ -224,3 +224,31 @@ def test_build_modules_scopes_the_budget_to_its_module(monkeypatch):
         dist.destroy_process_group()
     assert seen == {"language": 0.25, "vision": default}
     assert torch._functorch.config.activation_memory_budget == default
+
+
+def test_coordinate_descent_tuning_is_set_for_the_process_by_the_build(monkeypatch):
+    """training.coordinate_descent_tuning turns Inductor's setting on in build_modules (for the
+    whole process: backward graphs compile outside any module's forward); off, it is left as
+    it was (so TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 still works)."""
+    import torch
+    import torch._inductor.config as inductor_config
+    import torch.distributed as dist
+
+    from titan_mimo.build import build_modules, module_args
+    from titan_mimo.config_loader import config_from_dict
+    from titan_mimo.topology import build_topology, resolve_placements
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: None)
+    for tuning in (False, True):
+        cfg = config_from_dict({"training": {"coordinate_descent_tuning": tuning}, "modules": {
+            "vision": {"model": "vit/debug", "ranks": 1, "feeds": "language", "placeholder_id": 1},
+            "language": {"model": "hybrid_lm/debug", "ranks": 1, "compile": True},
+        }})
+        args = module_args(cfg)
+        placements = resolve_placements(cfg, 1, {n: a.tp_divisors() for n, a in args.items()})
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        try:
+            with inductor_config.patch(coordinate_descent_tuning=False):
+                build_modules(cfg, args, build_topology(cfg, placements, "cpu"), torch.device("cpu"))
+                assert inductor_config.coordinate_descent_tuning is tuning
+        finally:
+            dist.destroy_process_group()

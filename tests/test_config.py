@@ -183,6 +183,9 @@ BAD_DICTS = [
      r"'memory_budget'"),
     ("memory_budget_needs_compile", _with_module("language", activation_checkpoint="memory_budget"),
      r"modules.language: activation_checkpoint = 'memory_budget' needs compile = true"),
+    ("coordinate_descent_tuning_needs_compile", base(training={"coordinate_descent_tuning": True}),
+     r"training.coordinate_descent_tuning tunes the kernels of compiled blocks; set compile = true "
+     r"on a module, or leave it false"),
     ("memory_budget_out_of_range",
      _with_module("language", activation_checkpoint="memory_budget", compile=True, memory_budget=0.0),
      r"modules.language: memory_budget = 0.0 must be in \(0, 1\]"),

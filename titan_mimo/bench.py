@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 
 import tomllib
 import torch
+import torch._inductor.config as inductor_config
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
@@ -83,6 +84,8 @@ class BenchResult:
     """cudaMalloc retries of the caching allocator since warm-up (each frees cached blocks and
     synchronises the device: a sign the run is at its memory limit)."""
     loss: float
+    coordinate_descent_tuning: bool = False
+    """Inductor's coordinate-descent tuning was on (`--coordinate-descent-tuning`)."""
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -364,6 +367,7 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
         step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
         tflops=tflops / 1e12, mfu=tflops / peak if peak else None,
         peak_mem_gib=(torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else 0.0,
+        coordinate_descent_tuning=args.coordinate_descent_tuning,
         alloc_retries=torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if device.type == "cuda" else 0,
         loss=loss)
     del modules, optimizers, batch
@@ -377,7 +381,8 @@ def fmt(r: BenchResult) -> str:
     rate = (f"tokens/s={r.tokens_per_s:,.0f} " if r.tokens_per_s else "") + \
            (f"images/s={r.images_per_s:.2f} " if r.images_per_s else "")
     mfu = f"MFU={100 * r.mfu:.1f}% " if r.mfu is not None else ""
-    return (f"[{r.run:10s}] {r.module} {r.model} b={r.batch} {'compile' if r.compile else 'eager'} "
+    compiled = "compile+cdt" if r.coordinate_descent_tuning else "compile"
+    return (f"[{r.run:10s}] {r.module} {r.model} b={r.batch} {compiled if r.compile else 'eager'} "
             f"ac={r.ac} loss={r.loss_kind} sdpa={r.sdpa}: "
             f"step={r.step_s * 1e3:.1f} ms {rate}{r.tflops:.1f} TFLOP/s {mfu}"
             f"peak_mem={r.peak_mem_gib:.1f} GiB alloc_retries={r.alloc_retries} loss={r.loss:.4f}")
@@ -421,7 +426,9 @@ def run(argv: list[str] | None = None) -> dict:
               f"dtype={args.dtype} compile={args.compile} device={device} "
               f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) "
               f"torch={torch.__version__} flops/step={wl.flops_per_step:.4g}", flush=True)
-        with sdpa_backend(args.sdpa):
+        with sdpa_backend(args.sdpa), inductor_config.patch(
+                coordinate_descent_tuning=args.coordinate_descent_tuning or
+                inductor_config.coordinate_descent_tuning):
             trainer, state = run_one(args, wl, device, bare=False, state=None)
             print(fmt(trainer), flush=True)
             bare = None
@@ -467,6 +474,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vision-memory-budget", type=float, default=None, metavar="F",
                    help="the same for the ViT's compiled blocks (activation_checkpoint = "
                         "\"memory_budget\" of the vision module); use with --vision-ac none")
+    p.add_argument("--coordinate-descent-tuning", action="store_true",
+                   help="with --compile: Inductor's coordinate-descent tuning of the generated kernels "
+                        "(the trainer's training.coordinate_descent_tuning)")
     p.add_argument("--python-gc", action="store_true",
                    help="leave Python's automatic garbage collection on during the steps (the trainer's "
                         "training.gc_freq = 0); by default it is off, as in the trainer")
@@ -515,6 +525,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             and args.module != "language" and args.vision_ac == "none"):
         p.error(f"--vision-memory-budget {args.vision_memory_budget} needs --compile (not --vision-eager), "
                 "--vision-ac none, a value in (0, 1] and the ViT")
+    if args.coordinate_descent_tuning and not args.compile:
+        p.error("--coordinate-descent-tuning tunes compiled kernels: add --compile")
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
         p.error(f"--batch {args.batch} and --steps {args.steps} must be >= 1, --warmup {args.warmup} >= 0")
     return args

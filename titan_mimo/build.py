@@ -12,6 +12,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch._inductor.config as inductor_config
 from torch import nn
 from titan_mimo.compat import composable_checkpoint, scope_activation_memory_budget
 
@@ -133,6 +134,10 @@ def _checkpointed(mcfg, layer_kinds: str) -> set[int]:
 def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.device) -> dict[str, BuiltModule]:
     """`args`: `module_args(cfg)`."""
     compute_dtype = COMPUTE_DTYPES[cfg.training.mixed_precision]
+    if cfg.training.coordinate_descent_tuning:
+        # Read when Inductor generates a graph's kernels (backward graphs on the first
+        # backward), so it is set for the process, not around each module's forward.
+        inductor_config.coordinate_descent_tuning = True
     built = {}
     for name in topo.my_modules:
         mcfg, place, mesh = cfg.modules[name], topo.placements[name], topo.meshes[name]
