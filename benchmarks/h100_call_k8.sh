@@ -1,9 +1,10 @@
-# Device call K8 (session 9, right after K7 on the same machine start): the 1-GPU trainer with
-# coordinate-descent tuning and the ViT's attention through FlashAttention-4 (the read-back fix
-# of its backward), then that with the LM's memory budget at 0.9.
+# Device call K8 (session 9, after h100_call_g0.sh on a fresh machine start): the peer (timm's
+# ViT-H/16 compiled, batch 12) and titan_mimo's ViT at batch 12 with the bench's
+# --coordinate-descent-tuning (K5/K6 set it through TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1).
 source benchmarks/call_prelude.sh fa4 || exit 1
-F="--training.coordinate_descent_tuning=true --modules.vision.model_args.attention_backend=fa4"
+V="--module vision --model vit/h16 --image 1024 --no-bare --steps 8 --warmup 3 --compile --attention fa4 --no-reshard --batch 12"
 set -x
-run 280 $T --job.dump_folder=/tmp/tr_c $F | tail -2; summ /tmp/tr_c/metrics.jsonl trainer_cdt_fa4
-run $((585 - SECONDS)) $T --job.dump_folder=/tmp/tr_d $F --modules.language.memory_budget=0.9 | tail -2; summ /tmp/tr_d/metrics.jsonl trainer_cdt_fa4_b090
+(cd benchmarks && run 300 python3 vit_anchor.py 1024:12:compile) | tee $OUT/timm_compile_b12.log
+run $((585 - SECONDS)) $B $V --coordinate-descent-tuning | tee $OUT/vision_fa4_nr_b12_cdt.log
 set +x
+grep -hE "^\[|^timm|rror" $OUT/*.log | head -20
