@@ -23,7 +23,7 @@ if len(sys.argv) > 2:
     sys.path.insert(0, sys.argv[2])
 
 import torch
-from titan_mimo.models.language import ssd_kernels, ssd_mamba_ssm
+from titan_mimo.models.language import ssd_kernels, ssd_mamba_ssm, triton_launch
 from titan_mimo.models.language.ssd import ssd_chunked
 from torch.utils._python_dispatch import TorchDispatchMode
 from triton.runtime import autotuner
@@ -113,6 +113,7 @@ def main() -> None:
         }
     os.environ.pop("MAMBA_DETERMINISTIC")
 
+
     # What each backward launches, at a split of one: the forward's helpers mamba-ssm calls
     # again (counted where ssd_combined calls them) and the aten sums.
     SM_COUNT[0] = 1
@@ -167,6 +168,21 @@ def main() -> None:
     ssd_mamba_ssm._KERNELS = None
     lazy = ssd_mamba_ssm.ssd_scan(*[t.detach() for t in (x, dt, A, B, C)], 32, D.detach())
     out["lazy_setup"] = ssd_mamba_ssm._KERNELS is not None and lazy.shape == x.shape
+
+    # With the launch cache installed: the same numbers (the interpreter returns no compiled
+    # kernel, so every launch keeps Triton's path; the GPU test covers the fast one).
+    SM_COUNT[0] = 1
+    launches = ssd_mamba_ssm.enable_launch_cache()
+    args, dy = inputs(0)
+    cached = ssd_mamba_ssm.scan_function(module, keep_states=False)
+    out["launch_cache"] = {
+        "runs": [run(cached, args, dy, 32) for _ in range(3)],
+        "kernels": sorted(launches),
+        "split_kernels": [isinstance(getattr(ssd_mamba_ssm._KERNELS, k), triton_launch.CachedLaunch)
+                          for k in ("db_kernel", "dc_kernel", "dcb_kernel")],
+        "stats": {name: dict(launch.stats) for name, launch in launches.items()},
+        "check": ssd_mamba_ssm._Kernels().check(),
+    }
 
     # A kernel whose signature changed: mamba-ssm's own function, with a warning.
     records = []
