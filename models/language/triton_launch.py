@@ -44,7 +44,7 @@ def _arg_key(value: Any) -> Any:
 
 
 class _Recorded:
-    __slots__ = ("compiled", "run", "prefix", "bound", "slots", "pre_hook", "config_kwargs")
+    __slots__ = ("bound", "compiled", "config_kwargs", "pre_hook", "prefix", "run", "slots")
 
 
 class CachedLaunch:
