@@ -56,7 +56,9 @@ def main() -> None:
             direct = host_ms(op._init_fn, *args)
             print(f"{name}{' (launch cache)' if cache else ''}: host per call {via_op:.3f} ms through "
                   f"the dispatcher, {direct:.3f} ms calling its body directly", flush=True)
-    print("launch cache:", {n: l.stats for n, l in launches.items() if any(l.stats.values())})
+    for n, launch in launches.items():
+        if any(launch.stats.values()):
+            print(f"launch cache {n}: {launch.stats} {launch.refusal or ''}")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ class CachedLaunch:
         self.arg_names = list(kernel.arg_names)
         self._calls: dict[tuple, Any] = {}
         self.stats = {"hits": 0, "misses": 0, "slow": 0}
+        self.refusal: str | None = None
+        """Why the last call that keeps Triton's path could not be replayed."""
 
     def __getattr__(self, name: str) -> Any:  # .fn, .configs, .cache ... of the kernel
         return getattr(self.kernel, name)
@@ -73,6 +75,7 @@ class CachedLaunch:
             self.stats["misses"] += 1
             if not (hasattr(compiled, "function") and hasattr(compiled, "packed_metadata")):
                 self._calls[key] = _SLOW  # Triton's interpreter, or a version we do not know
+                self.refusal = f"the launch returned {type(compiled).__name__}, not a compiled kernel"
             return compiled
         if rec is _SLOW:
             self.stats["slow"] += 1
@@ -99,6 +102,7 @@ class CachedLaunch:
         attr = "_run" if isinstance(getattr(type(compiled), "run", None), property) else "run"
         launcher = getattr(compiled, attr, None)
         if launcher is None:
+            self.refusal = f"the compiled kernel has no launcher {attr!r}"
             return None, self.kernel[grid](*args, **kwargs)
         seen: list[tuple] = []
 
@@ -112,11 +116,17 @@ class CachedLaunch:
         finally:
             setattr(compiled, attr, launcher)
         if out is not compiled or len(seen) != 1 or len(seen[0]) < 9:
+            self.refusal = (f"Triton launched {len(seen)} times through the launcher "
+                            f"{type(compiled).__name__}.{attr} ({[len(a) for a in seen]} "
+                            f"arguments), returned the same kernel: {out is compiled}")
             return None, out
         prefix, bound = seen[0][:9], list(seen[0][9:])
-        if prefix[4] is not compiled.function or prefix[5] is not compiled.packed_metadata \
+        if prefix[4] != compiled.function or prefix[5] is not compiled.packed_metadata \
                 or any(hook is not None for hook in prefix[6:9]):
-            return None, out  # launch metadata or enter/exit hooks (a profiler): Triton's path
+            # launch metadata or enter/exit hooks (a profiler): Triton's path
+            self.refusal = (f"launcher arguments 4-8 are not (function, packed metadata, None, "
+                            f"None, None): {[type(a).__name__ for a in prefix[4:9]]}")
+            return None, out
         slots = []
         sources = [(i, a) for i, a in enumerate(args)] + list(kwargs.items())
         for source, value in sources:
@@ -124,10 +134,12 @@ class CachedLaunch:
                 continue  # part of the call's key: the recorded value is the call's
             where = [i for i, b in enumerate(bound) if b is value]
             if len(where) != 1:
+                self.refusal = f"argument {source!r} is {len(where)} launcher arguments"
                 return None, out
             slots.append((where[0], source))
             bound[where[0]] = None  # no reference kept to this call's tensor
         if any(isinstance(b, torch.Tensor) for b in bound):
+            self.refusal = "a launcher argument is a tensor the call did not pass"
             return None, out
         rec = _Recorded()
         rec.compiled, rec.run, rec.prefix, rec.bound, rec.slots = compiled, launcher, prefix, bound, slots
