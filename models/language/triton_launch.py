@@ -13,8 +13,9 @@ the first time compiles and autotunes, the second time records the arguments Tri
 compiled kernel's launcher. From then on it calls that launcher directly, with the call's tensors
 put in place of the recorded ones and the current stream, after the autotuned config's pre-hook
 (mamba-ssm's zeroing of accumulators) as the autotuner would. Any call it cannot record safely
-(launch hooks set, a tensor that does not map to one launcher argument, Triton's interpreter, a
-launcher that is not where Triton 3.x puts it) keeps Triton's own path for that call.
+(launch hooks that do something, e.g. a profiler's; a tensor that does not map to one launcher
+argument; Triton's interpreter; a launcher that is not where Triton 3.x puts it) keeps Triton's
+own path for that call, and `refusal` says why.
 
 `install(modules)` puts one `CachedLaunch` in place of every `*_kernel` Triton kernel defined in
 the given modules (the module globals that mamba-ssm's Python wrappers launch by name).
@@ -30,6 +31,15 @@ import torch
 __all__ = ["CachedLaunch", "install"]
 
 _SLOW = object()  # a call key that keeps Triton's own path
+
+
+def _idle(hooks) -> bool:
+    """Launch hooks that would do nothing: None (Triton 3.3-3.5, 3.9) or an empty `HookChain`
+    (Triton 3.6 always passes its chains), so replaying without them and without the launch
+    metadata they would read changes nothing. A hook added later (a profiler) is seen on the
+    next launch, which then goes through Triton."""
+    return all(h is None or (type(h).__name__ == "HookChain" and not getattr(h, "calls", True))
+               for h in hooks)
 
 
 def _current_stream() -> int:
@@ -77,7 +87,7 @@ class CachedLaunch:
                 self._calls[key] = _SLOW  # Triton's interpreter, or a version we do not know
                 self.refusal = f"the launch returned {type(compiled).__name__}, not a compiled kernel"
             return compiled
-        if rec is _SLOW:
+        if rec is _SLOW or (isinstance(rec, _Recorded) and not _idle(rec.prefix[7:9])):
             self.stats["slow"] += 1
             return self.kernel[grid](*args, **kwargs)
         if not isinstance(rec, _Recorded):  # second launch: record what Triton passes on
@@ -122,10 +132,10 @@ class CachedLaunch:
             return None, out
         prefix, bound = seen[0][:9], list(seen[0][9:])
         if prefix[4] != compiled.function or prefix[5] is not compiled.packed_metadata \
-                or any(hook is not None for hook in prefix[6:9]):
-            # launch metadata or enter/exit hooks (a profiler): Triton's path
-            self.refusal = (f"launcher arguments 4-8 are not (function, packed metadata, None, "
-                            f"None, None): {[type(a).__name__ for a in prefix[4:9]]}")
+                or not _idle(prefix[7:9]):
+            # enter/exit hooks that do something (a profiler's): Triton's path
+            self.refusal = (f"launcher arguments 4-8 are not (function, packed metadata, "
+                            f"metadata, idle hooks): {[type(a).__name__ for a in prefix[4:9]]}")
             return None, out
         slots = []
         sources = [(i, a) for i, a in enumerate(args)] + list(kwargs.items())

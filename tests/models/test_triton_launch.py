@@ -121,6 +121,23 @@ def test_no_reference_is_kept_to_a_recorded_calls_tensors():
     assert ref() is None
 
 
+class HookChain:  # Triton 3.6's knobs.runtime launch hooks: always passed, often empty
+    def __init__(self):
+        self.calls = []
+
+
+def test_empty_hook_chains_are_replayed_without_and_a_hook_added_later_is_seen():
+    enter, leave = HookChain(), HookChain()
+    kernel = FakeKernel(hooks=(object(), enter, leave))  # metadata, then the two chains
+    cached = CachedLaunch(kernel)
+    for _ in range(3):
+        cached[(1,)](torch.zeros(8), torch.zeros(8), 8)
+    assert cached.stats["hits"] == 1 and kernel.launches[-1][6:9] == (None, None, None)
+    enter.calls.append(print)  # a profiler starts listening: Triton launches (and calls it)
+    cached[(1,)](torch.zeros(8), torch.zeros(8), 8)
+    assert cached.stats == {"hits": 1, "misses": 2, "slow": 1} and kernel.triton_calls == 3
+
+
 @pytest.mark.parametrize("why", ["hooks", "aliased", "interpreter"])
 def test_calls_it_cannot_replay_keep_tritons_path(why):
     """A profiler's launch hooks, one tensor passed twice (which launcher slot is which?), or a
