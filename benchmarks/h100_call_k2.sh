@@ -1,4 +1,5 @@
 # Device call K2 (session 9, right after K1 on the same machine start): the ViT at batch 12 with
+# (Ran at commit e512440: the function ROUND_UP disables was removed after K1.)
 # the round-up fix instead (the accumulator fix disabled from the command line), then the peer
 # (timm's ViT-H/16 compiled, batch 12) in the same machine start.
 source benchmarks/call_prelude.sh fa4 || exit 1

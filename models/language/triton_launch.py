@@ -108,7 +108,8 @@ class CachedLaunch:
     def _record(self, compiled, grid, args: tuple, kwargs: dict):
         """Launch through Triton once more with the compiled kernel's launcher spied on; returns
         (the recording or None where it is not safe to replay, Triton's return value)."""
-        # Triton 3.x: `run` is the launcher (3.6) or a property returning `_run` (3.9).
+        # Triton 3.x: `run` is a property returning the launcher `_run` (3.6, 3.9), or the
+        # launcher itself.
         attr = "_run" if isinstance(getattr(type(compiled), "run", None), property) else "run"
         launcher = getattr(compiled, attr, None)
         if launcher is None:
