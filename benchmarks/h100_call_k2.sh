@@ -1,7 +1,7 @@
 # Device call K2 (session 9, right after K1 on the same machine start): the ViT at batch 12 with
-# (Ran at commit e512440: the function ROUND_UP disables was removed after K1.)
 # the round-up fix instead (the accumulator fix disabled from the command line), then the peer
 # (timm's ViT-H/16 compiled, batch 12) in the same machine start.
+# Ran at commit e512440 (its accumulator fix, which K1 found wrong, was removed after K1).
 source benchmarks/call_prelude.sh fa4 || exit 1
 V="--module vision --model vit/h16 --image 1024 --no-bare --steps 8 --warmup 3 --compile --attention fa4 --no-reshard"
 ROUND_UP="import runpy, sys; from titan_mimo.models import attention_kernels as ak; ak._fa4_backward_accumulator_at_kernel_tile = lambda fa4, install=True: None; sys.argv[0] = 'bench'; runpy.run_module('titan_mimo.bench', run_name='__main__')"
