@@ -89,7 +89,7 @@ def _fix_sm90_backward_dq_read_back(fa4) -> bool:
     the fp32 dq (and GQA dk/dv) accumulators reads them back at that multiple too, as the
     kernel wrote them. Allocation and zeroing stay at FA4's multiple of 32, which covers them.
     The five GEMMs of the backward then run 80 wide instead of 96: 5.6% less backward time at
-    the ViT-H shape, gradients as accurate (docs/benchmarks.md, K3).
+    the ViT-H shape, gradients as accurate (docs/benchmarks.md, Y3 and Y6).
 
     Applied as a wrapper of FA4's `_bwd_postprocess_convert` that passes 16 instead of 32 on
     Hopper (swapped dK/dV, 64, and other GPUs are left alone), only where the kernel class
