@@ -30,20 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from attention_bench import timed  # seconds per call (the script's folder is on sys.path)
 from titan_mimo.models import attention_kernels
-
-
-def timed(fn, n_it: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n_it):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / n_it
 
 
 ACCUM_LINE = "hdim_multiple_of = 64 if arch // 10 == 9 and dKV_swapAB else 32"
@@ -108,8 +96,8 @@ def main() -> None:
 
     out, lse = fa4._flash_attn_fwd(q, k, v, softmax_scale=scale, causal=False,
                                    return_lse=True)[:2]
-    fwd_ms = timed(lambda: fa4._flash_attn_fwd(q, k, v, softmax_scale=scale, causal=False,
-                                               return_lse=True))
+    fwd_ms = 1e3 * timed(lambda: fa4._flash_attn_fwd(q, k, v, softmax_scale=scale, causal=False,
+                                                     return_lse=True))
     fwd_flop = 4 * b * h * s * s * e
     print(f"shape B={b} S={s} H={h} E={e}: forward {fwd_ms:.3f} ms "
           f"({fwd_flop / fwd_ms / 1e9:.0f} TFLOP/s)", flush=True)
@@ -125,7 +113,7 @@ def main() -> None:
             grads = run()
             err = [float((g[:1].float() - r).abs().max() / r.abs().max())
                    for g, r in zip(grads, ref)]
-            ms = timed(run)
+            ms = 1e3 * timed(run)
         except Exception as exc:  # noqa: BLE001 - a config that does not compile is a result
             print(f"{name:11s} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
             continue
