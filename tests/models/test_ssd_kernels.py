@@ -31,30 +31,42 @@ def _has_mamba_ssm() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("mamba_ssm") is not None
 
 
-@pytest.mark.skipif(not _has_mamba_ssm(), reason="needs CUDA and mamba-ssm (the gpu extra)")
-@pytest.mark.parametrize("keep_states,compiled", [(False, False), (True, False), (False, True)])
-def test_mamba_ssm_matches_torch_reference_bf16(keep_states, compiled):
+def _reference_and_mamba_ssm(**fast_args) -> tuple[Mamba2Mixer, Mamba2Mixer, torch.Tensor, torch.Tensor]:
+    """The torch-scan mixer and a mamba_ssm one (`fast_args` on top) with the same weights, in
+    bf16 on the GPU, and an input and output gradient: 1000 tokens is not a multiple of the
+    chunk, so both paths must handle the ragged last chunk."""
     torch.manual_seed(0)
     ref = Mamba2Mixer(ARGS)
     init_model_for_testing(ref, seed=0)
-    fast = Mamba2Mixer(dataclasses.replace(ARGS, ssd_backend="mamba_ssm", ssd_keep_states=keep_states))
+    fast = Mamba2Mixer(dataclasses.replace(ARGS, ssd_backend="mamba_ssm", **fast_args))
     fast.load_state_dict(ref.state_dict())
-    ref, fast = ref.cuda().bfloat16(), fast.cuda().bfloat16()
+    u = torch.randn(2, 1000, ARGS.dim, device="cuda", dtype=torch.bfloat16)
+    return ref.cuda().bfloat16(), fast.cuda().bfloat16(), u, torch.randn_like(u)
+
+
+def _fwd_bwd(mixer, u, grad) -> list[torch.Tensor]:
+    """y, du, dA_log and the B projection's weight gradient of one forward and backward."""
+    mixer.zero_grad()
+    u_ = u.clone().requires_grad_()
+    y = mixer(u_)
+    y.backward(grad)
+    return [y.float(), u_.grad.float(), mixer.A_log.grad.float(), mixer.in_proj_B.weight.grad.float()]
+
+
+def _assert_close_to_reference(ref_outs, outs, what: str) -> None:
+    for name, a, b in zip(("y", "du", "dA_log", "dW_B"), ref_outs, outs):
+        rel = ((a - b).norm() / a.norm()).item()
+        assert rel < 2e-2, f"{name}: relative error {rel:.3g} between torch and {what}"
+
+
+@pytest.mark.skipif(not _has_mamba_ssm(), reason="needs CUDA and mamba-ssm (the gpu extra)")
+@pytest.mark.parametrize("keep_states,compiled", [(False, False), (True, False), (False, True)])
+def test_mamba_ssm_matches_torch_reference_bf16(keep_states, compiled):
+    ref, fast, u, grad = _reference_and_mamba_ssm(ssd_keep_states=keep_states)
     if compiled:
         # The scan's custom ops keep the mixer one graph: a graph break would raise here.
         fast.compile(fullgraph=True)
-    # 1000 is not a multiple of the chunk: both paths must handle the ragged last chunk.
-    u = torch.randn(2, 1000, ARGS.dim, device="cuda", dtype=torch.bfloat16)
-    grad = torch.randn_like(u)
-    outs = []
-    for mixer in (ref, fast):
-        u_ = u.clone().requires_grad_()
-        y = mixer(u_)
-        y.backward(grad)
-        outs.append((y.float(), u_.grad.float(), mixer.A_log.grad.float(), mixer.in_proj_B.weight.grad.float()))
-    for name, a, b in zip(("y", "du", "dA_log", "dW_B"), *outs):
-        rel = ((a - b).norm() / a.norm()).item()
-        assert rel < 2e-2, f"{name}: relative error {rel:.3g} between torch and mamba_ssm scans"
+    _assert_close_to_reference(_fwd_bwd(ref, u, grad), _fwd_bwd(fast, u, grad), "mamba_ssm scans")
 
 
 @pytest.mark.skipif(not _has_mamba_ssm(), reason="needs CUDA and mamba-ssm (the gpu extra)")
@@ -65,31 +77,12 @@ def test_launch_cache_replays_the_same_launches():
     the rest of this process: the cache is process-wide.)"""
     from titan_mimo.models.language import ssd_mamba_ssm
 
-    torch.manual_seed(0)
-    ref = Mamba2Mixer(ARGS)
-    init_model_for_testing(ref, seed=0)
-    fast = Mamba2Mixer(dataclasses.replace(ARGS, ssd_backend="mamba_ssm", ssd_launch_cache=True))
-    fast.load_state_dict(ref.state_dict())
-    ref, fast = ref.cuda().bfloat16(), fast.cuda().bfloat16()
-    u = torch.randn(2, 1000, ARGS.dim, device="cuda", dtype=torch.bfloat16)
-    grad = torch.randn_like(u)
-
-    def run(mixer):
-        mixer.zero_grad()
-        u_ = u.clone().requires_grad_()
-        y = mixer(u_)
-        y.backward(grad)
-        return [y.float(), u_.grad.float(), mixer.A_log.grad.float(),
-                mixer.in_proj_B.weight.grad.float()]
-
+    ref, fast, u, grad = _reference_and_mamba_ssm(ssd_launch_cache=True)
     launches = ssd_mamba_ssm.enable_launch_cache()
     before = {name: dict(launch.stats) for name, launch in launches.items()}
-    runs = [run(fast) for _ in range(3)]
+    runs = [_fwd_bwd(fast, u, grad) for _ in range(3)]
     hits = {name: launch.stats["hits"] - before[name]["hits"] for name, launch in launches.items()}
     assert sum(hits.values()) >= 10, hits  # ~18 kernels per fwd+bwd, all replayed in the third
     for name, first, third in zip(("y", "du", "dA_log", "dW_B"), runs[0], runs[2]):
         torch.testing.assert_close(third, first, rtol=1e-3, atol=1e-3, msg=name)
-    for name, a, b in zip(("y", "du", "dA_log", "dW_B"), run(ref), runs[2]):
-        rel = ((a - b).norm() / a.norm()).item()
-        assert rel < 2e-2, f"{name}: relative error {rel:.3g} between torch and the cached launches"
-
+    _assert_close_to_reference(_fwd_bwd(ref, u, grad), runs[2], "the cached launches")
