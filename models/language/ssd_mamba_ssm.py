@@ -417,12 +417,11 @@ def enable_launch_cache() -> dict[str, Any]:
     process: every `*_kernel` of its SSD modules, the forward's (mamba-ssm's wrappers launch them
     by module global) and our backward wrappers' alike. Idempotent; returns the cached launches by
     kernel name (their `stats` count fast and Triton launches)."""
+    global _KERNELS
     modules = [importlib.import_module(f"mamba_ssm.ops.triton.{name}") for name in _MAMBA_SSD_MODULES]
     launches = triton_launch.install(modules)
-    if _KERNELS is not None:  # set up before: its own references to the split kernels
-        _KERNELS.db_kernel = launches["_chunk_state_bwd_db_kernel"]
-        _KERNELS.dc_kernel = launches["_chunk_scan_bwd_dc_kernel"]
-        _KERNELS.dcb_kernel = launches["_chunk_scan_bwd_dcb_kernel"]
+    if _KERNELS is not None:  # set up before (and checked): take the modules' kernels again
+        _KERNELS = _Kernels()
     return launches
 
 

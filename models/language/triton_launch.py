@@ -23,6 +23,7 @@ the given modules (the module globals that mamba-ssm's Python wrappers launch by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -53,8 +54,19 @@ def _arg_key(value: Any) -> Any:
     return value
 
 
+@dataclass(slots=True)
 class _Recorded:
-    __slots__ = ("bound", "compiled", "config_kwargs", "pre_hook", "prefix", "run", "slots")
+    """What a call replays: Triton's compiled kernel and its launcher, the launcher's first nine
+    arguments as recorded, the bound arguments with the call's tensors taken out (`slots`: where
+    each goes, from which positional index or keyword), and the autotuned config's pre-hook."""
+
+    compiled: Any
+    run: Any
+    prefix: tuple
+    bound: list
+    slots: list
+    pre_hook: Any
+    config_kwargs: dict
 
 
 class CachedLaunch:
@@ -152,12 +164,10 @@ class CachedLaunch:
         if any(isinstance(b, torch.Tensor) for b in bound):
             self.refusal = "a launcher argument is a tensor the call did not pass"
             return None, out
-        rec = _Recorded()
-        rec.compiled, rec.run, rec.prefix, rec.bound, rec.slots = compiled, launcher, prefix, bound, slots
         config = getattr(self.kernel, "best_config", None)  # an autotuner's pick for this call
-        rec.pre_hook = getattr(config, "pre_hook", None)
-        rec.config_kwargs = config.all_kwargs() if rec.pre_hook is not None else {}
-        return rec, out
+        pre_hook = getattr(config, "pre_hook", None)
+        return _Recorded(compiled, launcher, prefix, bound, slots, pre_hook,
+                         config.all_kwargs() if pre_hook is not None else {}), out
 
 
 def _is_triton_kernel(value: Any) -> bool:
