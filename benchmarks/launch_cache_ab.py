@@ -1,24 +1,60 @@
-"""The bench twice in one process: as given, then with the Mamba2 scan's launch cache installed
-(`ssd_mamba_ssm.enable_launch_cache`, what `ssd_launch_cache = true` does), so both runs share a
-machine start and the second reuses the first's compiled graphs.
+"""The bench several times in one process, alternating without and with the Mamba2 scan's launch
+cache (`ssd_mamba_ssm.enable_launch_cache`, what `ssd_launch_cache = true` does), so all runs share
+a machine start and later runs reuse the first one's compiled graphs. Each run's line is printed
+as soon as it ends (a timeout keeps what finished).
 
-    python3 benchmarks/launch_cache_ab.py <titan_mimo.bench arguments>
+    python3 benchmarks/launch_cache_ab.py [--rounds N] <titan_mimo.bench arguments>
 """
 
+import argparse
+import gc
+import importlib
 import sys
 
+import torch
+
 from titan_mimo import bench
-from titan_mimo.models.language import ssd_mamba_ssm
+from titan_mimo.models.language import ssd_mamba_ssm, triton_launch
+
+
+def _modules():
+    return [importlib.import_module(f"mamba_ssm.ops.triton.{name}")
+            for name in ssd_mamba_ssm._MAMBA_SSD_MODULES]
+
+
+def disable_launch_cache() -> None:
+    """Put Triton's own kernels back where `enable_launch_cache` put its stand-ins."""
+    for module in _modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, triton_launch.CachedLaunch):
+                setattr(module, name, value.kernel)
+    if ssd_mamba_ssm._KERNELS is not None:
+        ssd_mamba_ssm._KERNELS = ssd_mamba_ssm._Kernels()
 
 
 def main() -> None:
-    plain = bench.run(sys.argv[1:])["titan_mimo"]
-    launches = ssd_mamba_ssm.enable_launch_cache()
-    cached = bench.run(sys.argv[1:])["titan_mimo"]
-    hits = sum(launch.stats["hits"] for launch in launches.values())
-    print(f"launch cache A/B: {plain.step_s * 1e3:.1f} ms without, {cached.step_s * 1e3:.1f} ms with "
-          f"({hits} replayed launches)", flush=True)
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--rounds", type=int, default=2)
+    ours, bench_args = parser.parse_known_args()
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for round_ in range(ours.rounds):
+        for cached in (False, True):
+            launches = ssd_mamba_ssm.enable_launch_cache() if cached else {}
+            result = bench.run(bench_args)["titan_mimo"]
+            times[cached].append(result.step_s * 1e3)
+            stats = {k: sum(launch.stats[k] for launch in launches.values())
+                     for k in ("hits", "misses", "slow")}
+            refusals = {n: launch.refusal for n, launch in launches.items() if launch.refusal}
+            print(f"launch cache A/B round {round_}: {'with' if cached else 'without'} "
+                  f"{result.step_s * 1e3:.1f} ms; "
+                  f"launches {stats}; refusals {refusals}", flush=True)
+            if cached:
+                disable_launch_cache()
+            gc.collect()  # the run's model and optimizer, before the next one builds its own
+            torch.cuda.empty_cache()
+    print("launch cache A/B: without", [f"{t:.1f}" for t in times[False]], "with",
+          [f"{t:.1f}" for t in times[True]], "ms", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
