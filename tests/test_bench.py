@@ -99,6 +99,35 @@ def test_sync_every_step_waits_after_each_timed_step(monkeypatch):
         assert calls == expected, (every, calls)
 
 
+def test_profile_kernels_only(monkeypatch):
+    """`--profile-kernels-only` needs --profile and reaches the profiler as host=False; without a
+    GPU there are no kernels to record alone, so the host ops are recorded as before; a profile
+    without host ops says so instead of an empty table."""
+    import pytest
+    import torch
+
+    import titan_mimo.bench as bench
+    from titan_mimo import profiling
+    vit = ["--module", "vision", "--model", "vit/debug"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(vit + ["--profile-kernels-only"])
+    assert bench.parse_args(vit + ["--profile", "--profile-kernels-only"]).profile_kernels_only
+    seen = []
+    monkeypatch.setattr(bench, "print_profile", lambda *a, **k: seen.append(k["host"]))
+    for host in (True, False):
+        bench._time_steps(lambda: torch.zeros(()), torch.device("cpu"), warmup=0, steps=1, profile=True,
+                          sync_debug=False, profile_host=host)
+    assert seen == [True, False]
+    prof = profiling.profile_steps(lambda: torch.ones(8, 8) @ torch.ones(8, 8), torch.device("cpu"), 1,
+                                   host=False)
+    assert any(e.key == "aten::mm" for e in prof.key_averages())
+
+    class NoHostOps:
+        def key_averages(self):
+            return []
+    assert profiling.summary(NoHostOps(), torch.device("cpu"), 1)[-1] == "host ops: not recorded (kernels only)"
+
+
 def test_kernel_kind_names():
     """The profile's per-kind totals sort real kernel names (from H100 profiles) into kinds."""
     from titan_mimo.profiling import kernel_kind

@@ -280,7 +280,8 @@ def _sync(device) -> None:
 
 
 def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, autocast_dtype,
-               profile: bool = False, profile_top: int = 15, loss_kind: str = "logits", sync_debug: bool = False,
+               profile: bool = False, profile_top: int = 15, profile_host: bool = True,
+               loss_kind: str = "logits", sync_debug: bool = False,
                python_gc: bool = False, sync_every_step: bool = False):
     """Warm up, then time `steps` full training steps; returns (seconds per step, last loss)."""
     def one_step():
@@ -299,11 +300,12 @@ def time_steps(modules, batch, optimizers, device, *, warmup: int, steps: int, a
     with garbage_collection(0 if python_gc else Training.gc_freq) as collector:
         return _time_steps(one_step, device, warmup=warmup, steps=steps, profile=profile,
                            sync_debug=sync_debug, collector=collector, sync_every_step=sync_every_step,
-                           profile_top=profile_top)
+                           profile_top=profile_top, profile_host=profile_host)
 
 
 def _time_steps(one_step, device, *, warmup: int, steps: int, profile: bool, sync_debug: bool,
-                collector=None, sync_every_step: bool = False, profile_top: int = 15):
+                collector=None, sync_every_step: bool = False, profile_top: int = 15,
+                profile_host: bool = True):
     for i in range(warmup):
         one_step()
         if collector is not None:  # as the trainer: a collection after the first step
@@ -324,7 +326,7 @@ def _time_steps(one_step, device, *, warmup: int, steps: int, profile: bool, syn
     # bottleneck: host time close to step time means launch overhead or syncs, not kernels.
     print(f"  host time to issue a step: {host_s * 1e3:.1f} ms of {step_s * 1e3:.1f} ms", flush=True)
     if profile:
-        print_profile(one_step, device, top=profile_top)
+        print_profile(one_step, device, top=profile_top, host=profile_host)
     if sync_debug:
         report_syncs(one_step, device)
     return step_s, float(loss.detach())
@@ -355,7 +357,7 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     autocast = param_dtype if (bare and param_dtype != torch.float32) else None
     step_s, loss = time_steps(modules, batch, optimizers, device, warmup=args.warmup, steps=args.steps,
                               autocast_dtype=autocast, profile=args.profile and not bare,
-                              profile_top=args.profile_top,
+                              profile_top=args.profile_top, profile_host=not args.profile_kernels_only,
                               loss_kind=args.loss, sync_debug=args.sync_debug and not bare,
                               python_gc=args.python_gc, sync_every_step=args.sync_every_step)
     peak = peak_flops(device)
@@ -512,6 +514,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="print top kernels of the titan_mimo run")
     p.add_argument("--profile-top", type=int, default=15, metavar="N",
                    help="with --profile: how many kernels (by device time) to list")
+    p.add_argument("--profile-kernels-only", action="store_true",
+                   help="with --profile: record the device's kernels only, no host ops, so the "
+                        "profiled steps run at unprofiled speed and the device-busy share is "
+                        "that of a normal step")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="append results as one JSON line to this file")
@@ -527,6 +533,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 "--vision-ac none, a value in (0, 1] and the ViT")
     if args.coordinate_descent_tuning and not args.compile:
         p.error("--coordinate-descent-tuning tunes compiled kernels: add --compile")
+    if args.profile_kernels_only and not args.profile:
+        p.error("--profile-kernels-only chooses what --profile records: add --profile")
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
         p.error(f"--batch {args.batch} and --steps {args.steps} must be >= 1, --warmup {args.warmup} >= 0")
     return args

@@ -87,6 +87,9 @@ def summary(prof, device: torch.device, n_steps: int, top: int = 15) -> list[str
                          f"({busy_s / n_steps * 1e3:.1f} ms with a kernel running per step): the rest "
                          "the GPU waited for the host or a synchronisation")
     host = [e for e in averages if e.device_type == DeviceType.CPU]
+    if not host:
+        lines.append("host ops: not recorded (kernels only)")
+        return lines
     lines.append("host ops by self CPU time per step:")
     for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:12]:
         lines.append(f"  {e.self_cpu_time_total / n_steps / 1e3:7.2f} ms  x{e.count // n_steps:<5d} {e.key[:100]}")
@@ -94,11 +97,15 @@ def summary(prof, device: torch.device, n_steps: int, top: int = 15) -> list[str
 
 
 def profile_steps(run_steps: Callable[[], None], device: torch.device, n_steps: int,
-                  trace: Path | None = None):
+                  trace: Path | None = None, host: bool = True):
     """Run `run_steps()` (n_steps whole steps, synchronised at the end) under the profiler;
-    returns the profiler. `trace`: also write a Chrome trace there (chrome://tracing, Perfetto)."""
+    returns the profiler. `trace`: also write a Chrome trace there (chrome://tracing, Perfetto).
+    `host=False` (CUDA only) records the kernels alone: recording every host op slows a
+    host-bound step by tens of percent, so only then is the device's busy share that of an
+    unprofiled step."""
     from torch.profiler import ProfilerActivity, profile
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    cuda = device.type == "cuda"
+    acts = ([ProfilerActivity.CPU] if host or not cuda else []) + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         run_steps()
         if device.type == "cuda":
@@ -109,12 +116,14 @@ def profile_steps(run_steps: Callable[[], None], device: torch.device, n_steps: 
     return prof
 
 
-def print_profile(one_step: Callable[[], object], device: torch.device, n_steps: int = 2, top: int = 15) -> None:
-    """Profile n_steps calls of one_step and print the summary (indented, for the bench)."""
+def print_profile(one_step: Callable[[], object], device: torch.device, n_steps: int = 2, top: int = 15,
+                  host: bool = True) -> None:
+    """Profile n_steps calls of one_step and print the summary (indented, for the bench);
+    `host=False`: the kernels only (`profile_steps`)."""
     def run_steps():
         for _ in range(n_steps):
             one_step()
-    prof = profile_steps(run_steps, device, n_steps)
+    prof = profile_steps(run_steps, device, n_steps, host=host)
     for line in summary(prof, device, n_steps, top):
         print("  " + line, flush=True)
 
