@@ -17,12 +17,15 @@ def apply_fsdp(root: nn.Module, blocks: Iterable[nn.Module], dp_mesh: DeviceMesh
     Parameters are gathered in `param_dtype`; gradients are reduced in fp32 and *summed*, not
     averaged, over dp: the trainer's loss is already divided by the global token count, so
     FSDP's own division would apply it twice. Sum-only collectives (no PREMUL_SUM) keep gloo
-    working too.
+    working too. On a one-rank mesh FSDP neither averages nor reduces, and a divide factor
+    (even 1) would only add a division pass over every gradient, so none is set there.
     """
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     units = list(blocks) + [root]
     for unit in units:
         fully_shard(unit, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    if dp_mesh.size() == 1:
+        return
     # Both settings are per FSDP unit (not recursive): set them on every block and the root.
     for unit in units:
         unit.set_gradient_divide_factor(1.0)
