@@ -1,7 +1,9 @@
-"""FSDP2 wrapping shared by every model's parallelize.py."""
+"""Mixed precision for every model's parallelize.py: FSDP2 wrapping, or autocast for a module
+that runs unwrapped on one rank."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
@@ -30,3 +32,24 @@ def apply_fsdp(root: nn.Module, blocks: Iterable[nn.Module], dp_mesh: DeviceMesh
     for unit in units:
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)
+
+
+def autocast_forward(module: nn.Module, device_type: str, dtype: torch.dtype) -> None:
+    """Mixed precision without FSDP (a module on one rank): `module`'s forward runs under
+    `torch.autocast(device_type, dtype)`, with fp32 parameters, gradients and optimizer state;
+    matmuls and convolutions compute in `dtype`, what autocast keeps in fp32 (norms, softmax,
+    losses) stays fp32, as torchtitan trains on one GPU. A forward recomputed by activation
+    checkpointing runs under the same autocast state. Nothing to do for fp32.
+
+    The wrapper is an instance attribute, so parameter names and state dicts are unchanged;
+    everything that should compute in `dtype` must run inside the module's forward."""
+    if dtype == torch.float32:
+        return
+    forward = module.forward
+
+    @functools.wraps(forward)
+    def forward_in_autocast(*args, **kwargs):
+        with torch.autocast(device_type, dtype=dtype):
+            return forward(*args, **kwargs)
+
+    module.forward = forward_in_autocast

@@ -252,3 +252,41 @@ def test_coordinate_descent_tuning_is_set_for_the_process_by_the_build(monkeypat
                 assert inductor_config.coordinate_descent_tuning is tuning
         finally:
             dist.destroy_process_group()
+
+
+def test_one_rank_modules_run_unwrapped_under_autocast(monkeypatch):
+    """On one rank (dp 1, tp 1, unpipelined) a module is not wrapped in FSDP: plain fp32
+    parameters, its forward under autocast to training.mixed_precision (bf16 matmuls, fp32
+    gradients); parallelism.fsdp_one_rank = true wraps it anyway (bf16 DTensor parameters in
+    forward, as on several ranks)."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from titan_mimo.build import build_modules, module_args
+    from titan_mimo.config_loader import config_from_dict
+    from titan_mimo.topology import build_topology, resolve_placements
+    for fsdp_one_rank in (False, True):
+        cfg = config_from_dict({"training": {"mixed_precision": "bf16"},
+                                "parallelism": {"fsdp_one_rank": fsdp_one_rank}, "modules": {
+            "vision": {"model": "vit/debug", "ranks": 1, "feeds": "language", "placeholder_id": 1},
+            "language": {"model": "hybrid_lm/debug", "ranks": 1},
+        }})
+        args = module_args(cfg)
+        placements = resolve_placements(cfg, 1, {n: a.tp_divisors() for n, a in args.items()})
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        try:
+            built = build_modules(cfg, args, build_topology(cfg, placements, "cpu"), torch.device("cpu"))
+            lm = built["language"].parts[0]
+            seen = []
+            lm.output.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].dtype, out.dtype)))
+            lm(torch.zeros(1, 8, dtype=torch.long)).float().sum().backward()
+        finally:
+            dist.destroy_process_group()
+        assert [b.sharded for b in built.values()] == [fsdp_one_rank] * 2
+        params = [p for b in built.values() for p in b.parameters()]
+        assert all(isinstance(p, DTensor) == fsdp_one_rank and p.dtype == torch.float32 for p in params)
+        # Unwrapped: fp32 final-norm output, the head's matmul in bf16 under autocast; FSDP:
+        # bf16 parameters, so bf16 all through.
+        assert seen == [(torch.bfloat16 if fsdp_one_rank else torch.float32, torch.bfloat16)]
+        assert lm.output.weight.grad.dtype == torch.float32

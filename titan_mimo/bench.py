@@ -48,6 +48,7 @@ from titan_mimo.config import Training
 from titan_mimo.init import init_module_weights
 from titan_mimo.models import build_model, merge_embeddings, model_args
 from titan_mimo.models.attention_kernels import ATTENTION_BACKENDS
+from titan_mimo.models.fsdp import autocast_forward
 from titan_mimo.models.language import parallelize as lm_parallel
 from titan_mimo.models.vision import parallelize as vit_parallel
 from titan_mimo.optim import LocalShardAdamW
@@ -86,6 +87,9 @@ class BenchResult:
     loss: float
     coordinate_descent_tuning: bool = False
     """Inductor's coordinate-descent tuning was on (`--coordinate-descent-tuning`)."""
+    fsdp: bool = False
+    """The modules were wrapped in FSDP2 on a one-rank mesh (`--fsdp-one-rank`); otherwise
+    unwrapped with fp32 parameters under autocast, as the trainer runs a module on one rank."""
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -112,8 +116,11 @@ def _checkpointed(module_name: str, model: nn.Module, ac: str) -> set[int]:
 
 def _build(module_name: str, model_name: str, device: torch.device, *, compile_blocks: bool, ac: str,
            fsdp_mesh, param_dtype: torch.dtype, overrides: dict, reshard: bool = True,
-           compile_forward_only: bool = False, memory_budget: float | None = None) -> nn.Module:
-    """meta build → per-block AC and compile → (FSDP2) → to_empty; weights are set by the caller."""
+           compile_forward_only: bool = False, memory_budget: float | None = None,
+           autocast: bool = False) -> nn.Module:
+    """meta build → per-block AC and compile → FSDP2 on `fsdp_mesh`, or without a mesh and with
+    `autocast` the forward under autocast to `param_dtype` (the trainer's module on one rank) →
+    to_empty; weights are set by the caller."""
     with torch.device("meta"):
         model = build_model(model_name, **overrides)
     # torchtitan's per-block AC and compile, exactly as the trainer applies them (AC before
@@ -133,6 +140,8 @@ def _build(module_name: str, model_name: str, device: torch.device, *, compile_b
             vit_parallel.apply_fsdp(model, fsdp_mesh, param_dtype, reshard_after_forward=reshard)
         else:
             lm_parallel.apply_fsdp(model, fsdp_mesh, param_dtype, reshard_after_forward=reshard)
+    elif autocast:
+        autocast_forward(model, device.type, param_dtype)
     if memory_budget is not None:
         scope_activation_memory_budget(model, memory_budget)
     model.to_empty(device=device)
@@ -214,21 +223,21 @@ def vision_overrides(args: argparse.Namespace, lm_dim: int | None) -> dict:
     return out
 
 
-def build_modules(args, wl: Workload, device, *, fsdp_mesh, param_dtype) -> dict[str, nn.Module]:
-    """name → module ("vision" and/or "language"), weights still unset."""
+def build_modules(args, wl: Workload, device, *, fsdp_mesh, param_dtype, autocast: bool = False) -> dict[str, nn.Module]:
+    """name → module ("vision" and/or "language"), weights still unset; `autocast`: see `_build`."""
     out = {}
     if args.module in ("language", "model"):
         out["language"] = _build("language", wl.names[-1], device, compile_blocks=args.compile, ac=args.ac,
                                  reshard=not args.no_reshard, compile_forward_only=args.compile_forward,
                                  fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=lm_overrides(args),
-                                 memory_budget=args.memory_budget)
+                                 memory_budget=args.memory_budget, autocast=autocast)
     if args.module in ("vision", "model"):
         lm_dim = model_args(wl.names[-1], **lm_overrides(args)).dim if args.module == "model" else None
         over = vision_overrides(args, lm_dim)
         out["vision"] = _build("vision", wl.names[0], device, compile_blocks=args.compile and not args.vision_eager,
                                ac=args.vision_ac, compile_forward_only=args.compile_forward,
                                reshard=not args.no_reshard, fsdp_mesh=fsdp_mesh, param_dtype=param_dtype, overrides=over,
-                               memory_budget=args.vision_memory_budget)
+                               memory_budget=args.vision_memory_budget, autocast=autocast)
     return out
 
 
@@ -334,8 +343,11 @@ def _time_steps(one_step, device, *, warmup: int, steps: int, profile: bool, syn
 
 def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     param_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    mesh = None if bare else init_device_mesh(device.type, (1,), mesh_dim_names=("dp_shard",))
-    modules = build_modules(args, wl, device, fsdp_mesh=mesh, param_dtype=param_dtype)
+    # As the trainer builds a module on one rank: unwrapped, its forward under autocast, or
+    # with --fsdp-one-rank (parallelism.fsdp_one_rank) FSDP2 on a one-rank mesh.
+    fsdp = not bare and args.fsdp_one_rank
+    mesh = init_device_mesh(device.type, (1,), mesh_dim_names=("dp_shard",)) if fsdp else None
+    modules = build_modules(args, wl, device, fsdp_mesh=mesh, param_dtype=param_dtype, autocast=not bare)
     for name, m in modules.items():
         if state is not None:
             m.load_state_dict(state[name])
@@ -369,7 +381,7 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
         step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
         tflops=tflops / 1e12, mfu=tflops / peak if peak else None,
         peak_mem_gib=(torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else 0.0,
-        coordinate_descent_tuning=args.coordinate_descent_tuning,
+        coordinate_descent_tuning=args.coordinate_descent_tuning, fsdp=fsdp,
         alloc_retries=torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if device.type == "cuda" else 0,
         loss=loss)
     del modules, optimizers, batch
@@ -384,7 +396,8 @@ def fmt(r: BenchResult) -> str:
            (f"images/s={r.images_per_s:.2f} " if r.images_per_s else "")
     mfu = f"MFU={100 * r.mfu:.1f}% " if r.mfu is not None else ""
     compiled = "compile+cdt" if r.coordinate_descent_tuning else "compile"
-    return (f"[{r.run:10s}] {r.module} {r.model} b={r.batch} {compiled if r.compile else 'eager'} "
+    return (f"[{r.run:10s}] {r.module} {r.model} b={r.batch} {compiled if r.compile else 'eager'}"
+            f"{' fsdp' if r.fsdp else ''} "
             f"ac={r.ac} loss={r.loss_kind} sdpa={r.sdpa}: "
             f"step={r.step_s * 1e3:.1f} ms {rate}{r.tflops:.1f} TFLOP/s {mfu}"
             f"peak_mem={r.peak_mem_gib:.1f} GiB alloc_retries={r.alloc_retries} loss={r.loss:.4f}")
@@ -488,6 +501,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-reshard", action="store_true",
                    help="FSDP keeps each block's gathered params from forward to backward, in every "
                         "module (the trainer's reshard_after_forward = \"never\")")
+    p.add_argument("--fsdp-one-rank", action="store_true",
+                   help="wrap the modules in FSDP2 on a one-rank mesh (bf16 params, fp32 master "
+                        "weights; the trainer's parallelism.fsdp_one_rank) instead of running them "
+                        "unwrapped under autocast, as the trainer does by default on one rank")
     p.add_argument("--loss", choices=["logits", "fused"], default="logits",
                    help="'fused': chunked head + cross-entropy in the LM (no whole-batch logits)")
     p.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient", "math"], default="auto",

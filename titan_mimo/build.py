@@ -19,6 +19,7 @@ from titan_mimo.compat import composable_checkpoint, scope_activation_memory_bud
 from titan_mimo.config import JobConfig
 from titan_mimo.init import init_module_weights
 from titan_mimo.models import build_model, model_args
+from titan_mimo.models.fsdp import autocast_forward
 from titan_mimo.models.language import parallelize as lm_parallel
 from titan_mimo.models.vision import parallelize as vit_parallel
 from titan_mimo.topology import Topology
@@ -39,6 +40,9 @@ class BuiltModule:
     n_stages: int
     frozen: bool
     lr_scale: float
+    sharded: bool = True
+    """Wrapped in FSDP2. False for a module on one rank (dp 1, tp 1, not pipelined) unless
+    `parallelism.fsdp_one_rank`: plain fp32 parameters, forward under autocast."""
     keeps_gathered: bool = False
     """FSDP keeps each block's gathered parameters after its forward (reshard_after_forward
     off): the schedule then also keeps them through every micro-batch's backward but the last,
@@ -146,6 +150,8 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
         tp_mesh = mesh["tp"] if place.tp > 1 else None
         n_stages = 1 if mcfg.feeds else place.pp * cfg.parallelism.stages_per_rank
         reshard = reshards_after_forward(mcfg, n_stages)
+        sharded = (cfg.parallelism.fsdp_one_rank or dp_mesh.size() > 1 or tp_mesh is not None
+                   or n_stages > 1)
         if mcfg.feeds:
             with torch.device("meta"):
                 model = build_model(mcfg.model, **mcfg.model_args, out_dim=args[cfg.language_name].dim)
@@ -153,7 +159,10 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                 vit_parallel.apply_tp(model, tp_mesh)
             blocks = model.encoder.layers
             apply_block_options(blocks, _checkpointed(mcfg, "B" * len(blocks)), mcfg.compile)
-            vit_parallel.apply_fsdp(model, dp_mesh, compute_dtype, reshard_after_forward=reshard)
+            if sharded:
+                vit_parallel.apply_fsdp(model, dp_mesh, compute_dtype, reshard_after_forward=reshard)
+            else:
+                autocast_forward(model, device.type, compute_dtype)
             parts, stage_ids = [model], [0]
         else:
             stage_ids = stage_ids_of(coords["pp"], place.pp, cfg.parallelism.stages_per_rank)
@@ -176,7 +185,10 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                     # plain logits to pipelining's loss_fn.
                     lm_parallel.apply_tp(stage, tp_mesh, loss_parallel=n_stages == 1)
                 apply_block_options(stage.layers, _checkpointed(mcfg, full.args.layer_pattern), mcfg.compile)
-                lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=reshard)
+                if sharded:
+                    lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=reshard)
+                else:
+                    autocast_forward(stage, device.type, compute_dtype)
                 parts.append(stage)
         if mcfg.activation_checkpoint == "memory_budget":
             for part in parts:
@@ -190,5 +202,5 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
         built[name] = BuiltModule(name=name, is_encoder=bool(mcfg.feeds), parts=parts,
                                   stage_ids=stage_ids, n_stages=n_stages, frozen=mcfg.frozen,
                                   lr_scale=mcfg.lr_scale,
-                                  keeps_gathered=not reshard)
+                                  sharded=sharded, keeps_gathered=sharded and not reshard)
     return built

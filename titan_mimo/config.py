@@ -218,6 +218,13 @@ class Parallelism:
     """Language-model pipeline schedule: GPipe, 1F1B or Interleaved1F1B."""
     stages_per_rank: int = 1
     """Language pipeline stages per pp rank (> 1 only with Interleaved1F1B)."""
+    fsdp_one_rank: bool = False
+    """Wrap a module in FSDP2 even where it runs on a single rank (dp 1, tp 1, not pipelined).
+    Off, such a module is not wrapped: fp32 parameters and gradients, its forward under
+    autocast to `training.mixed_precision`, as torchtitan trains on one GPU; that spares FSDP's
+    per-step copies and hooks (7% of the colocated one-GPU H100 step, docs/benchmarks.md). On,
+    it computes with bf16 parameters as FSDP does on several ranks, so a bf16 run on one rank
+    has the numerics of the multi-rank layouts. Same numbers either way in fp32."""
 
     def __post_init__(self) -> None:
         if self.pipeline_schedule not in PIPELINE_SCHEDULES:

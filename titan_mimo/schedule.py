@@ -49,7 +49,10 @@ def last_backward(model, module: BuiltModule, is_last: bool) -> None:
     """Before a micro-batch's backward in the loops this file runs itself (the encoders', and
     the language model's without pipelining): FSDP reduces gradients only after the step's last
     one, and a module that keeps its gathered parameters (`keeps_gathered`) keeps them until
-    then, as torch.distributed.pipelining does for its stages."""
+    then, as torch.distributed.pipelining does for its stages. Nothing for a module without
+    FSDP (`sharded` off): its gradients accumulate in place."""
+    if not module.sharded:
+        return
     model.set_requires_gradient_sync(is_last)
     if module.keeps_gathered:
         model.set_reshard_after_backward(is_last)
