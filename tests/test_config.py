@@ -232,6 +232,8 @@ BAD_DICTS = [
     ("validation_freq", base(validation={"freq": 0}),
      r"validation: freq = 0 and steps = 2 must be >= 1"),
     ("log_freq", base(metrics={"log_freq": 0}), r"metrics: log_freq = 0 must be >= 1"),
+    ("profile_kernels_only", base(metrics={"profile_kernels_only": True}),
+     r"metrics: profile_kernels_only = true chooses what profile_step records: set profile_step too"),
     ("timeout", base(comm={"timeout_seconds": 0}), r"comm: timeout_seconds = 0 must be >= 1"),
     ("no_modules", {"training": {"steps": 1}}, r"modules: no \[modules.<name>\] table"),
     ("two_language_modules", _with_module("vision", feeds=""),

@@ -47,10 +47,16 @@ def test_loss_falls_only_through_the_vision_path(tmp_path: Path) -> None:
 def test_outputs_follow_the_contract(tmp_path: Path) -> None:
     # Logging every 5 steps, validating every 2: a validation step is logged too (with its
     # val_loss), as is the last step.
+    # Step 3 profiled (kernels only: on CPU, which has no kernels to record alone, the host ops).
     proc = _launch(4, tmp_path, "--training.steps=3", "--metrics.log_freq=5", "--validation.enable=true",
-                   "--validation.freq=2", "--validation.steps=1")
+                   "--validation.freq=2", "--validation.steps=1", "--metrics.profile_step=3",
+                   "--metrics.profile_kernels_only=true")
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output[-5000:]
+    for rank in range(4):
+        assert f"rank {rank} step 3 profile" in output
+        assert json.loads((tmp_path / "profile" / f"rank{rank}_step3.json").read_text())["traceEvents"]
+    assert "host ops by self CPU time per step:" in output
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 3]
     assert records[0]["val_loss"] > 0 and "val_loss" not in records[1]

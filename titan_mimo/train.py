@@ -219,7 +219,8 @@ def profiled_step(trainer: Trainer, step: int) -> dict:
     """One training step under torch.profiler: a Chrome trace per rank and a printed summary."""
     out = {}
     trace = Path(trainer.cfg.job.dump_folder) / "profile" / f"rank{trainer.topo.rank}_step{step + 1}.json"
-    prof = profile_steps(lambda: out.update(trainer.train_step(step)), trainer.device, 1, trace)
+    prof = profile_steps(lambda: out.update(trainer.train_step(step)), trainer.device, 1, trace,
+                         host=not trainer.cfg.metrics.profile_kernels_only)
     lines = summary(prof, trainer.device, n_steps=1)
     print("\n".join([f"titan_mimo: rank {trainer.topo.rank} step {step + 1} profile (trace {trace}):"]
                     + [f"  {line}" for line in lines]), flush=True)
