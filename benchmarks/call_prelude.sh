@@ -17,6 +17,7 @@ T="torchrun --nproc-per-node 1 -m titan_mimo.train --config train_configs/vlm_hy
 summ() { python3 -c "
 import json, statistics
 rows = [json.loads(l) for l in open('$1')]
+rows = rows[max(i for i, r in enumerate(rows) if r['step'] == rows[0]['step']):]  # this run's (a reused folder appends)
 t = [r['step_time_s'] for r in rows if 4 <= r['step'] <= 13]
 print('$2', 'steps 4-13 mean %.4f s median %.4f' % (sum(t) / len(t), statistics.median(t)), 'min %.3f max %.3f' % (min(t), max(t)),
       'mem', {k: round(v['memory_gib'], 1) for k, v in rows[-1]['modules'].items()}, 'loss %.4f' % rows[-1]['loss'])
