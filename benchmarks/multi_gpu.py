@@ -59,7 +59,11 @@ LAYOUTS = {
                       "training.global_batch_size": 12}),
     "colocated": (4, {"parallelism.colocated": True}),
 }
-PRECISIONS = {"fp32": {}, "bf16": {"training.mixed_precision": "bf16"}}
+# bf16 with every module wrapped in FSDP2 even on one rank, so the 1-process reference and the
+# layouts that give a module one rank compute with the bf16 parameters every other layout uses
+# (by default such modules run unwrapped under autocast: the same loss to bf16 round-off, not
+# to fp32's).
+PRECISIONS = {"fp32": {}, "bf16": {"training.mixed_precision": "bf16", "parallelism.fsdp_one_rank": True}}
 STEPS = 3
 
 
