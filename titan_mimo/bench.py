@@ -500,7 +500,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "each step's loss and gradient norm (a what-if for the trainer's loop)")
     p.add_argument("--no-reshard", action="store_true",
                    help="FSDP keeps each block's gathered params from forward to backward, in every "
-                        "module (the trainer's reshard_after_forward = \"never\")")
+                        "module (the trainer's reshard_after_forward = \"never\"); only with "
+                        "--fsdp-one-rank, as unwrapped modules have nothing to reshard")
     p.add_argument("--fsdp-one-rank", action="store_true",
                    help="wrap the modules in FSDP2 on a one-rank mesh (bf16 params, fp32 master "
                         "weights; the trainer's parallelism.fsdp_one_rank) instead of running them "
