@@ -8,28 +8,12 @@ as soon as it ends (a timeout keeps what finished).
 
 import argparse
 import gc
-import importlib
 import sys
 
 import torch
 
 from titan_mimo import bench
-from titan_mimo.models.language import ssd_mamba_ssm, triton_launch
-
-
-def _modules():
-    return [importlib.import_module(f"mamba_ssm.ops.triton.{name}")
-            for name in ssd_mamba_ssm._MAMBA_SSD_MODULES]
-
-
-def disable_launch_cache() -> None:
-    """Put Triton's own kernels back where `enable_launch_cache` put its stand-ins."""
-    for module in _modules():
-        for name, value in list(vars(module).items()):
-            if isinstance(value, triton_launch.CachedLaunch):
-                setattr(module, name, value.kernel)
-    if ssd_mamba_ssm._KERNELS is not None:
-        ssd_mamba_ssm._KERNELS = ssd_mamba_ssm._Kernels()
+from titan_mimo.models.language import ssd_mamba_ssm
 
 
 def main() -> None:
@@ -49,7 +33,7 @@ def main() -> None:
                   f"{result.step_s * 1e3:.1f} ms; "
                   f"launches {stats}; refusals {refusals}", flush=True)
             if cached:
-                disable_launch_cache()
+                ssd_mamba_ssm.disable_launch_cache()
             gc.collect()  # the run's model and optimizer, before the next one builds its own
             torch.cuda.empty_cache()
     print("launch cache A/B: without", [f"{t:.1f}" for t in times[False]], "with",

@@ -108,7 +108,7 @@ def profile_steps(run_steps: Callable[[], None], device: torch.device, n_steps: 
     acts = ([ProfilerActivity.CPU] if host or not cuda else []) + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         run_steps()
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(device)
     if trace is not None:
         trace.parent.mkdir(parents=True, exist_ok=True)

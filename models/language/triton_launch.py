@@ -18,7 +18,8 @@ argument; Triton's interpreter; a launcher that is not where Triton 3.x puts it)
 own path for that call, and `refusal` says why.
 
 `install(modules)` puts one `CachedLaunch` in place of every `*_kernel` Triton kernel defined in
-the given modules (the module globals that mamba-ssm's Python wrappers launch by name).
+the given modules (the module globals that mamba-ssm's Python wrappers launch by name);
+`uninstall(modules)` puts the kernels back.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CachedLaunch", "install"]
+__all__ = ["CachedLaunch", "install", "uninstall"]
 
 _SLOW = object()  # a call key that keeps Triton's own path
 
@@ -194,3 +195,12 @@ def install(modules: list[ModuleType]) -> dict[str, CachedLaunch]:
                 installed[name] = proxies.setdefault(id(value), CachedLaunch(value))
                 setattr(module, name, installed[name])
     return installed
+
+
+def uninstall(modules: list[ModuleType]) -> None:
+    """Put each `CachedLaunch` among the modules' globals back to the Triton kernel it stands in
+    for (`install` undone); idempotent."""
+    for module in modules:
+        for name, value in list(vars(module).items()):
+            if isinstance(value, CachedLaunch):
+                setattr(module, name, value.kernel)

@@ -118,4 +118,8 @@ def test_launch_cache_leaves_the_numbers_alone(results):
             "_chunk_scan_chunk_state_bwd_dx_kernel"} <= set(r["kernels"])
     used = {name: stats for name, stats in r["stats"].items() if any(stats.values())}
     assert used and all(s["hits"] == 0 and s["slow"] >= 1 for s in used.values()), used
+    # disable_launch_cache puts Triton's kernels back, our wrappers' too; same numbers.
+    assert not any(r["split_kernels_after_disable"])
+    for name, got, want in zip(NAMES, r["after_disable"], results["fp32_split1"]["recompute"]):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
 

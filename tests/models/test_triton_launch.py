@@ -187,3 +187,7 @@ def test_install_replaces_the_modules_kernels_once(tmp_path, monkeypatch):
     assert launches["_scan_kernel"].arg_names == ["x_ptr"]
     assert triton_launch.install([second, first]) == launches
     assert first._scan_kernel is launches["_scan_kernel"]
+    triton_launch.uninstall([first, second])
+    assert first._scan_kernel is second._scan_kernel is kernel and first._plain_kernel == 3
+    triton_launch.uninstall([first, second])
+    assert first._scan_kernel is kernel

@@ -183,6 +183,12 @@ def main() -> None:
         "stats": {name: dict(launch.stats) for name, launch in launches.items()},
         "check": ssd_mamba_ssm._Kernels().check(),
     }
+    ssd_mamba_ssm.disable_launch_cache()
+    out["launch_cache"]["split_kernels_after_disable"] = [
+        isinstance(getattr(ssd_mamba_ssm._KERNELS, k), triton_launch.CachedLaunch)
+        for k in ("db_kernel", "dc_kernel", "dcb_kernel")]
+    out["launch_cache"]["after_disable"] = run(ssd_mamba_ssm.scan_function(module, keep_states=False),
+                                               args, dy, 32)
 
     # A kernel whose signature changed: mamba-ssm's own function, with a warning.
     records = []
