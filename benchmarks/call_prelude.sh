@@ -6,7 +6,8 @@
 # filtered out, then a pause) and `summ METRICS NAME` (a trainer run's mean and median step time
 # over steps 4-13, memory and last loss, appended to $OUT/summary.log; its metrics kept as
 # $OUT/NAME_metrics.jsonl).
-cat .fa4b/dcache_triton.tgz.part-* | tar xz
+# a carried Triton cache (an earlier call's $OUT/dcache_triton.tgz.part-*), where there is one
+if compgen -G '.fa4b/dcache_triton.tgz.part-*' > /dev/null; then cat .fa4b/dcache_triton.tgz.part-* | tar xz; fi
 source benchmarks/gpu_setup.sh
 if [ "$1" = fa4 ]; then source benchmarks/fa4_setup.sh || exit 1; fi
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
