@@ -66,6 +66,7 @@ def test_outputs_follow_the_contract(tmp_path: Path) -> None:
         assert set(r["modules"]) == {"vision", "language"}
         for m in r["modules"].values():
             assert m["memory_gib"] > 0 and m["tflops_per_device"] > 0
+            assert m["alloc_retries"] == 0  # a CUDA allocator count: 0 on CPU
     assert (tmp_path / "config.toml").read_text().count("[modules.vision]") == 1
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 

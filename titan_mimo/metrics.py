@@ -23,6 +23,15 @@ def memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def alloc_retries(device: torch.device) -> int:
+    """How often the CUDA caching allocator has failed an allocation, freed its cached blocks and
+    tried again since the process started (0 off CUDA). Each retry synchronizes the device and
+    calls cudaFree: a step near the memory limit that fits this way can be much slower."""
+    if device.type == "cuda":
+        return torch.cuda.memory_stats(device).get("num_alloc_retries", 0)
+    return 0
+
+
 def peak_flops(device: torch.device, configured_tflops: float) -> float:
     """Peak dense bf16 FLOP/s of one device for MFU; 0 when unknown (CPU)."""
     if configured_tflops > 0:
@@ -108,6 +117,7 @@ class MetricsWriter:
         dump_folder.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(dump_folder / "metrics.jsonl", "a")
         self.tb = TensorBoardLogger(str(dump_folder / "tb")) if enable_tensorboard else None
+        self._retries: dict[str, int] = {}  # each module's alloc_retries at the last warning
 
     def log(self, record: dict) -> None:
         step = record["step"]
@@ -120,7 +130,18 @@ class MetricsWriter:
         parts = [f"step {step:>5}", f"loss {record['loss']:.4f}", f"grad_norm {record['grad_norm']:.3f}",
                  f"lr {record['lr']:.2e}", f"tok/s {record['tokens_per_s']:.0f}"]
         for name, m in record.get("modules", {}).items():
-            parts.append(f"{name}: mfu {100 * m['mfu']:.1f}% mem {m['memory_gib']:.2f}GiB")
+            part = f"{name}: mfu {100 * m['mfu']:.1f}% mem {m['memory_gib']:.2f}GiB"
+            retries = m.get("alloc_retries", 0)
+            if retries:
+                part += f" retries {retries}"
+                if retries > self._retries.get(name, 0):
+                    print(f"titan_mimo: step {step}: {name}: the CUDA caching allocator has retried "
+                          f"{retries} allocations so far (freed its cache and tried again: each "
+                          "retry synchronizes and slows the step); the step is at the memory limit: "
+                          "checkpoint more activations (activation_checkpoint, memory_budget) or "
+                          "lower micro_batch_size", file=sys.stderr, flush=True)
+                    self._retries[name] = retries
+            parts.append(part)
         if "val_loss" in record:
             parts.append(f"val_loss {record['val_loss']:.4f}")
         if "checkpoint_s" in record:

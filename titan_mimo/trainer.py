@@ -25,7 +25,7 @@ from titan_mimo.data.loader import Roles, StepLoader, load_roles
 from titan_mimo.data.mock import EncoderSpec, MockImageCaption
 from titan_mimo.data.plan import SamplePlan
 from titan_mimo.distributed import world_max, world_sum, world_sum_
-from titan_mimo.metrics import memory_gib, peak_flops
+from titan_mimo.metrics import alloc_retries, memory_gib, peak_flops
 from titan_mimo.models import build_model
 from titan_mimo.schedule import EncoderRole, StepData, StepRunner, theoretical_bubble_fraction
 from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, count_loss_tokens,
@@ -297,6 +297,7 @@ class Trainer:
             # Copied at the step's end, so reading it later also means the step is done.
             out["result"] = HostCopy(reduced)
         out["memory_gib"] = memory_gib(self.device)  # the peak so far: a host-side allocator count
+        out["alloc_retries"] = alloc_retries(self.device)  # so far, likewise
 
     def _step_optimizers(self) -> None:
         for opts in self.optimizers.values():
@@ -345,8 +346,9 @@ class Trainer:
         lm_place = topo.placements[cfg.language_name]
         bubble = [timing.bubble_s, timing.bubble_fraction] if cfg.language_name in self.modules else [0.0, 0.0]
         mem = [out["memory_gib"] if n in self.modules else 0.0 for n in names]
+        retries = [float(out["alloc_retries"]) if n in self.modules else 0.0 for n in names]
         sums = world_sum(flops_local + bubble, self.host_group)
-        maxes = world_max(mem + [timing.bridge_wait_s, step_time_s], self.host_group)
+        maxes = world_max(mem + retries + [timing.bridge_wait_s, step_time_s], self.host_group)
         step_time = maxes[-1]
         peak = peak_flops(self.device, cfg.metrics.peak_tflops)
         tokens = cfg.training.global_batch_size * cfg.training.seq_len
@@ -368,6 +370,8 @@ class Trainer:
                 "mfu": flops / (step_time * size * peak) if peak > 0 else 0.0,
                 "tflops_per_device": flops / step_time / size / 1e12,
                 "memory_gib": maxes[i],
+                # The most of any of the module's ranks (a colocated rank's count is shared).
+                "alloc_retries": int(maxes[len(names) + i]),
             }
         record.update(self.data_metrics(out["data"], out["data_counts"]))
         return record
