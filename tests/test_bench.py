@@ -138,6 +138,12 @@ def test_kernel_kind_names():
         "_state_passing_bwd_kernel": "ssd scan",
         "triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0": "inductor",
         "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x128": "attention",
+        # FlashAttention-4 (CuTe DSL), as the M1 profile (session 11) named them: not "gemm"
+        "kernel_cutlass_kernel_flash_attncuteflash_bwd_sm90FlashAttentionBackwardSm90_object_at__tensor0000o1": "attention",
+        "kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90_object_at__tensor0000o1": "attention",
+        "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>": "attention",
+        "fmha_cutlassF_bf16_aligned_64x128_rf_sm80": "attention",
+        "cutlass3x_sm90_tensorop_gemm_bf16_bf16_f32_bf16_bf16_128x256x64_1x2x1_0_tnn_align8": "gemm",
         "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::FusedOptimizerTensorListMetadata": "optimizer",
         "Memcpy DtoD (Device -> Device)": "copy",
         "void at::native::(anonymous namespace)::CatArrayBatchedCopy<float>": "copy",

@@ -41,12 +41,13 @@ def device_busy(events) -> tuple[float, float]:
 """Kernel kinds for the per-kind totals, first match wins (names as the CUDA profiler reports
 them: cuBLAS's `nvjet`/`gemm` kernels, mamba-ssm's SSD Triton kernels, Inductor's generated
 `triton_` kernels (before "copy": their names list the fused ops, `_to_copy` among them),
-cuDNN/flash attention, the fused optimizer, copies, fills)."""
+cuDNN/flash attention (before "gemm": FlashAttention-4's CuTe DSL kernels are named
+`kernel_cutlass_kernel_flash_attn...`), the fused optimizer, copies, fills)."""
 KERNEL_KINDS = (
+    ("attention", ("fmha", "flash_attn", "FlashAttention", "sdpa", "flash_fwd", "flash_bwd")),
     ("gemm", ("nvjet", "gemm", "cutlass", "xmma")),
     ("ssd scan", ("_chunk_", "_bmm_chunk", "_state_passing")),
     ("inductor", ("triton_",)),
-    ("attention", ("fmha", "flash", "sdpa", "attention")),
     ("optimizer", ("FusedOptimizer", "multi_tensor_apply")),
     ("copy", ("Memcpy", "copy", "Copy", "CatArray")),
     ("fill", ("Memset", "fill", "Fill", "zero")),
