@@ -16,6 +16,14 @@ backward entry points are FlashAttention-4's private `_flash_attn_fwd` /
 `_flash_attn_bwd`, the same ones PyTorch's own FA4 registration (`torch.nn.attention._fa4`)
 calls; checked against flash-attn-4 4.0.0b36.
 
+"te" is NVIDIA Transformer Engine's `DotProductAttention` (`transformer_engine.pytorch`, an
+optional backend: `pip install transformer-engine[pytorch]`), which picks cuDNN's fused attention
+or FlashAttention by its own rules (`NVTE_FUSED_ATTN`, `NVTE_FLASH_ATTN`). It takes [B, S, H, E]
+("bshd") and grouped-query heads natively. One parameter-free TE module per head layout is kept
+outside the model (no submodule: FQNs, state dicts and checkpoints are those of the other
+backends), and runs outside `torch.compile`'s graph (`torch.compiler.disable`: a compiled block
+splits around it), as TE's own kernels need no compiling.
+
 Shape legend: B batch, S sequence, H query heads, K key/value heads, E head dim.
 """
 
@@ -30,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ATTENTION_BACKENDS", "MISSING_FA4", "attention_function", "check_attention_backend"]
+__all__ = ["ATTENTION_BACKENDS", "MISSING_FA4", "MISSING_TE", "attention_function",
+           "check_attention_backend"]
 
-ATTENTION_BACKENDS = ("sdpa", "fa4")
+ATTENTION_BACKENDS = ("sdpa", "fa4", "te")
 
 MISSING_FA4 = (
     "attention_backend='fa4' needs FlashAttention-4 (`pip install flash-attn-4`: the "
@@ -40,6 +49,12 @@ MISSING_FA4 = (
     "or use attention_backend='sdpa'"
 )
 _FA4_MODULE = "flash_attn.cute.interface"
+MISSING_TE = (
+    "attention_backend='te' needs NVIDIA Transformer Engine for PyTorch (`pip install "
+    "transformer-engine[pytorch]`: the `transformer_engine.pytorch` package and its CUDA "
+    "extension; NVIDIA GPUs); or use attention_backend='sdpa'"
+)
+_TE_MODULE = "transformer_engine.pytorch"
 _fa4_head_dim_multiple = 32
 """Head dims go to FA4 zero-padded to a multiple of this: 8 (its alignment) once a fix of its
 Hopper backward applied (`_fix_sm90_backward_head_dims`), else 32 (see `_attend_fa4_padded`)."""
@@ -243,6 +258,40 @@ def _attend_fa4_padded(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, is_causal
     return out_BSHE[..., :e] if padded != e else out_BSHE
 
 
+def _import_te():
+    try:
+        return importlib.import_module(_TE_MODULE)
+    except (ImportError, OSError) as e:  # OSError: its CUDA libraries failed to load
+        raise ImportError(f"{MISSING_TE} ({type(e).__name__}: {e})") from e
+
+
+@functools.cache
+def _te_attention(n_heads: int, n_kv_heads: int, head_dim: int, is_causal: bool) -> torch.nn.Module:
+    """One TE DotProductAttention per head layout (under TP: the local heads). It holds no
+    parameters; dropout 0 and the default softmax scale 1/√E, as the other backends."""
+    return _import_te().DotProductAttention(
+        num_attention_heads=n_heads, kv_channels=head_dim, num_gqa_groups=n_kv_heads,
+        attention_dropout=0.0, qkv_format="bshd", attn_mask_type="causal" if is_causal else "no_mask")
+
+
+def attend_te(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, *, is_causal: bool) -> Tensor:
+    """softmax(q kᵀ / √E) v per head through Transformer Engine (CUDA, fp16/bf16)."""
+    if not q_BSHE.is_cuda or q_BSHE.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"attention_backend='te' runs on CUDA in bf16/fp16, got {q_BSHE.dtype} on "
+            f"{q_BSHE.device}; use attention_backend='sdpa' there"
+        )
+    return _attend_te(q_BSHE, k_BSKE, v_BSKE, is_causal)
+
+
+@torch.compiler.disable
+def _attend_te(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, is_causal: bool) -> Tensor:
+    b, s, h, e = q_BSHE.shape
+    core = _te_attention(h, k_BSKE.shape[2], e, is_causal)
+    # TE returns [B, S, H * E] (heads flattened).
+    return core(q_BSHE, k_BSKE, v_BSKE).view(b, s, h, e)
+
+
 def check_attention_backend(backend: str) -> None:
     """ValueError naming the choices if `backend` is not one of ATTENTION_BACKENDS (the model
     args' config check, before anything is built)."""
@@ -258,4 +307,7 @@ def attention_function(backend: str) -> Callable[..., Tensor]:
     if backend == "fa4":
         _import_fa4()
         return attend_fa4
+    if backend == "te":
+        _import_te()
+        return attend_te
     return attend_sdpa

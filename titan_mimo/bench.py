@@ -71,8 +71,8 @@ class BenchResult:
     loss_kind: str
     """"logits" (fp32 copy of the whole logits + F.cross_entropy) or "fused" (chunked head+CE)."""
     sdpa: str
-    """The attention kernel: "fa4", else the SDPA backend `--sdpa` restricted it to ("auto":
-    PyTorch's choice)."""
+    """The attention kernel: "fa4" or "te" (`--attention`), else the SDPA backend `--sdpa`
+    restricted it to ("auto": PyTorch's choice)."""
     step_s: float
     tokens_per_s: float
     images_per_s: float
@@ -377,7 +377,7 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     result = BenchResult(
         run="bare" if bare else "titan_mimo", module=args.module, model=args.model, compile=args.compile,
         batch=args.batch, ac=_ac_label(args), loss_kind=args.loss,
-        sdpa="fa4" if args.attention == "fa4" else args.sdpa,
+        sdpa=args.attention if args.attention in ("fa4", "te") else args.sdpa,
         step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
         tflops=tflops / 1e12, mfu=tflops / peak if peak else None,
         peak_mem_gib=(torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else 0.0,
@@ -516,7 +516,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="compute dtype (FSDP param dtype / bare autocast); default bf16 on GPU, fp32 on CPU")
     p.add_argument("--ssd-backend", default=None, help="override the LM's Mamba2 ssd_backend")
     p.add_argument("--attention", choices=ATTENTION_BACKENDS, default=None,
-                   help="override both modules' attention_backend ('fa4': FlashAttention-4)")
+                   help="override both modules' attention_backend ('fa4': FlashAttention-4, 'te': "
+                        "Transformer Engine's DotProductAttention)")
     p.add_argument("--lm-args", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override LM flavor fields, e.g. mamba_chunk_size=128 (a what-if: FLOPs are "
                         "counted for the overridden shape)")

@@ -57,8 +57,9 @@ class HybridLMArgs:
     any mixer asks for it; see models/language/triton_launch.py): less host time per step,
     where a host-bound step waits on it."""
     attention_backend: str = "sdpa"
-    """Kernel of the attention blocks: "sdpa" (PyTorch's SDPA, the reference) or "fa4"
-    (FlashAttention-4, CUDA bf16/fp16 only, the `flash-attn-4` package)."""
+    """Kernel of the attention blocks: "sdpa" (PyTorch's SDPA, the reference), "fa4"
+    (FlashAttention-4, CUDA bf16/fp16 only, the `flash-attn-4` package) or "te" (Transformer
+    Engine's DotProductAttention, CUDA bf16/fp16 only, `transformer-engine[pytorch]`)."""
     norm_eps: float = 1e-5
     """Epsilon of every RMSNorm (block norms, final norm, Mamba2 gated norm)."""
     rope_theta: float = 10000.0

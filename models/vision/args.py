@@ -33,9 +33,10 @@ class ViTArgs:
     norm_eps: float = 1e-6
     """Epsilon of every LayerNorm."""
     attention_backend: str = "sdpa"
-    """Kernel of same-size-image attention: "sdpa" (PyTorch's SDPA, the reference) or "fa4"
-    (FlashAttention-4, CUDA bf16/fp16 only, the `flash-attn-4` package). Packed images of mixed
-    sizes keep their varlen kernel (see model.py)."""
+    """Kernel of same-size-image attention: "sdpa" (PyTorch's SDPA, the reference), "fa4"
+    (FlashAttention-4, CUDA bf16/fp16 only, the `flash-attn-4` package) or "te" (Transformer
+    Engine's DotProductAttention, CUDA bf16/fp16 only, `transformer-engine[pytorch]`). Packed
+    images of mixed sizes keep their varlen kernel (see model.py)."""
     pixel_shuffle: int = 2
     """Projector merges s×s neighbouring patches into one token (1 = no merging)."""
     projector_hidden: int = 64

@@ -2,12 +2,15 @@
 contract ([B, S, H, E], grouped-query heads, the log-sum-exp its backward takes) through autograd
 and torch.compile. On CPU a stand-in for `flash_attn.cute.interface` computes that contract in
 plain PyTorch, so the wrapper's plumbing is checked against SDPA; on a GPU with flash-attn-4 the
-real kernels are checked against SDPA within bf16 tolerance."""
+real kernels are checked against SDPA within bf16 tolerance. Transformer Engine ("te") likewise:
+a stand-in `DotProductAttention` with TE's constructor and output layout on CPU, the real one on a
+GPU where transformer-engine is installed."""
 
 import dataclasses
 import importlib.util
 import sys
 import types
+import typing
 
 import pytest
 import torch
@@ -258,8 +261,139 @@ def test_missing_fa4_fails_at_build_naming_the_package(monkeypatch):
 
 @pytest.mark.parametrize("args_cls", [ViTArgs, HybridLMArgs])
 def test_unknown_backend_is_a_config_error(args_cls):
-    with pytest.raises(ValueError, match=r"attention_backend='flash'.*\['sdpa', 'fa4'\]"):
+    with pytest.raises(ValueError, match=r"attention_backend='flash'.*\['sdpa', 'fa4', 'te'\]"):
         args_cls(attention_backend="flash")
+
+
+class _FakeDotProductAttention(torch.nn.Module):
+    """What titan_mimo needs of transformer_engine.pytorch.DotProductAttention, in plain
+    PyTorch: its constructor's arguments (checked) and its output layout [B, S, H * E]."""
+
+    built: typing.ClassVar[list[dict]] = []
+
+    def __init__(self, num_attention_heads, kv_channels, num_gqa_groups=None, attention_dropout=0.0,
+                 qkv_format="sbhd", attn_mask_type="causal", **rest):
+        super().__init__()
+        assert not rest, rest
+        assert qkv_format == "bshd" and attention_dropout == 0.0
+        assert attn_mask_type in ("causal", "no_mask")
+        self.kwargs = {"num_attention_heads": num_attention_heads, "kv_channels": kv_channels,
+                       "num_gqa_groups": num_gqa_groups, "attn_mask_type": attn_mask_type}
+        _FakeDotProductAttention.built.append(self.kwargs)
+
+    def forward(self, q, k, v):
+        b, s, h, e = q.shape
+        assert (h, k.shape[2], e) == (self.kwargs["num_attention_heads"],
+                                      self.kwargs["num_gqa_groups"], self.kwargs["kv_channels"])
+        qx, kx, vx = _expand(q, k, v)  # differentiable: autograd gives the gradients here
+        p, _ = _probs(qx, kx, self.kwargs["attn_mask_type"] == "causal")
+        return (p @ vx).transpose(1, 2).reshape(b, s, h * e).to(q.dtype)
+
+
+@pytest.fixture
+def fake_te(monkeypatch):
+    module = types.ModuleType("transformer_engine.pytorch")
+    module.DotProductAttention = _FakeDotProductAttention
+    monkeypatch.setitem(sys.modules, ak._TE_MODULE, module)
+    _FakeDotProductAttention.built.clear()
+    ak._te_attention.cache_clear()
+    yield _FakeDotProductAttention.built
+    ak._te_attention.cache_clear()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_te_matches_sdpa_values_and_gradients(fake_te, causal):
+    q, k, v = _qkv()  # 4 query heads on 2 kv heads
+    grads = torch.randn(2, 9, 4, 8, dtype=torch.float64)
+    results = []
+    for attend in (ak.attend_sdpa, lambda *t, is_causal: ak._attend_te(*t, is_causal)):
+        out = attend(q, k, v, is_causal=causal)
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grads)))
+    for got, want in zip(*results):
+        assert got.shape == want.shape and (got - want).abs().max().item() < 1e-12
+    assert fake_te == [{"num_attention_heads": 4, "kv_channels": 8, "num_gqa_groups": 2,
+                        "attn_mask_type": "causal" if causal else "no_mask"}]
+
+
+def test_te_modules_are_cached_outside_the_model(fake_te, monkeypatch):
+    """One TE module per head layout, reused by every layer, and none in the model: parameters,
+    FQNs and state dicts are those of the sdpa build."""
+    # On CPU in fp32, past attend_te's CUDA/bf16 check (test_te_rejects_cpu_and_fp32).
+    monkeypatch.setattr(ak, "attend_te", lambda q, k, v, *, is_causal: ak._attend_te(q, k, v, is_causal))
+    lm = HybridLMArgs(dim=64, n_heads=4, n_kv_heads=2, head_dim=16, layer_pattern="**")
+    models = {b: build_model("hybrid_lm/debug", attention_backend=b, dim=64, n_heads=4, n_kv_heads=2,
+                             head_dim=16, layer_pattern="**") for b in ("sdpa", "te")}
+    for m in models.values():
+        init_model_for_testing(m, seed=0)
+    assert models["te"].state_dict().keys() == models["sdpa"].state_dict().keys()
+    tokens = torch.randint(0, lm.vocab_size, (2, 12))
+    outs = {b: m(tokens) for b, m in models.items()}
+    assert (outs["te"] - outs["sdpa"]).abs().max().item() < 1e-5
+    assert fake_te == [{"num_attention_heads": 4, "kv_channels": 16, "num_gqa_groups": 2,
+                        "attn_mask_type": "causal"}]  # two layers, one module
+    vit = build_model("vit/debug", attention_backend="te")
+    init_model_for_testing(vit, seed=0)
+    vit(torch.randn(1, 3, 32, 32))
+    assert fake_te[-1]["attn_mask_type"] == "no_mask"
+
+
+def test_te_runs_outside_compiled_graphs(fake_te):
+    """A compiled block splits around TE's call (torch.compiler.disable) and gives the eager
+    values and gradients."""
+    q, k, v = _qkv(dtype=torch.float32)
+
+    def block(q, k, v):
+        return ak._attend_te(q * 2, k, v, True).sin()
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    out = torch.compile(block, backend=backend)(q, k, v)
+    dq = torch.autograd.grad(out.sum(), q)[0]
+    ref_out = block(q, k, v)
+    assert (out - ref_out).abs().max().item() < 1e-6
+    assert (dq - torch.autograd.grad(ref_out.sum(), q)[0]).abs().max().item() < 1e-6
+    # `q * 2` and `.sin()` compiled as two graphs; TE's call (its module included) in neither.
+    assert len(graphs) == 2
+    assert not any("DotProductAttention" in str(n.target) or "_attend_te" in str(n.target)
+                   for g in graphs for n in g.graph.nodes)
+
+
+def test_te_rejects_cpu_and_fp32(fake_te):
+    q, k, v = _qkv(dtype=torch.float32)
+    with pytest.raises(ValueError, match="attention_backend='te' runs on CUDA.*use attention_backend='sdpa'"):
+        ak.attend_te(q, k, v, is_causal=True)
+
+
+@pytest.mark.parametrize("error", [None, OSError("libtransformer_engine.so: cannot open shared object file")])
+def test_missing_te_fails_at_build_naming_the_package(monkeypatch, error):
+    if error is None:
+        monkeypatch.setitem(sys.modules, ak._TE_MODULE, None)  # import raises ImportError
+    else:
+        real = importlib.import_module
+
+        def import_module(name, *a):
+            if name == ak._TE_MODULE:
+                raise error
+            return real(name, *a)
+        monkeypatch.setattr(ak.importlib, "import_module", import_module)
+    for model in ("vit/debug", "hybrid_lm/debug"):
+        with pytest.raises(ImportError, match=r"pip install transformer-engine\[pytorch\]"):
+            build_model(model, attention_backend="te")
+
+
+def _has_te() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        ak._import_te()
+    except ImportError:
+        return False
+    return True
 
 
 def _has_fa4() -> bool:
@@ -321,3 +455,40 @@ def test_fa4_attention_blocks_match_sdpa_bf16():
         init_model_for_testing(vit, seed=0)
         feats.append(vit.cuda().bfloat16()(images))
     assert _rel(feats[1], feats[0]) < 2e-2
+
+
+@pytest.mark.skipif(not _has_te(), reason="needs an NVIDIA GPU and transformer-engine[pytorch]")
+@pytest.mark.parametrize("shape", [
+    (2, 1025, 4, 4, 80, False),  # the ViT-H head width, with a class token
+    (2, 1024, 4, 4, 72, True),
+    (1, 2048, 8, 2, 128, True),  # the hybrid LM's GQA attention
+])
+def test_te_matches_sdpa_bf16(shape):
+    """TE's attention in bf16 is as close to an fp32 reference as SDPA in bf16 (the FA4 test's
+    criterion)."""
+    b, s, h, kv, e, causal = shape
+    q32, k32, v32 = (t.detach().cuda() for t in _qkv(b, s, h, kv, e, dtype=torch.float32))
+    grad32 = torch.randn(b, s, h, e, device="cuda")
+    results = {}
+    for name, attend, dtype in (("fp32", ak.attend_sdpa, torch.float32),
+                                ("sdpa", ak.attend_sdpa, torch.bfloat16),
+                                ("te", ak.attention_function("te"), torch.bfloat16)):
+        q, k, v = (t.to(dtype).requires_grad_() for t in (q32, k32, v32))
+        out = attend(q, k, v, is_causal=causal)
+        results[name] = (out, *torch.autograd.grad(out, (q, k, v), grad32.to(dtype)))
+    for i, what in enumerate(("out", "dq", "dk", "dv")):
+        sdpa_err, te_err = (_rel(results[n][i], results["fp32"][i]) for n in ("sdpa", "te"))
+        assert te_err <= 2 * sdpa_err + 1e-3, (
+            f"{what}: TE relative error {te_err:.3g} vs SDPA's {sdpa_err:.3g} (bf16 against fp32)")
+
+
+@pytest.mark.skipif(not _has_te(), reason="needs an NVIDIA GPU and transformer-engine[pytorch]")
+def test_te_attention_blocks_match_sdpa_bf16_compiled():
+    lm = HybridLMArgs(dim=256, n_heads=4, n_kv_heads=2, head_dim=64, layer_pattern="*")
+    x = torch.randn(2, 512, 256, device="cuda", dtype=torch.bfloat16)
+    outs = []
+    for backend in ("sdpa", "te"):
+        attn = Attention(dataclasses.replace(lm, attention_backend=backend))
+        init_model_for_testing(attn, seed=0)
+        outs.append(torch.compile(attn.cuda().bfloat16())(x))
+    assert _rel(outs[1], outs[0]) < 1e-2
