@@ -10,7 +10,8 @@
 # Then PYTHONPATH has /tmp/tesite. TE_BUILD_WAIT: seconds to wait for the build (default 480).
 if [ ! -e /tmp/tesite/.installed ]; then
   if [ ! -e /tmp/te/build.started ]; then
-    (cd /tmp/te && cat part-* > core.whl && sha256sum -c core.sha) || return 1
+    (cd /tmp/te && cat part-* > core.whl && sha256sum -c core.sha &&
+      mv core.whl transformer_engine_cu13-2.20.2-py3-none-manylinux_2_28_x86_64.whl) || return 1
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/tesite \
       /tmp/te/*.whl || return 1
     mkdir -p /tmp/te/src && tar xf /tmp/te/tetorch.tar -C /tmp/te/src || return 1
