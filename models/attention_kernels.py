@@ -230,13 +230,18 @@ def _fa4_grad(ctx, dout_BSHE: Tensor, _dlse: Tensor | None):
 _fa4_forward.register_autograd(_fa4_grad, setup_context=_fa4_setup_context)
 
 
-def attend_fa4(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, *, is_causal: bool) -> Tensor:
-    """softmax(q kᵀ / √E) v per head through FlashAttention-4 (CUDA, fp16/bf16)."""
+def _check_cuda_half(backend: str, q_BSHE: Tensor) -> None:
+    """ValueError unless q is on CUDA in bf16/fp16, what the fa4 and te kernels take."""
     if not q_BSHE.is_cuda or q_BSHE.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(
-            f"attention_backend='fa4' runs on CUDA in bf16/fp16, got {q_BSHE.dtype} on "
+            f"attention_backend={backend!r} runs on CUDA in bf16/fp16, got {q_BSHE.dtype} on "
             f"{q_BSHE.device}; use attention_backend='sdpa' there"
         )
+
+
+def attend_fa4(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, *, is_causal: bool) -> Tensor:
+    """softmax(q kᵀ / √E) v per head through FlashAttention-4 (CUDA, fp16/bf16)."""
+    _check_cuda_half("fa4", q_BSHE)
     return _attend_fa4_padded(q_BSHE, k_BSKE, v_BSKE, is_causal)
 
 
@@ -276,11 +281,7 @@ def _te_attention(n_heads: int, n_kv_heads: int, head_dim: int, is_causal: bool)
 
 def attend_te(q_BSHE: Tensor, k_BSKE: Tensor, v_BSKE: Tensor, *, is_causal: bool) -> Tensor:
     """softmax(q kᵀ / √E) v per head through Transformer Engine (CUDA, fp16/bf16)."""
-    if not q_BSHE.is_cuda or q_BSHE.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(
-            f"attention_backend='te' runs on CUDA in bf16/fp16, got {q_BSHE.dtype} on "
-            f"{q_BSHE.device}; use attention_backend='sdpa' there"
-        )
+    _check_cuda_half("te", q_BSHE)
     return _attend_te(q_BSHE, k_BSKE, v_BSKE, is_causal)
 
 

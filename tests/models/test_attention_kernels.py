@@ -418,24 +418,28 @@ def _rel(a, b):
 def test_fa4_matches_sdpa_bf16(shape):
     """FA4 in bf16 is as close to an fp32 reference as SDPA in bf16 is (FlashAttention's own
     test criterion: at most twice SDPA's error, plus a small absolute slack)."""
+    _assert_bf16_as_close_as_sdpa("fa4", shape)
+    # The fix of FA4's Hopper backward was applied to the installed version: no padding.
+    assert ak._fa4_head_dim_multiple == 8
+
+
+def _assert_bf16_as_close_as_sdpa(backend: str, shape: tuple) -> None:
+    """`backend`'s output and q/k/v gradients in bf16 against an fp32 SDPA reference: at most
+    twice SDPA-in-bf16's relative error, plus 1e-3."""
     b, s, h, kv, e, causal = shape
     q32, k32, v32 = (t.detach().cuda() for t in _qkv(b, s, h, kv, e, dtype=torch.float32))
     grad32 = torch.randn(b, s, h, e, device="cuda")
     results = {}
     for name, attend, dtype in (("fp32", ak.attend_sdpa, torch.float32),
                                 ("sdpa", ak.attend_sdpa, torch.bfloat16),
-                                ("fa4", ak.attention_function("fa4"), torch.bfloat16)):
+                                (backend, ak.attention_function(backend), torch.bfloat16)):
         q, k, v = (t.to(dtype).requires_grad_() for t in (q32, k32, v32))
         out = attend(q, k, v, is_causal=causal)
         results[name] = (out, *torch.autograd.grad(out, (q, k, v), grad32.to(dtype)))
-    errors = {name: [_rel(x, ref) for x, ref in zip(results[name], results["fp32"])]
-              for name in ("sdpa", "fa4")}
-    # The fix of FA4's Hopper backward was applied to the installed version: no padding.
-    assert ak._fa4_head_dim_multiple == 8
     for i, what in enumerate(("out", "dq", "dk", "dv")):
-        sdpa_err, fa4_err = errors["sdpa"][i], errors["fa4"][i]
-        assert fa4_err <= 2 * sdpa_err + 1e-3, (
-            f"{what}: FA4 relative error {fa4_err:.3g} vs SDPA's {sdpa_err:.3g} (bf16 against fp32)")
+        sdpa_err, err = (_rel(results[n][i], results["fp32"][i]) for n in ("sdpa", backend))
+        assert err <= 2 * sdpa_err + 1e-3, (
+            f"{what}: {backend} relative error {err:.3g} vs SDPA's {sdpa_err:.3g} (bf16 against fp32)")
 
 
 @pytest.mark.skipif(not _has_fa4(), reason="needs a Hopper/Blackwell GPU and flash-attn-4")
@@ -466,20 +470,7 @@ def test_fa4_attention_blocks_match_sdpa_bf16():
 def test_te_matches_sdpa_bf16(shape):
     """TE's attention in bf16 is as close to an fp32 reference as SDPA in bf16 (the FA4 test's
     criterion)."""
-    b, s, h, kv, e, causal = shape
-    q32, k32, v32 = (t.detach().cuda() for t in _qkv(b, s, h, kv, e, dtype=torch.float32))
-    grad32 = torch.randn(b, s, h, e, device="cuda")
-    results = {}
-    for name, attend, dtype in (("fp32", ak.attend_sdpa, torch.float32),
-                                ("sdpa", ak.attend_sdpa, torch.bfloat16),
-                                ("te", ak.attention_function("te"), torch.bfloat16)):
-        q, k, v = (t.to(dtype).requires_grad_() for t in (q32, k32, v32))
-        out = attend(q, k, v, is_causal=causal)
-        results[name] = (out, *torch.autograd.grad(out, (q, k, v), grad32.to(dtype)))
-    for i, what in enumerate(("out", "dq", "dk", "dv")):
-        sdpa_err, te_err = (_rel(results[n][i], results["fp32"][i]) for n in ("sdpa", "te"))
-        assert te_err <= 2 * sdpa_err + 1e-3, (
-            f"{what}: TE relative error {te_err:.3g} vs SDPA's {sdpa_err:.3g} (bf16 against fp32)")
+    _assert_bf16_as_close_as_sdpa("te", shape)
 
 
 @pytest.mark.skipif(not _has_te(), reason="needs an NVIDIA GPU and transformer-engine[pytorch]")
