@@ -28,12 +28,22 @@ pytestmark = pytest.mark.skipif(
     reason="needs mamba-ssm's source: run `bash tests/fetch_mamba_ssm.sh` (.ci/run does)")
 
 
+_OLD_INTERPRETER = "only 0-dimensional arrays can be converted to Python scalars"
+"""numpy's refusal, raised inside Triton's interpreter (`int(self.handle.data)` on a loop bound)."""
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ssd") / "out.pt"
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(WORKER), str(out), str(SOURCE)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0 and _OLD_INTERPRETER in proc.stderr:
+        import triton
+        pytest.skip(f"Triton {triton.__version__}'s interpreter cannot run mamba-ssm's loops with this "
+                    f"numpy: it takes int() of a one-element array, which numpy >= 2.4 refuses "
+                    f"(seen with Triton 3.6 and numpy 2.5; Triton 3.9 squeezes first). The compiled "
+                    f"kernels' GPU test (test_ssd_kernels.py) is unaffected")
     assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     return torch.load(out)
 
