@@ -1,8 +1,6 @@
-# Device call T8 (the timing part of T7) (session 11, after T6 on the same machine start): which attention TE chose for
-# the ViT's shape (NVTE_DEBUG) and its time against SDPA's, and the trainer with the ViT on SDPA in
-# the same machine start as T6's TE run. (Its first run lost te_setup's PYTHONPATH in a pipe's
-# subshell: the kernel timing failed at import, the trainer run is T7's result; T8 reran the
-# timing alone.)
+# Device call T8 (session 11, after T7 on T6's machine start): which attention TE chooses for the
+# ViT's shape (NVTE_DEBUG) and its fwd+bwd time against SDPA's. T7 runs this first; T7's own run
+# lost te_setup's PYTHONPATH in a pipe's subshell and failed here at import, so T8 ran it alone.
 source benchmarks/gpu_setup.sh > /dev/null || exit 1
 source benchmarks/te_setup.sh 2> /dev/null || exit 1
 python3 - <<'PY' 2>&1 | grep -i "backend\|selected\|available\|ms" | head -12

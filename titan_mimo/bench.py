@@ -377,12 +377,12 @@ def run_one(args, wl: Workload, device, *, bare: bool, state: dict | None):
     result = BenchResult(
         run="bare" if bare else "titan_mimo", module=args.module, model=args.model, compile=args.compile,
         batch=args.batch, ac=_ac_label(args), loss_kind=args.loss,
-        sdpa=args.attention if args.attention in ("fa4", "te") else args.sdpa,
+        sdpa=args.attention if args.attention not in (None, "sdpa") else args.sdpa,
         step_s=step_s, tokens_per_s=wl.tokens_per_step / step_s, images_per_s=wl.images_per_step / step_s,
         tflops=tflops / 1e12, mfu=tflops / peak if peak else None,
         peak_mem_gib=(torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else 0.0,
         coordinate_descent_tuning=args.coordinate_descent_tuning, fsdp=fsdp,
-        alloc_retries=torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if device.type == "cuda" else 0,
+        alloc_retries=metrics.alloc_retries(device),
         loss=loss)
     del modules, optimizers, batch
     gc.collect()
