@@ -9,6 +9,8 @@ FSDP, TP, PP — starts from bit-identical weights. That is the root of layout i
 
 Modules with parameters the defaults below do not know (Mamba2's A_log, the ViT position table)
 define `init_param(self, name, t, g)`; it must fill `t` in place using only `g` for randomness.
+Modules with buffers (the MoE router's correction bias) define `init_buffer(self, name, t)`,
+which fills `t` in place without randomness (`init_buffers`).
 """
 
 import hashlib
@@ -22,6 +24,7 @@ __all__ = [
     "INIT_STD",
     "RMSNorm",
     "fused_linears",
+    "init_buffers",
     "init_model_for_testing",
     "init_parameter",
     "local_tensor",
@@ -94,6 +97,19 @@ def init_parameter(module: nn.Module, name: str, t: Tensor, g: torch.Generator) 
     )
 
 
+def init_buffers(model: nn.Module) -> None:
+    """Fill every buffer in place by its owner's `init_buffer(name, t)`: after a meta-device build
+    and `to_empty` buffers hold garbage, like parameters. A buffer whose owner has no rule is an
+    error, for the same reason as in `init_parameter`."""
+    with torch.no_grad():
+        for owner in model.modules():
+            for name, buf in owner.named_buffers(recurse=False):
+                if not hasattr(owner, "init_buffer"):
+                    raise ValueError(f"init_buffers: no init rule for buffer {name!r} of "
+                                     f"{type(owner).__name__}; give it an init_buffer(name, t) method")
+                owner.init_buffer(name, buf)
+
+
 def init_model_for_testing(model: nn.Module, seed: int) -> None:
     """Initialise a materialised (non-meta) model exactly as the trainer does after sharding.
 
@@ -107,6 +123,7 @@ def init_model_for_testing(model: nn.Module, seed: int) -> None:
         init_parameter(owner, name, t, param_generator(seed, fqn))
         with torch.no_grad():
             param.copy_(t)
+    init_buffers(model)
 
 
 def local_tensor(t: Tensor) -> Tensor:

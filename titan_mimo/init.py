@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, Replicate
 
-from titan_mimo.models.common import init_parameter, param_generator
+from titan_mimo.models.common import init_buffers, init_parameter, param_generator
 
 
 @torch.no_grad()
@@ -35,3 +35,4 @@ def init_module_weights(module: nn.Module, seed: int, prefix: str, on_device: bo
                 param.to_local().copy_(full_dt.redistribute(param.device_mesh, param.placements).to_local())
             else:
                 param.copy_(full)
+    init_buffers(module)

@@ -4,14 +4,22 @@ from dataclasses import dataclass
 
 from ..attention_kernels import check_attention_backend
 
-__all__ = ["BLOCK_KINDS", "HybridLMArgs", "LM_FLAVORS", "SSD_BACKENDS"]
+__all__ = ["BLOCK_KINDS", "HybridLMArgs", "LM_FLAVORS", "MOE_BACKENDS", "POSITION_EMBEDDINGS", "SSD_BACKENDS"]
 
-BLOCK_KINDS = {"M": "mamba2", "*": "attention", "-": "mlp"}
+BLOCK_KINDS = {"M": "mamba2", "*": "attention", "-": "mlp", "E": "moe"}
 """Layer-pattern characters and the block each one builds."""
 
 SSD_BACKENDS = ("torch", "mamba_ssm")
 """Implementations of the Mamba2 SSD scan: "torch" is the pure-PyTorch reference (and the CPU
 path); "mamba_ssm" is mamba-ssm's Triton kernel (GPU only, the `gpu` extra)."""
+
+POSITION_EMBEDDINGS = ("rope", "none")
+"""Position information of attention blocks: rotary embeddings, or none (Nemotron-H: its Mamba2
+layers carry position)."""
+
+MOE_BACKENDS = ("torch", "grouped_mm")
+"""Routed-expert matmuls: "torch" runs one matmul pair per expert (the reference, any device and
+dtype); "grouped_mm" one `torch._grouped_mm` per projection for all local experts (CUDA, bf16)."""
 
 
 @dataclass(kw_only=True)
@@ -23,7 +31,8 @@ class HybridLMArgs:
     dim: int = 64
     """Hidden size of the residual stream."""
     layer_pattern: str = "M-*-M-"
-    """One char per layer: 'M' Mamba2 block, '*' GQA attention block, '-' MLP block."""
+    """One char per layer: 'M' Mamba2 block, '*' GQA attention block, '-' MLP block, 'E'
+    mixture-of-experts block."""
     n_heads: int = 4
     """Query heads of each attention block."""
     n_kv_heads: int = 2
@@ -62,8 +71,34 @@ class HybridLMArgs:
     Engine's DotProductAttention, CUDA bf16/fp16 only, `transformer-engine[pytorch]`)."""
     norm_eps: float = 1e-5
     """Epsilon of every RMSNorm (block norms, final norm, Mamba2 gated norm)."""
+    position_embedding: str = "rope"
+    """Of attention blocks: "rope" (rotary, base `rope_theta`) or "none" (Nemotron-H)."""
     rope_theta: float = 10000.0
     """Base of the rotary position embedding of attention blocks."""
+    n_routed_experts: int = 8
+    """Routed experts of each MoE block."""
+    n_experts_per_tok: int = 2
+    """Experts each token is routed to (top-k)."""
+    moe_intermediate_size: int = 32
+    """Hidden width of each routed expert's squared-ReLU MLP."""
+    moe_shared_expert_intermediate_size: int = 64
+    """Hidden width of the shared expert every token passes through (0: no shared expert)."""
+    n_group: int = 1
+    """Expert groups for group-limited routing (must divide n_routed_experts)."""
+    topk_group: int = 1
+    """Groups a token may choose experts from (the best by the sum of their top-2 scores)."""
+    norm_topk_prob: bool = True
+    """Normalise the k gate values of a token to sum to 1 (before routed_scaling_factor)."""
+    routed_scaling_factor: float = 1.0
+    """Multiplier of the gate values."""
+    moe_latent_size: int | None = None
+    """If set, routed experts run in this width between two linears (Nemotron-H's latent MoE)."""
+    moe_bias_update_rate: float = 1e-3
+    """Step of the sign-based correction-bias update per optimizer step (0: no update)."""
+    moe_aux_loss_coeff: float = 0.0
+    """Coefficient of the sequence-level load-balancing loss (0: none; the reference uses 1e-4)."""
+    moe_backend: str = "torch"
+    """Routed-expert matmuls: "torch" (per-expert loop, the reference) or "grouped_mm" (CUDA)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.layer_pattern) - set(BLOCK_KINDS))
@@ -76,7 +111,10 @@ class HybridLMArgs:
             raise ValueError(
                 f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}"
             )
-        if "*" in self.layer_pattern and self.head_dim % 2 != 0:
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding={self.position_embedding!r} is unknown; choose one of "
+                             f"{list(POSITION_EMBEDDINGS)}")
+        if "*" in self.layer_pattern and self.position_embedding == "rope" and self.head_dim % 2 != 0:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if "M" in self.layer_pattern and self.mamba_n_heads % self.mamba_n_groups != 0:
             raise ValueError(
@@ -98,11 +136,38 @@ class HybridLMArgs:
                 "(the torch scan launches no Triton kernels)"
             )
         check_attention_backend(self.attention_backend)
+        if "E" in self.layer_pattern:
+            self._check_moe()
         if self.mamba_chunk_size < 1 or self.mamba_d_conv < 1:
             raise ValueError(
                 f"mamba_chunk_size={self.mamba_chunk_size} and mamba_d_conv={self.mamba_d_conv} "
                 "must be >= 1"
             )
+
+    def _check_moe(self) -> None:
+        e, k = self.n_routed_experts, self.n_experts_per_tok
+        if not 1 <= k <= e:
+            raise ValueError(f"n_experts_per_tok={k} must be in [1, n_routed_experts={e}]")
+        if self.n_group < 1 or e % self.n_group:
+            raise ValueError(f"n_group={self.n_group} must divide n_routed_experts={e}")
+        if self.n_group > 1:
+            per_group = e // self.n_group
+            if per_group < 2:
+                raise ValueError(f"n_group={self.n_group}: groups score their top-2 experts, so each needs "
+                                 f">= 2 of the {e} experts")
+            if not 1 <= self.topk_group <= self.n_group or k > self.topk_group * per_group:
+                raise ValueError(f"topk_group={self.topk_group} must be in [1, n_group={self.n_group}] and "
+                                 f"leave >= n_experts_per_tok={k} experts ({per_group} per group)")
+        if self.moe_backend not in MOE_BACKENDS:
+            raise ValueError(f"moe_backend={self.moe_backend!r} is unknown; choose one of {list(MOE_BACKENDS)}")
+        if self.moe_intermediate_size < 1 or self.moe_shared_expert_intermediate_size < 0:
+            raise ValueError(f"moe_intermediate_size={self.moe_intermediate_size} must be >= 1 and "
+                             f"moe_shared_expert_intermediate_size={self.moe_shared_expert_intermediate_size} >= 0")
+        if self.moe_latent_size is not None and self.moe_latent_size < 1:
+            raise ValueError(f"moe_latent_size={self.moe_latent_size} must be >= 1 or None")
+        if self.moe_bias_update_rate < 0 or self.moe_aux_loss_coeff < 0:
+            raise ValueError(f"moe_bias_update_rate={self.moe_bias_update_rate} and "
+                             f"moe_aux_loss_coeff={self.moe_aux_loss_coeff} must be >= 0")
 
     @property
     def n_layers(self) -> int:
@@ -122,7 +187,21 @@ class HybridLMArgs:
             divisors["mamba_n_groups"] = self.mamba_n_groups
         if "-" in self.layer_pattern:
             divisors["mlp_hidden"] = self.mlp_hidden
+        if "E" in self.layer_pattern and self.moe_shared_expert_intermediate_size:
+            divisors["moe_shared_expert_intermediate_size"] = self.moe_shared_expert_intermediate_size
         return divisors
+
+
+def _nemotron_moe(layer_pattern: str) -> HybridLMArgs:
+    return HybridLMArgs(
+        vocab_size=131072, dim=2688, layer_pattern=layer_pattern,
+        n_heads=32, n_kv_heads=8, head_dim=128, position_embedding="none",
+        mamba_n_heads=64, mamba_head_dim=64, mamba_d_state=128, mamba_n_groups=8, mamba_d_conv=4,
+        mamba_chunk_size=128,
+        n_routed_experts=128, n_experts_per_tok=6, moe_intermediate_size=1856,
+        moe_shared_expert_intermediate_size=3712, n_group=1, topk_group=1, norm_topk_prob=True,
+        routed_scaling_factor=2.5, moe_bias_update_rate=1e-3, moe_aux_loss_coeff=1e-4,
+    )
 
 
 LM_FLAVORS: dict[str, HybridLMArgs] = {
@@ -159,5 +238,28 @@ LM_FLAVORS: dict[str, HybridLMArgs] = {
         mlp_hidden=8192,
         rope_theta=500000.0,
     ),
+    # Tiny MoE hybrid for CPU tests: every block kind, 8 experts top-2 in 2 groups (one eligible
+    # per token, so group-limited routing decides), a shared expert, no position embedding, a
+    # bias rate that flips routing decisions within a few steps, and the auxiliary loss on.
+    "debug_moe": HybridLMArgs(
+        layer_pattern="ME*E-E",
+        position_embedding="none",
+        n_routed_experts=8,
+        n_experts_per_tok=2,
+        moe_intermediate_size=32,
+        moe_shared_expert_intermediate_size=64,
+        n_group=2,
+        topk_group=1,
+        routed_scaling_factor=2.5,
+        moe_bias_update_rate=1e-2,
+        moe_aux_loss_coeff=1e-2,
+    ),
+    # The reference launcher's language model ("Nemotron6-MoE"): 20 layers of Mamba2 / MoE /
+    # attention, no position embedding, 128 routed experts top-6 of width 1856 + a shared expert
+    # of 3712, sigmoid router with correction bias, scaling 2.5, untied head.
+    "nemotron_moe_20l": _nemotron_moe("MEMEM*EMEMEM*EMEMEM*"),
+    # Its first 8 layers (3 MoE, 4 Mamba2, 1 attention) at the same widths and expert count:
+    # fits one H200 with fp32 AdamW state and activations (the benchmark's size).
+    "nemotron_moe_1gpu": _nemotron_moe("MEMEM*EM"),
 }
 """Named language-model shapes; build with `titan_mimo.models.build_model("hybrid_lm/<name>")`."""

@@ -1,4 +1,4 @@
-"""Causal grouped-query attention with rotary position embeddings.
+"""Causal grouped-query attention, with rotary position embeddings or none (Nemotron-H).
 
 Shape legend:
     B batch, S sequence, D model dim, H query heads, K key/value heads, E head dim, F E/2.
@@ -37,12 +37,12 @@ def apply_rope(x_BSHE: Tensor, cos_SF: Tensor, sin_SF: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Causal GQA: wq/wk/wv/wo without bias, RoPE, then `args.attention_backend`'s kernel."""
+    """Causal GQA: wq/wk/wv/wo without bias, RoPE (unless position_embedding="none"), then `args.attention_backend`'s kernel."""
 
     def __init__(self, args: HybridLMArgs):
         super().__init__()
         self.head_dim = args.head_dim
-        self.rope_theta = args.rope_theta
+        self.rope_theta = args.rope_theta if args.position_embedding == "rope" else None
         # Resolved at build time so a missing optional kernel fails before any training work.
         self.attend = attention_function(args.attention_backend)
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
@@ -58,9 +58,10 @@ class Attention(nn.Module):
         q_BSHE = q.view(b, s, -1, self.head_dim)
         k_BSKE = k.view(b, s, -1, self.head_dim)
         v_BSKE = v.view(b, s, -1, self.head_dim)
-        cos_SF, sin_SF = rope_cos_sin(s, self.head_dim, self.rope_theta, q.device)
-        q_BSHE = apply_rope(q_BSHE, cos_SF, sin_SF)
-        k_BSKE = apply_rope(k_BSKE, cos_SF, sin_SF)
+        if self.rope_theta is not None:
+            cos_SF, sin_SF = rope_cos_sin(s, self.head_dim, self.rope_theta, q.device)
+            q_BSHE = apply_rope(q_BSHE, cos_SF, sin_SF)
+            k_BSKE = apply_rope(k_BSKE, cos_SF, sin_SF)
         o_BSHE = self.attend(q_BSHE, k_BSKE, v_BSKE, is_causal=True)
         return self.wo(o_BSHE.reshape(b, s, -1))
 

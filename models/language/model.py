@@ -17,8 +17,9 @@ from .attention import Attention
 from .loss import linear_cross_entropy_sum
 from .mamba2 import Mamba2Mixer
 from .mlp import MLP
+from .moe import MoE
 
-__all__ = ["AttentionBlock", "HybridLM", "MLPBlock", "MambaBlock", "build_block"]
+__all__ = ["AttentionBlock", "HybridLM", "MLPBlock", "MambaBlock", "MoEBlock", "build_block"]
 
 
 class MambaBlock(nn.Module):
@@ -63,7 +64,21 @@ class MLPBlock(nn.Module):
         return MLP.forward_flops_per_token(args.dim, args.mlp_hidden)
 
 
-_BLOCKS: dict[str, type[nn.Module]] = {"M": MambaBlock, "*": AttentionBlock, "-": MLPBlock}
+class MoEBlock(nn.Module):
+    def __init__(self, args: HybridLMArgs):
+        super().__init__()
+        self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
+        self.moe = MoE(args)
+
+    def forward(self, x_BSD: Tensor) -> Tensor:
+        return x_BSD + self.moe(self.norm(x_BSD))
+
+    @staticmethod
+    def forward_flops_per_token(args: HybridLMArgs, seq_len: int) -> int:
+        return MoE.forward_flops_per_token(args)
+
+
+_BLOCKS: dict[str, type[nn.Module]] = {"M": MambaBlock, "*": AttentionBlock, "-": MLPBlock, "E": MoEBlock}
 
 
 def build_block(kind: str, args: HybridLMArgs) -> nn.Module:
