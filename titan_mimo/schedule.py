@@ -38,7 +38,7 @@ from torch.distributed.tensor.parallel import loss_parallel
 from titan_mimo.bridge import Bridge
 from titan_mimo.build import BuiltModule
 from titan_mimo.compat import first_stage_forwards_ahead, time_stage_work
-from titan_mimo.data.mock import IGNORE_INDEX, Batch
+from titan_mimo.data.batch import IGNORE_INDEX, Batch
 from titan_mimo.distributed import world_max
 from titan_mimo.models import merge_embeddings
 from titan_mimo.models.common import to_device

@@ -16,7 +16,7 @@ from torchtitan.config.job_config import LRScheduler as TTLRSchedulerConfig
 from titan_mimo.build import BuiltModule
 from titan_mimo.compat import foreach_mul_
 from titan_mimo.config import JobConfig
-from titan_mimo.data.mock import IGNORE_INDEX
+from titan_mimo.data.batch import IGNORE_INDEX
 from titan_mimo.optim import LocalShardAdamW
 
 

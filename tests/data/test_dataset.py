@@ -14,7 +14,7 @@ from data_helpers import dataset, write_jsonl
 
 from titan_mimo.data.check import check
 from titan_mimo.data.mixture import BLOCK, Mixture, block_counts
-from titan_mimo.data.mock import IGNORE_INDEX
+from titan_mimo.data.batch import IGNORE_INDEX
 
 PAD, IMAGE, BOS, EOS = 0, 1, 2, 3
 

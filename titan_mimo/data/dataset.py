@@ -40,9 +40,9 @@ from functools import lru_cache
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from titan_mimo.data.batch import IGNORE_INDEX, Batch, Sample
 from titan_mimo.data.images import ImagePolicy
 from titan_mimo.data.mixture import Mixture
-from titan_mimo.data.mock import IGNORE_INDEX, Batch, Sample
 from titan_mimo.data.records import (
     FileHandles,
     ImageRef,
@@ -262,10 +262,4 @@ class ImageTextDataset:
 
     def batch(self, indices, split: str = "train", with_images: bool = True) -> Batch:
         samples = [self.sample(i, split, with_images) for i in indices]
-        return Batch(
-            tokens=torch.stack([s.tokens for s in samples]),
-            labels=torch.stack([s.labels for s in samples]),
-            images={self.encoder: [im for s in samples for im in s.images[self.encoder]]},
-            skipped=sum(s.skipped for s in samples),
-            blank_images=sum(s.blank_images for s in samples),
-        )
+        return Batch.of(samples, [self.encoder])

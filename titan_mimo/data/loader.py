@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from titan_mimo.data.mock import Batch
+from titan_mimo.data.batch import Batch
 from titan_mimo.data.plan import SamplePlan, owned_slots
 
 # torchdata 0.11 calls a deprecated torch API each time an iterator starts; nothing to act on.

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from titan_mimo.data.batch import IGNORE_INDEX, Batch, Sample
+
 SPLITS = {"train": 0, "validation": 1}
 
 
@@ -38,34 +39,6 @@ class EncoderSpec:
     cell: int
     """Pixels per side of the image area behind one image token (patch * pixel_shuffle)."""
     channels: int = 3
-
-
-@dataclass(kw_only=True)
-class Sample:
-    tokens: Tensor
-    """[S] int64 token ids."""
-    labels: Tensor
-    """[S] int64 next-token targets, -100 where nothing is predicted."""
-    images: dict[str, list[Tensor]]
-    """Per encoder name: the sample's images, each [C, H, W] float32 (0 or 1 image)."""
-    skipped: int = 0
-    """Records rejected (bad or too long) before this sample's record was found (real data)."""
-    blank_images: int = 0
-    """Images whose pixels failed to decode and were replaced by blanks (real data)."""
-
-
-@dataclass(kw_only=True)
-class Batch:
-    tokens: Tensor
-    """[B, S]"""
-    labels: Tensor
-    """[B, S]"""
-    images: dict[str, list[Tensor]]
-    """Per encoder: images of all samples in slot order."""
-    skipped: int = 0
-    """Sum of the samples' `skipped`."""
-    blank_images: int = 0
-    """Sum of the samples' `blank_images`."""
 
 
 def _generator(*keys: int | str) -> torch.Generator:
@@ -146,8 +119,4 @@ class MockImageCaption:
 
     def batch(self, indices: range | list[int], split: str = "train", with_images: bool = True) -> Batch:
         samples = [self.sample(i, split, with_images) for i in indices]
-        return Batch(
-            tokens=torch.stack([s.tokens for s in samples]),
-            labels=torch.stack([s.labels for s in samples]),
-            images={e.name: [im for s in samples for im in s.images[e.name]] for e in self.encoders},
-        )
+        return Batch.of(samples, [e.name for e in self.encoders])
