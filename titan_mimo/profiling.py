@@ -1,10 +1,10 @@
 """Where a step's time goes: torch.profiler around whole steps, summarised for a log.
 
-Used by the benchmark (`--profile`) and the trainer (`metrics.profile_step`): the kernels with
-the most device time, the share of the steps' span in which the device was running any kernel
-(the rest it waited on the host: launch overhead, Python, synchronisations), and the host ops
-with the most self CPU time; for the benchmark's `--sync-debug`, where a step makes the
-host wait for the device; and what a forward keeps for its backward (`saved_for_backward`).
+Used by the trainer and the benchmark (`metrics.profile_step`): the kernels with the most device
+time, the share of the steps' span in which the device was running any kernel (the rest it waited
+on the host: launch overhead, Python, synchronisations), and the host ops with the most self CPU
+time; for the benchmark's `--sync-debug`, where a step makes the host wait for the device; and
+what a forward keeps for its backward (`saved_for_backward`).
 """
 
 from __future__ import annotations
