@@ -4,7 +4,19 @@ from dataclasses import dataclass
 
 from ..attention_kernels import check_attention_backend
 
-__all__ = ["ViTArgs", "VIT_FLAVORS"]
+__all__ = ["MLP_ACTIVATIONS", "POS_EMBED_RULES", "PROJECTOR_ACTIVATIONS", "PROJECTOR_NORMS", "ViTArgs",
+           "VIT_FLAVORS"]
+
+POS_EMBED_RULES = ("bilinear", "radio")
+"""How the learned [G, G, D] position table meets an h×w patch grid: "bilinear" resamples it to
+h×w; "radio" (C-RADIO's cropped position embedding) resamples it to the square of the longer
+side, crops h×w from its top-left corner, and resamples that to h×w if it is still not that size."""
+
+MLP_ACTIVATIONS = ("gelu_tanh", "gelu")
+"""GELU of the encoder MLPs: tanh approximation, or exact (erf)."""
+
+PROJECTOR_NORMS = ("layernorm", "rmsnorm")
+PROJECTOR_ACTIVATIONS = ("gelu", "relu2")
 
 
 @dataclass(kw_only=True)
@@ -43,11 +55,45 @@ class ViTArgs:
     """Hidden width of the projector MLP."""
     out_dim: int = 64
     """Width of the projected tokens: the language model's hidden size (the composite sets it)."""
+    patch_bias: bool = True
+    """The patch projection has a bias (C-RADIO's has none)."""
+    pos_embed_rule: str = "bilinear"
+    """How the position table is resampled to a patch grid: "bilinear" or "radio" (see
+    POS_EMBED_RULES)."""
+    norm_mean: tuple[float, ...] | None = None
+    """Input conditioner: per-channel mean subtracted from the pixels inside the model (RADIO's);
+    None leaves the pixels as they come."""
+    norm_std: tuple[float, ...] | None = None
+    """Input conditioner: per-channel standard deviation the pixels are divided by (with norm_mean)."""
+    mlp_act: str = "gelu_tanh"
+    """GELU of the encoder MLPs: "gelu_tanh" (tanh approximation) or "gelu" (exact)."""
+    layer_scale: bool = False
+    """Learned per-channel scales on each block's attention and MLP outputs (LayerScale)."""
+    final_norm: bool = True
+    """A LayerNorm on the encoder's output features (RADIO has none; the Nemotron-H Omni model
+    adds one before its projector when its LM has MTP layers)."""
+    projector_norm: str = "layernorm"
+    """Norm on the pixel-shuffled tokens: "layernorm" or "rmsnorm" (Nemotron-H Omni)."""
+    projector_norm_eps: float | None = None
+    """Epsilon of the projector's norm; None: norm_eps."""
+    projector_act: str = "gelu"
+    """Activation between the projector's linears: "gelu" or "relu2" (squared ReLU)."""
+    projector_bias: bool = True
+    """The projector's linears have biases."""
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads != 0:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         check_attention_backend(self.attention_backend)
+        for name, allowed in (("pos_embed_rule", POS_EMBED_RULES), ("mlp_act", MLP_ACTIVATIONS),
+                              ("projector_norm", PROJECTOR_NORMS), ("projector_act", PROJECTOR_ACTIVATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is unknown; choose one of {list(allowed)}")
+        if (self.norm_mean is None) != (self.norm_std is None):
+            raise ValueError("norm_mean and norm_std set the input conditioner together: give both or neither")
+        if self.norm_mean is not None and not len(self.norm_mean) == len(self.norm_std) == self.in_channels:
+            raise ValueError(f"norm_mean={self.norm_mean} and norm_std={self.norm_std} need in_channels="
+                             f"{self.in_channels} values each")
         if self.pixel_shuffle < 1:
             raise ValueError(f"pixel_shuffle={self.pixel_shuffle} must be >= 1")
         if self.patch_size < 1 or self.base_grid < 1 or self.n_register_tokens < 0:

@@ -123,10 +123,10 @@ class ViTAttention(nn.Module):
 
 
 class ViTMLP(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, act: str = "gelu_tanh"):
         super().__init__()
         self.w1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.GELU(approximate="tanh" if act == "gelu_tanh" else "none")
         self.w2 = nn.Linear(hidden, dim)
 
     def forward(self, x_BTD: Tensor) -> Tensor:
@@ -139,14 +139,29 @@ class ViTBlock(nn.Module):
         self.attn_norm = nn.LayerNorm(args.dim, eps=args.norm_eps)
         self.attn = ViTAttention(args.dim, args.n_heads, args.attention_backend)
         self.mlp_norm = nn.LayerNorm(args.dim, eps=args.norm_eps)
-        self.mlp = ViTMLP(args.dim, args.mlp_dim)
+        self.mlp = ViTMLP(args.dim, args.mlp_dim, args.mlp_act)
+        # LayerScale: per-channel gains on the two residual branches (absent by default).
+        self.attn_scale = nn.Parameter(torch.ones(args.dim)) if args.layer_scale else None
+        self.mlp_scale = nn.Parameter(torch.ones(args.dim)) if args.layer_scale else None
 
     def forward(self, x_BTD: Tensor, cu_seqlens: Tensor | None = None,
                 max_seqlen: int = 0) -> Tensor:
         """`cu_seqlens`/`max_seqlen` (from `pack_lengths`) mark x as one packed sequence [1, T, D];
         plain tensors and ints, so per-block torch.compile, FSDP and checkpointing pass them on."""
-        h_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cu_seqlens, max_seqlen)
-        return h_BTD + self.mlp(self.mlp_norm(h_BTD))
+        a_BTD = self.attn(self.attn_norm(x_BTD), cu_seqlens, max_seqlen)
+        if self.attn_scale is not None:
+            a_BTD = a_BTD * self.attn_scale
+        h_BTD = x_BTD + a_BTD
+        m_BTD = self.mlp(self.mlp_norm(h_BTD))
+        if self.mlp_scale is not None:
+            m_BTD = m_BTD * self.mlp_scale
+        return h_BTD + m_BTD
+
+    def init_param(self, name: str, t: Tensor, g: torch.Generator) -> None:
+        if name not in ("attn_scale", "mlp_scale"):
+            raise ValueError(f"ViTBlock has no directly owned parameter {name!r}")
+        with torch.no_grad():
+            t.fill_(1.0)
 
 
 class ViT(nn.Module):
@@ -155,7 +170,7 @@ class ViT(nn.Module):
     def __init__(self, args: ViTArgs):
         super().__init__()
         self.args = args
-        self.patch_embed = nn.Linear(args.in_channels * args.patch_size**2, args.dim)
+        self.patch_embed = nn.Linear(args.in_channels * args.patch_size**2, args.dim, bias=args.patch_bias)
         self.pos_embed = nn.Parameter(torch.zeros(args.base_grid, args.base_grid, args.dim))
         self.cls_token = nn.Parameter(torch.zeros(1, args.dim)) if args.use_cls_token else None
         self.register_tokens = (
@@ -165,15 +180,40 @@ class ViT(nn.Module):
         )
         # A ModuleDict keyed by layer index, like the LM, so FQNs survive future encoder PP.
         self.layers = nn.ModuleDict({str(i): ViTBlock(args) for i in range(args.n_layers)})
-        self.norm = nn.LayerNorm(args.dim, eps=args.norm_eps)
+        self.norm = nn.LayerNorm(args.dim, eps=args.norm_eps) if args.final_norm else None
 
     def position_embedding(self, grid_h: int, grid_w: int) -> Tensor:
-        """The learned [G, G, D] table resampled to the patch grid: [h·w, D]."""
+        """The learned [G, G, D] table resampled to the patch grid by `pos_embed_rule`: [h·w, D]."""
         table_1DGG = self.pos_embed.permute(2, 0, 1).unsqueeze(0)
+        if self.args.pos_embed_rule == "radio":
+            return self._radio_position_embedding(table_1DGG, grid_h, grid_w)
         resized_1Dhw = F.interpolate(
             table_1DGG, size=(grid_h, grid_w), mode="bilinear", align_corners=False
         )
         return resized_1Dhw[0].permute(1, 2, 0).reshape(grid_h * grid_w, -1)
+
+    @staticmethod
+    def _radio_position_embedding(table_1DGG: Tensor, grid_h: int, grid_w: int) -> Tensor:
+        """C-RADIO's cropped position embedding, op for op as transformers' RadioPatchEmbeddings
+        (interpolation in float32): resample to the longer side's square, crop, resample again
+        only if the crop is not already h×w."""
+        dtype, side = table_1DGG.dtype, max(grid_h, grid_w)
+        pos_1DSS = F.interpolate(table_1DGG.float(), size=(side, side), mode="bilinear",
+                                 align_corners=False).to(dtype)
+        pos_1Dhw = pos_1DSS[..., :grid_h, :grid_w]
+        if pos_1Dhw.shape[-2:] != (grid_h, grid_w):
+            pos_1Dhw = F.interpolate(pos_1Dhw.float(), size=(grid_h, grid_w), mode="bilinear",
+                                     align_corners=False).to(dtype)
+        return pos_1Dhw[0].flatten(1).transpose(0, 1)
+
+    def condition(self, images_BCHW: Tensor) -> Tensor:
+        """The input conditioner: (pixels - norm_mean) / norm_std per channel, in float32 (a no-op
+        without norm_mean)."""
+        if self.args.norm_mean is None:
+            return images_BCHW
+        mean_C11 = torch.tensor(self.args.norm_mean, dtype=torch.float32, device=images_BCHW.device)[:, None, None]
+        std_C11 = torch.tensor(self.args.norm_std, dtype=torch.float32, device=images_BCHW.device)[:, None, None]
+        return ((images_BCHW.float() - mean_C11) / std_C11).to(images_BCHW.dtype)
 
     def _embed(self, images_BCHW: Tensor) -> Tensor:
         """Patch + position embedding with the prefix tokens prepended: [B, T, D]."""
@@ -181,7 +221,8 @@ class ViT(nn.Module):
         p = self.args.patch_size
         if H % p or W % p:
             raise ValueError(f"ViT: image {H}x{W} is not a multiple of patch_size={p}")
-        x_BPD = self.patch_embed(patchify(images_BCHW, p).to(self.patch_embed.weight.dtype))
+        patches_BPC = patchify(self.condition(images_BCHW), p)
+        x_BPD = self.patch_embed(patches_BPC.to(self.patch_embed.weight.dtype))
         x_BPD = x_BPD + self.position_embedding(H // p, W // p)
         prefix = [t for t in (self.cls_token, self.register_tokens) if t is not None]
         return torch.cat([t.expand(b, -1, -1) for t in prefix] + [x_BPD], dim=1)
@@ -191,7 +232,9 @@ class ViT(nn.Module):
         x_BTD = self._embed(images_BCHW)
         for layer in self.layers.values():
             x_BTD = layer(x_BTD)
-        return self.norm(x_BTD)[:, self.args.n_prefix_tokens:]
+        if self.norm is not None:
+            x_BTD = self.norm(x_BTD)
+        return x_BTD[:, self.args.n_prefix_tokens:]
 
     def forward_packed(self, images: list[Tensor]) -> list[Tensor]:
         """Images of any sizes, packed into ONE sequence with block-diagonal attention, so the
@@ -207,7 +250,7 @@ class ViT(nn.Module):
         x_1TD = torch.cat(segments).unsqueeze(0)
         for layer in self.layers.values():
             x_1TD = layer(x_1TD, cu_seqlens, max_seqlen)
-        out_TD = self.norm(x_1TD)[0]
+        out_TD = (self.norm(x_1TD) if self.norm is not None else x_1TD)[0]
         n_prefix = self.args.n_prefix_tokens
         return [seg[n_prefix:] for seg in out_TD.split(lengths)]
 
@@ -236,7 +279,9 @@ class VisionModule(nn.Module):
         self.args = args
         self.encoder = ViT(args)
         self.projector = Projector(
-            args.dim, args.pixel_shuffle, args.projector_hidden, args.out_dim, args.norm_eps
+            args.dim, args.pixel_shuffle, args.projector_hidden, args.out_dim,
+            args.norm_eps if args.projector_norm_eps is None else args.projector_norm_eps,
+            norm=args.projector_norm, act=args.projector_act, bias=args.projector_bias,
         )
 
     def grid(self, h: int, w: int) -> tuple[int, int]:

@@ -4,9 +4,10 @@ Shape legend:
     B images, h/w patch-grid rows/columns, D encoder dim, O output (LM) dim, F projector hidden.
 """
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Projector", "pixel_shuffle"]
+__all__ = ["Projector", "SquaredReLU", "pixel_shuffle"]
 
 
 def pixel_shuffle(x_BhwD: Tensor, factor: int) -> Tensor:
@@ -23,17 +24,26 @@ def pixel_shuffle(x_BhwD: Tensor, factor: int) -> Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h // factor, w // factor, factor * factor * d)
 
 
-class Projector(nn.Module):
-    """pixel_shuffle → LayerNorm → Linear → GELU → Linear(out_dim)."""
+class SquaredReLU(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x).square()
 
-    def __init__(self, dim: int, factor: int, hidden: int, out_dim: int, eps: float):
+
+class Projector(nn.Module):
+    """pixel_shuffle → norm → Linear → activation → Linear(out_dim).
+
+    Defaults: LayerNorm, GELU, biased linears. The Nemotron-H Omni projector is `norm="rmsnorm"`,
+    `act="relu2"`, `bias=False`."""
+
+    def __init__(self, dim: int, factor: int, hidden: int, out_dim: int, eps: float, *,
+                 norm: str = "layernorm", act: str = "gelu", bias: bool = True):
         super().__init__()
         self.factor = factor
         merged = dim * factor * factor
-        self.norm = nn.LayerNorm(merged, eps=eps)
-        self.w1 = nn.Linear(merged, hidden)
-        self.act = nn.GELU()
-        self.w2 = nn.Linear(hidden, out_dim)
+        self.norm = nn.RMSNorm(merged, eps=eps) if norm == "rmsnorm" else nn.LayerNorm(merged, eps=eps)
+        self.w1 = nn.Linear(merged, hidden, bias=bias)
+        self.act = SquaredReLU() if act == "relu2" else nn.GELU()
+        self.w2 = nn.Linear(hidden, out_dim, bias=bias)
 
     def forward(self, x_BPD: Tensor, grid_hw: tuple[int, int]) -> Tensor:
         """Patches in row-major grid order [B, h·w, D] → tokens [B, (h/s)·(w/s), O]."""

@@ -1,0 +1,167 @@
+"""titan_mimo.hf against transformers (the oracle): tiny random Nemotron-H, RADIO and Nemotron-H
+Omni folders built by transformers on CPU, every weight randomised (router weights and
+correction biases included) so that a wrong mapping cannot hide behind ones and zeros."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from titan_mimo import hf  # noqa: E402
+from titan_mimo.hf.files import Folder  # noqa: E402
+
+from hf_helpers import (  # noqa: E402
+    IMAGE_ID,
+    PATCH,
+    make_nemotron_h,
+    make_omni,
+    make_radio,
+    omni_inputs,
+    rel,
+)
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {
+        "dense": make_nemotron_h(root / "dense", "M-*-M-"),
+        "moe": make_nemotron_h(root / "moe", "ME*E", n_group=2, topk_group=1),
+        "latent": make_nemotron_h(root / "latent", "E-M*E", moe_latent_size=12),
+        "radio": make_radio(root / "radio"),
+        "omni": make_omni(root / "omni", "M*E-"),
+        "omni_mtp": make_omni(root / "omni_mtp", "M-*", num_nextn_predict_layers=1),
+    }
+
+
+def _lm_logits(path, ids):
+    ref = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        return ref(input_ids=ids, use_cache=False).logits
+
+
+@pytest.mark.parametrize("name", ["dense", "moe", "latent"])
+def test_nemotron_h_matches_transformers(folders, name):
+    ids = torch.randint(0, 96, (2, 13), generator=torch.Generator().manual_seed(1))
+    ours = hf.from_pretrained(folders[name])
+    with torch.no_grad():
+        err = rel(ours(input_ids=ids), _lm_logits(folders[name], ids))
+    print(f"nemotron_h {name}: max rel err {err:.2e}")
+    assert err <= TOL
+
+
+def test_radio_matches_transformers_on_packed_images_of_different_grids(folders):
+    ref = transformers.AutoModel.from_pretrained(folders["radio"]).eval()
+    ours = hf.from_pretrained(folders["radio"])
+    g = torch.Generator().manual_seed(2)
+    grids = torch.tensor([[4, 6], [6, 2], [8, 8], [3, 5]])  # 8 = the table's side: no resampling
+    pixels = torch.rand(int(grids.prod(-1).sum()), 3 * PATCH * PATCH, generator=g)
+    dense = torch.rand(2, 3, 5 * PATCH, 7 * PATCH, generator=g)
+    with torch.no_grad():
+        packed_err = rel(ours(pixel_values=pixels, image_grid_hw=grids),
+                         ref(pixel_values=pixels, image_grid_hw=grids).features)
+        dense_err = rel(ours(pixel_values=dense), ref(pixel_values=dense).features)
+    print(f"radio: packed {packed_err:.2e}, dense {dense_err:.2e}")
+    assert packed_err <= TOL and dense_err <= TOL
+
+
+@pytest.mark.parametrize("name", ["omni", "omni_mtp"])
+def test_omni_matches_transformers_on_two_images_of_different_sizes_and_text(folders, name):
+    ref = _omni(folders[name])
+    ours = hf.from_pretrained(folders[name])
+    inputs = omni_inputs()
+    with torch.no_grad():
+        err = rel(ours(**inputs), ref(**inputs, use_cache=False).logits)
+    print(f"{name}: max rel err {err:.2e}")
+    assert ours.layout.vit.final_norm == (name == "omni_mtp")
+    assert err <= TOL
+
+
+def _omni(path):
+    from transformers.models.nemotron_h_omni import NemotronH_Omni_Reasoning_V3
+    return NemotronH_Omni_Reasoning_V3.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _file_tensors(path):
+    folder = Folder(path)
+    return {name: folder.read(name) for name in folder.names}
+
+
+@pytest.mark.parametrize("name", ["moe", "radio", "omni"])
+def test_save_pretrained_round_trip(folders, name, tmp_path):
+    """Our export is the source folder again, tensor for tensor (sharded here), transformers loads
+    it, and our from_pretrained of it gives back identical tensors."""
+    ours = hf.from_pretrained(folders[name])
+    files = hf.save_pretrained(ours, tmp_path / "out", max_shard_bytes=20_000)
+    assert (tmp_path / "out" / "model.safetensors.index.json") in files
+    source, written = _file_tensors(folders[name]), _file_tensors(tmp_path / "out")
+    assert sorted(written) == sorted(source)
+    for key, t in source.items():
+        assert torch.equal(written[key], t), key
+    again = hf.from_pretrained(tmp_path / "out")
+    for (k, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    if name == "moe":
+        ids = torch.randint(0, 96, (1, 9), generator=torch.Generator().manual_seed(3))
+        assert torch.equal(_lm_logits(tmp_path / "out", ids), _lm_logits(folders[name], ids))
+
+
+def test_bfloat16_export_loads_in_transformers(folders, tmp_path):
+    ours = hf.from_pretrained(folders["omni"])
+    hf.save_pretrained(ours, tmp_path / "bf16", dtype="bfloat16")
+    folder = Folder(tmp_path / "bf16")
+    assert folder.dtype("language_model.backbone.embeddings.weight") == torch.bfloat16
+    assert folder.dtype("language_model.backbone.layers.2.mixer.gate.weight") == torch.float32
+    ref = _omni(tmp_path / "bf16")
+    inputs = omni_inputs()
+    with torch.no_grad():
+        bf16 = hf.from_pretrained(tmp_path / "bf16")
+        assert rel(bf16(**inputs), ref(**inputs, use_cache=False).logits) <= TOL
+
+
+def _edit_config(src, dst, **changes):
+    import shutil
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config.update(changes)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_clear_errors(folders, tmp_path):
+    with pytest.raises(ValueError, match="config.json does not exist"):
+        hf.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model_type 'llama' is not supported; supported: \['nemotron_h'"):
+        hf.from_pretrained(_edit_config(folders["dense"], tmp_path / "llama", model_type="llama"))
+    with pytest.raises(ValueError, match="use_conv_bias = False cannot be expressed"):
+        hf.from_pretrained(_edit_config(folders["dense"], tmp_path / "nobias", use_conv_bias=False))
+    with pytest.raises(ValueError, match="qkv_bias = False cannot be expressed"):
+        hf.from_pretrained(_edit_config(folders["radio"], tmp_path / "noqkv", qkv_bias=False))
+    wide = _edit_config(folders["dense"], tmp_path / "wide", intermediate_size=40)
+    with pytest.raises(ValueError, match=r"'backbone.layers.1.mixer.up_proj.weight' has shape \(48, 32\), "
+                                         r"'layers.1.mlp.w1.weight' needs \(40, 32\)"):
+        hf.from_pretrained(wide)
+    from safetensors.torch import save_file
+    tensors = _file_tensors(folders["dense"])
+    for label, edit, message in (
+            ("missing", lambda t: t.pop("backbone.norm_f.weight"), "tensor 'backbone.norm_f.weight' is missing"),
+            ("extra", lambda t: t.update(extra=torch.zeros(2)), "tensor 'extra' .* has no place")):
+        folder = _edit_config(folders["dense"], tmp_path / label)
+        edited = dict(tensors)
+        edit(edited)
+        save_file(edited, str(folder / "model.safetensors"))
+        with pytest.raises(ValueError, match=message):
+            hf.from_pretrained(folder)
+
+
+def test_omni_config_fields(folders):
+    layout = hf.describe(folders["omni"])
+    assert layout.image_token_id == IMAGE_ID
+    assert layout.vit.pixel_shuffle == 2 and layout.vit.projector_norm == "rmsnorm"
+    assert layout.lm.position_embedding == "none" and layout.lm.layer_pattern == "M*E-"
