@@ -22,14 +22,20 @@ def apply_fsdp(root: nn.Module, blocks: Iterable[nn.Module], dp_mesh: DeviceMesh
     working too. On a one-rank mesh FSDP neither averages nor reduces, and a divide factor
     (even 1) would only add a division pass over every gradient, so none is set there.
     """
+    for unit in list(blocks) + [root]:
+        shard_unit(unit, dp_mesh, param_dtype, reshard_after_forward)
+
+
+def shard_unit(unit: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype,
+               reshard_after_forward: bool = True, shard_placement_fn=None) -> None:
+    """One FSDP2 unit with `apply_fsdp`'s policy: gathered in `param_dtype`, gradients reduced in
+    fp32 and summed. Sharding inner units (a MoE router, its experts) before their block puts
+    their parameters under their own mesh and policy."""
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    units = list(blocks) + [root]
-    for unit in units:
-        fully_shard(unit, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-    if dp_mesh.size() == 1:
-        return
-    # Both settings are per FSDP unit (not recursive): set them on every block and the root.
-    for unit in units:
+    fully_shard(unit, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward,
+                shard_placement_fn=shard_placement_fn)
+    if mesh.size() > 1:
+        # Both settings are per FSDP unit (not recursive).
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)
 

@@ -6,7 +6,12 @@ creates every module's mesh on *every* rank, in config order: `DeviceMesh` creat
 with `new_group`, whose names come from a per-process counter, so a mesh built only by its
 member ranks silently cross-wires groups on gloo (research note, cpu-feasibility §1).
 
-Mesh axes of a module, outermost first: ("pp", "dp_replicate", "dp_shard", "tp").
+Mesh axes of a module, outermost first: ("pp", "dp_replicate", "dp_shard", "tp"). A language
+module with `ep > 1` or `tp > 1` also gets an expert mesh over the same ranks, ("pp",
+"expert_dp", "ep"): each pipeline stage's ranks in (dp_replicate, dp_shard, tp) order, the last
+`ep` of them (tp first, then dp_shard) an expert-parallel group. Routed experts are split over
+"ep" and FSDP-sharded over "expert_dp" (every other rank of the stage: each holds other tokens,
+so their expert gradients add up), as torchtitan borrows EP ranks from dp_shard x tp.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from titan_mimo.config import JobConfig
 
 MESH_AXES = ("pp", "dp_replicate", "dp_shard", "tp")
+EXPERT_MESH_AXES = ("pp", "expert_dp", "ep")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +40,7 @@ class Placement:
     dp_shard: int
     tp: int
     feeds: str
+    ep: int = 1
 
     @property
     def dp(self) -> int:
@@ -46,6 +53,16 @@ class Placement:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (self.pp, self.dp_replicate, self.dp_shard, self.tp)
+
+    @property
+    def has_expert_mesh(self) -> bool:
+        """Routed experts need their own mesh wherever a stage's ranks hold different tokens
+        other than by data parallelism: expert parallelism, or sequence-parallel TP."""
+        return not self.is_encoder and (self.ep > 1 or self.tp > 1)
+
+    @property
+    def expert_shape(self) -> tuple[int, int, int]:
+        return (self.pp, self.size // (self.pp * self.ep), self.ep)
 
     @property
     def is_encoder(self) -> bool:
@@ -93,6 +110,11 @@ def resolve_placements(cfg: JobConfig, world_size: int, tp_divisors: dict[str, d
                 f"= {fixed * dp_shard} but the module has {size} ranks; make them multiply out "
                 "(dp_shard = -1 takes the remaining ranks)"
             )
+        if m.ep > 1 and (dp_shard * m.tp) % m.ep:
+            raise ValueError(
+                f"{where}: ep = {m.ep} must divide dp_shard*tp = {dp_shard}*{m.tp} = {dp_shard * m.tp} "
+                "(expert parallelism borrows its ranks from them); pick an ep that divides it"
+            )
         for what, count in tp_divisors.get(name, {}).items():
             if count % m.tp:
                 raise ValueError(
@@ -101,7 +123,7 @@ def resolve_placements(cfg: JobConfig, world_size: int, tp_divisors: dict[str, d
                 )
         placements[name] = Placement(name=name, start=0 if colocated else start, size=size,
                                      pp=m.pp, dp_replicate=m.dp_replicate, dp_shard=dp_shard,
-                                     tp=m.tp, feeds=m.feeds)
+                                     tp=m.tp, feeds=m.feeds, ep=m.ep)
         start += 0 if colocated else size
     if colocated:
         lm = placements[cfg.language_name]
@@ -177,6 +199,8 @@ class Topology:
     colocated: bool
     placements: dict[str, Placement]
     meshes: dict[str, DeviceMesh]
+    expert_meshes: dict[str, DeviceMesh]
+    """Per module with `has_expert_mesh`: its ("pp", "expert_dp", "ep") mesh."""
     language: str
     n_microbatches: int
 
@@ -201,7 +225,7 @@ class Topology:
     def describe(self) -> str:
         parts = []
         for name, p in self.placements.items():
-            degrees = " ".join(f"{a}={getattr(p, a)}" for a in MESH_AXES if getattr(p, a) > 1)
+            degrees = " ".join(f"{a}={getattr(p, a)}" for a in MESH_AXES + ("ep",) if getattr(p, a) > 1)
             parts.append(f"{name}[{p.start}..{p.start + p.size - 1}]{' ' + degrees if degrees else ''}")
         return ("colocated: " if self.colocated else "") + " | ".join(parts)
 
@@ -209,14 +233,17 @@ class Topology:
 def build_topology(cfg: JobConfig, placements: dict[str, Placement], device_type: str) -> Topology:
     """Create every module's DeviceMesh on every rank (a world collective), in config order."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    meshes = {}
+    meshes, expert_meshes = {}, {}
     for name, p in placements.items():
         mesh = torch.arange(p.start, p.start + p.size).reshape(p.shape)
         meshes[name] = DeviceMesh(device_type, mesh, mesh_dim_names=MESH_AXES)
+        if p.has_expert_mesh:
+            expert_meshes[name] = DeviceMesh(device_type, mesh.reshape(p.expert_shape),
+                                             mesh_dim_names=EXPERT_MESH_AXES)
     lm = placements[cfg.language_name]
     return Topology(
         rank=rank, world_size=world,
         colocated=cfg.parallelism.colocated or world == 1,
-        placements=placements, meshes=meshes, language=cfg.language_name,
+        placements=placements, meshes=meshes, expert_meshes=expert_meshes, language=cfg.language_name,
         n_microbatches=cfg.training.global_batch_size // (cfg.training.micro_batch_size * lm.dp),
     )

@@ -15,7 +15,7 @@ A checkpointed block runs its forward twice (forward, recompute) and so counts i
 every quantity derived from the counts is per layer and scale-invariant (the sign of
 mean - count, max / mean load), so this changes nothing.
 
-No parallelism here: expert parallelism is a ParallelStyle on `experts` (expert_parallel.py),
+No parallelism here: expert parallelism is a ParallelStyle on `experts` (moe_parallel.py),
 sequence-parallel routing a style on `gate` and `sequence_counts` (parallelize.py).
 
 Shape legend: B batch, S this rank's sequence part, D model dim, I routed-expert input width

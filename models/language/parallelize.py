@@ -11,6 +11,13 @@ and whole groups, so its scan is exactly the unsharded scan restricted to those 
 The token embedding is vocab-parallel with a *replicated* output: the first stage scatters
 image embeddings into it at full sequence length, then splits the sequence itself
 (`scatter_sequence`).
+
+MoE blocks under TP route each rank's own sequence part: the router's weight (and the latent
+projections) are replicated and run sequence-parallel, the shared expert is split like an MLP
+block, the per-sequence expert counts of the auxiliary loss are summed over the TP ranks, and
+the routed experts see this rank's tokens only (expert parallelism may take the TP ranks as part
+of its group, `apply_ep`). FSDP wraps the router in its own fp32 unit (routing in fp32 under
+bf16) and the routed experts in a unit over the expert mesh's data-parallel axis.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from torch.distributed.tensor.parallel import (
 )
 
 from .. import fsdp
-from .model import AttentionBlock, HybridLM, MambaBlock, MLPBlock
+from .moe_parallel import ExpertParallel, SumOverRanks, TokenwiseReplicated
+from .model import AttentionBlock, HybridLM, MambaBlock, MLPBlock, MoEBlock
 
 
 def _shard_params_dim0(module: nn.Module, tp_mesh: DeviceMesh) -> None:
@@ -65,6 +73,18 @@ def apply_tp(model: HybridLM, tp_mesh: DeviceMesh, *, loss_parallel: bool = Fals
             plan.update({"mixer": gather_input, "mixer.out_proj": RowwiseParallel(output_layouts=Shard(1))})
             for proj in ("in_proj_z", "in_proj_x", "in_proj_B", "in_proj_C", "in_proj_dt"):
                 plan[f"mixer.{proj}"] = ColwiseParallel()
+        elif isinstance(block, MoEBlock):
+            moe = block.moe
+            # Tokens flattened to [T, D]: dim 0 is this rank's sequence part.
+            per_token = TokenwiseReplicated()
+            plan.update({"moe": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Shard(1),),
+                                                   use_local_output=True),
+                         "moe.gate": per_token, "moe.sequence_counts": SumOverRanks()})
+            if moe.shared_experts is not None:
+                plan.update({"moe.shared_experts": gather_input, "moe.shared_experts.w1": ColwiseParallel(),
+                             "moe.shared_experts.w2": RowwiseParallel(output_layouts=Shard(1))})
+            if moe.fc1_latent_proj is not None:
+                plan.update({"moe.fc1_latent_proj": per_token, "moe.fc2_latent_proj": per_token})
         else:
             raise TypeError(f"apply_tp: no TP plan for block type {type(block).__name__}")
         parallelize_module(block, tp_mesh, plan)
@@ -81,6 +101,23 @@ def scatter_sequence(h_BSD: torch.Tensor, tp_mesh: DeviceMesh) -> torch.Tensor:
     return full.redistribute(tp_mesh, [Shard(1)]).to_local()
 
 
+def apply_ep(model: HybridLM, ep_mesh: DeviceMesh) -> None:
+    """Split every MoE block's routed experts over `ep_mesh` (1-D), tokens moving by all-to-all."""
+    for block in model.layers.values():
+        if isinstance(block, MoEBlock):
+            parallelize_module(block.moe.experts, ep_mesh, ExpertParallel())
+
+
 def apply_fsdp(model: HybridLM, dp_mesh: DeviceMesh, param_dtype: torch.dtype,
-               reshard_after_forward: bool) -> None:
+               reshard_after_forward: bool, expert_dp_mesh: DeviceMesh | None = None) -> None:
+    """FSDP2 over `dp_mesh`; in MoE blocks the router is its own unit gathered in fp32, and the
+    routed experts are a unit over `expert_dp_mesh` (the expert mesh's "expert_dp": every rank of
+    the stage outside the expert's ep group), sharded on dim 1 since dim 0 may already be split
+    over ep and may have fewer experts than ranks."""
+    for block in model.layers.values():
+        if isinstance(block, MoEBlock):
+            fsdp.shard_unit(block.moe.gate, dp_mesh, torch.float32, reshard_after_forward)
+            if expert_dp_mesh is not None:
+                fsdp.shard_unit(block.moe.experts, expert_dp_mesh, param_dtype, reshard_after_forward,
+                                shard_placement_fn=lambda param: Shard(1))
     fsdp.apply_fsdp(model, model.layers.values(), dp_mesh, param_dtype, reshard_after_forward)
