@@ -94,3 +94,47 @@ def test_the_loop_times_steps_after_its_warmup():
     times = bench.time_loop(one_step, torch.device("cpu"), warmup=2, steps=3, gc_freq=50)
     assert len(calls) == 5 and len(times.step_s) == 3 and all(t > 0 for t in times.step_s)
     assert times.loss == 5.0 and times.host_s > 0
+
+
+def _benchmarks_run():
+    import importlib
+    import sys
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("benchmarks.run")
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+def test_every_bench_row_of_the_headline_table_is_a_valid_config(tiny):
+    """What the one benchmark command runs on the GPU host is checked here: each titan_mimo.bench
+    row's config and overrides load, place on one GPU and pass the bench's own checks."""
+    from titan_mimo.train import prepare
+    run = _benchmarks_run()
+    rows = {r.name for r in run.ROWS}
+    assert {"attn_1b", "vit_h16", "hybrid_2b", "vlm_1gpu", "mamba2_layer"} <= rows
+    for command in run.command_ids(run.ROWS):
+        if command.is_bench:
+            args, config_argv = bench.parse_args(run.argv_of(command, tiny)[3:])
+            setup = prepare(config_argv)
+            assert args.encoder is None or args.encoder in setup.cfg.encoders
+
+
+def test_the_headline_command_writes_json_and_a_table(tmp_path):
+    """One row at debug size: its bench runs once (its bare loop is the row's peer), and the
+    table's ratio is the row's TFLOP/s ratio."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--tiny", "--rows", "vlm_1gpu",
+                           "--out", str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["results.json", "vlm_1gpu.json"]
+    row = json.loads((tmp_path / "results.json").read_text())["rows"]["vlm_1gpu"]
+    bench_out = json.loads((tmp_path / "vlm_1gpu.json").read_text())
+    assert row["titan_mimo"] == bench_out["titan_mimo"] and row["peer"] == bench_out["bare"]
+    assert math.isclose(row["ratio"], row["titan_mimo"]["tflops"] / row["peer"]["tflops"])
+    table = (tmp_path / "table.md").read_text()
+    assert "| vlm_1gpu |" in table and f"{row['ratio']:.2f}×" in table and "--rows vlm_1gpu" in table
