@@ -15,7 +15,7 @@ interface lays out the fp32 dq accumulator in multiples of 32 (96): dq comes bac
   tile80b_128 tile80b with 128 x 64 tiles (FA4's config search's first 128-row config)
   tile80b_nsw tile80b with SdP_swapAB off (the config search's second row)
   tile80      the accumulator allocated and zeroed at 16 as well (FA4's `_flash_attn_bwd`
-              rebuilt from its source with that line replaced, this script only; K1: wrong)
+              rebuilt from its source with that line replaced, this script only: its gradients come back wrong)
 
 Each variant: its forward (once, for reference) and backward time per call (CUDA events, 20
 calls after 3), and the gradients of batch element 0 against float32 SDPA (math backend) as

@@ -27,6 +27,7 @@ import argparse
 import datetime
 import importlib.metadata
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -102,6 +103,11 @@ ROWS = [
 ]
 
 
+CHILD_ENV = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TRITON_CACHE_AUTOTUNING": "1"}
+"""Set for every command unless already set: the allocator setting every GPU number here was
+measured with, and mamba-ssm's Triton autotuning results kept on disk for the next process."""
+
+
 def argv_of(command: Command, tiny: bool) -> list[str]:
     return [sys.executable, *command.args, *(command.tiny if tiny else ())]
 
@@ -125,7 +131,8 @@ def run_command(command: Command, name: str, out: Path, tiny: bool, timeout_s: f
     start = time.perf_counter()
     with open(out / f"{name}.log", "w") as log:
         try:
-            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
+                                env={**CHILD_ENV, **os.environ}).returncode
         except subprocess.TimeoutExpired:
             rc = f"timed out after {timeout_s:.0f} s"
     print(f"benchmarks.run: {name}: exit {rc} after {time.perf_counter() - start:.0f} s", flush=True)
@@ -139,7 +146,8 @@ def environment() -> dict:
     """The machine and software of the run (what the table's header says)."""
     import torch
     env = {"date": datetime.date.today().isoformat(), "python": sys.version.split()[0],
-           "torch": torch.__version__, "cuda": torch.version.cuda}
+           "torch": torch.__version__, "cuda": torch.version.cuda,
+           "env": {k: os.environ.get(k, v) for k, v in CHILD_ENV.items()}}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
         env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -171,7 +179,8 @@ def ratio(ours: dict | None, peer: dict | None) -> float | None:
 
 
 def table(rows: list[Row], results: dict[str, dict], env: dict, command_line: str) -> str:
-    versions = ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("date", "gpu", "driver", "commit") and v)
+    versions = ", ".join(f"{k} {v}" for k, v in env.items()
+                         if k not in ("date", "gpu", "driver", "commit", "env") and v)
     lines = [f"{env['date']}, {env.get('gpu', 'no GPU')} (driver {env.get('driver', 'n/a')}), "
              f"commit {env.get('commit')}; {versions}.", "", f"    {command_line}", "",
              "| row | what | titan_mimo | peer, same run | ratio |", "|---|---|---|---|---|"]

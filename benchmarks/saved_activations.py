@@ -10,9 +10,9 @@ entry per storage), excluding parameters and the block's input. The Mamba2 scan 
 nothing: `--scan custom_op` (default, what ssd_backend="mamba_ssm" runs) puts CPU kernels that
 return zeros behind titan_mimo's `ssd_forward` / `ssd_backward` ops, traced into the block's one
 graph (`--keep-states` for ssd_keep_states); `--scan function` is an autograd Function saving what
-mamba-ssm's own `mamba_chunk_scan_combined` saves, behind a graph break (the fallback, and what
-ran before session 8). `--budget` sets torch.compile's activation memory budget (the trainer's
-activation_checkpoint = "memory_budget").
+mamba-ssm's own `mamba_chunk_scan_combined` saves, behind a graph break (the fallback for a
+mamba-ssm whose kernels do not match). `--budget` sets torch.compile's activation memory budget
+(the trainer's activation_checkpoint = "memory_budget").
 """
 
 import argparse
