@@ -21,6 +21,7 @@ __all__ = [
     "MimoModel",
     "ViTArgs",
     "VisionModule",
+    "build_from_args",
     "build_model",
     "merge_embeddings",
     "model_args",
@@ -50,6 +51,12 @@ def model_args(name: str, **overrides) -> ViTArgs | HybridLMArgs:
             f"model {name!r}: unknown override(s) {unknown}; valid fields: {sorted(fields)}"
         )
     return dataclasses.replace(args, **overrides)
+
+
+def build_from_args(args: ViTArgs | HybridLMArgs) -> nn.Module:
+    """The module of already resolved args: VisionModule for ViTArgs, HybridLM for HybridLMArgs
+    (the trainer's path, where args may come from a Hugging Face config.json)."""
+    return VisionModule(args) if isinstance(args, ViTArgs) else HybridLM(args)
 
 
 def build_model(name: str, **overrides) -> nn.Module:

@@ -18,7 +18,8 @@ from titan_mimo.compat import composable_checkpoint, scope_activation_memory_bud
 
 from titan_mimo.config import JobConfig
 from titan_mimo.init import init_module_weights
-from titan_mimo.models import build_model, model_args
+from titan_mimo.hf import training as hf_training
+from titan_mimo.models import build_from_args, model_args
 from titan_mimo.models.fsdp import autocast_forward
 from titan_mimo.models.language import parallelize as lm_parallel
 from titan_mimo.models.vision import parallelize as vit_parallel
@@ -55,16 +56,18 @@ class BuiltModule:
 def module_args(cfg: JobConfig) -> dict[str, object]:
     """Model args of every module; encoders project into the language model's width."""
     lm = cfg.modules[cfg.language_name]
-    lm_args = _model_args(cfg.language_name, lm.model, lm.model_args)
+    lm_args = _model_args(cfg.language_name, lm.model, lm.model_args, is_encoder=False)
     out = {}
     for name, m in cfg.modules.items():
         out[name] = (lm_args if name == cfg.language_name
-                     else _model_args(name, m.model, {**m.model_args, "out_dim": lm_args.dim}))
+                     else _model_args(name, m.model, {**m.model_args, "out_dim": lm_args.dim}, is_encoder=True))
     return out
 
 
-def _model_args(name: str, model: str, overrides: dict):
+def _model_args(name: str, model: str, overrides: dict, is_encoder: bool):
     try:
+        if (folder := hf_training.folder_of(model)) is not None:
+            return hf_training.module_args(folder, is_encoder, overrides)
         return model_args(model, **overrides)
     except (TypeError, ValueError) as e:
         raise ValueError(f"modules.{name}.model_args: {e}") from None
@@ -154,7 +157,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                    or n_stages > 1)
         if mcfg.feeds:
             with torch.device("meta"):
-                model = build_model(mcfg.model, **mcfg.model_args, out_dim=args[cfg.language_name].dim)
+                model = build_from_args(args[name])
             if tp_mesh is not None:
                 vit_parallel.apply_tp(model, tp_mesh)
             blocks = model.encoder.layers
@@ -167,7 +170,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
         else:
             stage_ids = stage_ids_of(coords["pp"], place.pp, cfg.parallelism.stages_per_rank)
             with torch.device("meta"):
-                full = build_model(mcfg.model, **mcfg.model_args)
+                full = build_from_args(args[name])
             ranges = stage_layers(len(full.layers), n_stages)
             parts = []
             for sid in stage_ids:

@@ -30,7 +30,9 @@ AC_LAYER_KINDS = {"M": "Mamba2", "*": "attention", "-": "MLP"}
 @dataclass(kw_only=True)
 class Module:
     model: str
-    """Model and flavor from `titan_mimo.models`, e.g. "vit/debug" or "hybrid_lm/debug"."""
+    """Model and flavor from `titan_mimo.models`, e.g. "vit/debug" or "hybrid_lm/debug", or
+    "hf:PATH", a Hugging Face folder (nemotron_h, radio, nemotron_h_omni) whose config.json gives
+    the shape and whose weights a fresh run starts from (see titan_mimo/hf)."""
     ranks: int = 1
     """Number of ranks this module occupies (ignored when colocated: every module uses all)."""
     dp_replicate: int = 1
@@ -44,7 +46,8 @@ class Module:
     feeds: str = ""
     """Name of the module this one sends its embeddings to; empty for the language module."""
     placeholder_id: int = -1
-    """Token id that marks this encoder's embeddings in the text; required for encoders."""
+    """Token id that marks this encoder's embeddings in the text; required for encoders (an
+    encoder from a nemotron_h_omni folder defaults to its image_token_id)."""
     frozen: bool = False
     """Train no parameters of this module (no optimizer, no grad sync, no bridge gradient)."""
     lr_scale: float = 1.0
@@ -107,6 +110,22 @@ class Module:
                 f"pp = {self.pp}: pipeline parallelism is only supported on the language module "
                 "(the module without `feeds`); set pp = 1"
             )
+        if self.feeds and self.model.startswith("hf:"):
+            self._take_hf_placeholder()
+
+    def _take_hf_placeholder(self) -> None:
+        """An encoder from a nemotron_h_omni folder: placeholder_id is the folder's image_token_id."""
+        # Imported here: titan_mimo.hf needs torch, which only hf: models make config parsing need.
+        from titan_mimo.hf.training import folder_of, placeholder_id
+        folder = folder_of(self.model)
+        image_token_id = placeholder_id(folder)
+        if image_token_id is None:
+            return
+        if self.placeholder_id < 0:
+            self.placeholder_id = image_token_id
+        elif self.placeholder_id != image_token_id:
+            raise ValueError(f"placeholder_id = {self.placeholder_id}, but {folder / 'config.json'} has "
+                             f"image_token_id = {image_token_id}; leave placeholder_id unset")
 
     @property
     def is_encoder(self) -> bool:

@@ -2,7 +2,9 @@
 
 Export (`python -m titan_mimo.export CHECKPOINT_DIR OUT_DIR [--dtype bfloat16] [--name-map MAP.json]`)
 reads a complete DCP checkpoint in one process (no process group, full tensors, one module at a
-time) and writes per module `<module>.safetensors` plus `export.json`:
+time). With `--format hf` it writes a Hugging Face transformers folder instead (modules loaded
+from `hf:` folders only; see titan_mimo/hf/training.py). By default it writes per module
+`<module>.safetensors` plus `export.json`:
 
     {"step": 6, "dtype": "float32",
      "modules": {"vision": {"model": "vit/debug", "file": "vision.safetensors",
@@ -28,6 +30,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from titan_mimo.checkpoint import problem_with, read_marker
+from titan_mimo.hf import training as hf_training
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INDEX = "export.json"
@@ -79,6 +82,17 @@ def export_checkpoint(checkpoint: Path, out: Path, dtype: str = "float32",
         index["modules"][module] = {"model": model, "file": file, "names": names}
     (out / INDEX).write_text(json.dumps(index, indent=1))
     return index
+
+
+def export_hf(checkpoint: Path, out: Path, dtype: str = "float32") -> tuple[int, str, list[Path]]:
+    """A complete checkpoint of modules loaded from `hf:` folders -> a Hugging Face transformers
+    folder (titan_mimo.hf.training.export_folder); returns (step, the folder's family, files)."""
+    if (problem := problem_with(checkpoint)) is not None:
+        raise ValueError(f"cannot export {checkpoint}: {problem}")
+    marker = read_marker(checkpoint)
+    weights = {module: read_full_weights(checkpoint, module) for module in marker["models"]}
+    kind, files = hf_training.export_folder(marker["models"], weights, out, dtype)
+    return marker["step"], kind, files
 
 
 def read_index(path: Path, modules: dict[str, str]) -> dict:
@@ -141,7 +155,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="output folder (safetensors per module + export.json)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--name-map", type=Path, help='JSON {"<module>": {"<fqn>": "<name>"}}')
+    parser.add_argument("--format", default="safetensors", choices=["safetensors", "hf"],
+                        help="safetensors per module + export.json, or a Hugging Face transformers folder")
     args = parser.parse_args(argv)
+    if args.format == "hf":
+        if args.name_map:
+            raise SystemExit("titan_mimo.export: --name-map does not apply to --format hf (its names are fixed)")
+        try:
+            step, kind, files = export_hf(args.checkpoint, args.out, args.dtype)
+        except ValueError as e:
+            raise SystemExit(f"titan_mimo.export: {e}") from None
+        print(f"{args.out}: {kind} folder of step {step}, {len(files)} files, {args.dtype}")
+        return
     name_map = json.loads(args.name_map.read_text()) if args.name_map else None
     try:
         index = export_checkpoint(args.checkpoint, args.out, args.dtype, name_map)

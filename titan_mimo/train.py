@@ -34,6 +34,7 @@ from titan_mimo.data.dataset import ImageTextDataset
 from titan_mimo.data.mock import MockImageCaption
 from titan_mimo.distributed import env_world_size, init_distributed, pick_device
 from titan_mimo.export import export_checkpoint, load_weights, read_index
+from titan_mimo.hf import training as hf_training
 from titan_mimo.metrics import MetricsWriter, StepClock
 from titan_mimo.profiling import profile_steps, summary
 from titan_mimo.topology import resolve_placements
@@ -70,6 +71,11 @@ def restore(trainer: Trainer, checkpointer: Checkpointer | None, resume: ResumeP
         if topo.rank == 0:
             print(f"titan_mimo: resumed from {resume.path} (step {start})", flush=True)
         return start
+    for name, m in trainer.modules.items():
+        if (folder := hf_training.folder_of(cfg.modules[name].model)) is not None:
+            hf_training.load_weights(m.parts, folder, is_encoder=bool(cfg.modules[name].feeds))
+            if topo.rank == 0:
+                print(f"titan_mimo: {name} weights from {folder}", flush=True)
     if initial is not None:
         path = Path(cfg.checkpoint.initial_load_path)
         for name, m in trainer.modules.items():

@@ -26,7 +26,7 @@ from titan_mimo.data.mock import EncoderSpec, MockImageCaption
 from titan_mimo.data.plan import SamplePlan
 from titan_mimo.distributed import world_max, world_sum, world_sum_
 from titan_mimo.metrics import alloc_retries, memory_gib, peak_flops
-from titan_mimo.models import build_model
+from titan_mimo.models import build_from_args
 from titan_mimo.schedule import EncoderRole, StepData, StepRunner, theoretical_bubble_fraction
 from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, count_loss_tokens,
                              language_lr_schedule, local_grad_sq, scale_grads)
@@ -414,8 +414,7 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
                         fused_loss=uses_fused_loss(cfg, lm_place))
     optimizers = build_optimizers(cfg, modules, device)
     with torch.device("meta"):  # FLOP formulas need the module objects, not their weights
-        flop_counters = {n: build_model(m.model, **m.model_args, **({"out_dim": args[lm_name].dim} if m.feeds else {}))
-                         for n, m in cfg.modules.items()}
+        flop_counters = {n: build_from_args(args[n]) for n in cfg.modules}
     plan = SamplePlan(global_batch_size=cfg.training.global_batch_size,
                       micro_batch_size=cfg.training.micro_batch_size, language_dp=lm_place.dp)
     return Trainer(cfg=cfg, topo=topo, device=device, host_group=host_group, modules=modules, runner=runner, dataset=dataset,

@@ -217,8 +217,7 @@ def lm_config(args: HybridLMArgs, base: dict | None = None) -> dict:
                  moe_shared_expert_intermediate_size=args.moe_shared_expert_intermediate_size,
                  n_group=args.n_group, topk_group=args.topk_group, norm_topk_prob=args.norm_topk_prob,
                  routed_scaling_factor=args.routed_scaling_factor, moe_latent_size=args.moe_latent_size)
-    if base is None:
-        c["architectures"] = [ARCHITECTURES["nemotron_h"]]
+    c.setdefault("architectures", [ARCHITECTURES["nemotron_h"]])
     return c
 
 
