@@ -221,7 +221,7 @@ def test_some_microbatch_has_no_images() -> None:
     from titan_mimo.build import module_args
     from titan_mimo.config_loader import load_config
     from titan_mimo.data.plan import SamplePlan
-    from titan_mimo.trainer import build_dataset
+    from titan_mimo.data.build import build_dataset
 
     cfg = load_config(["--config", str(REPO / BASE), "--data.text_only_fraction=0.5"])
     ds = build_dataset(cfg, module_args(cfg))
@@ -239,7 +239,7 @@ def test_fan_in_gets_uneven_rows_per_encoder_rank() -> None:
     from titan_mimo.build import module_args
     from titan_mimo.config_loader import load_config
     from titan_mimo.data.plan import SamplePlan
-    from titan_mimo.trainer import build_dataset
+    from titan_mimo.data.build import build_dataset
 
     cfg = load_config(["--config", str(REPO / BASE)])
     ds = build_dataset(cfg, module_args(cfg))

@@ -51,3 +51,14 @@ def test_writer_warns_when_a_module_retries_allocations(tmp_path: Path, capsys) 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     assert [e.value for e in events.Scalars("modules/vision/alloc_retries")] == pytest.approx([0, 3, 3, 5])
+
+
+def test_mfu_without_a_known_peak_is_null_and_printed_as_na(tmp_path: Path, capsys) -> None:
+    writer = MetricsWriter(tmp_path, enable_tensorboard=False)
+    record = _record(1, {"vision": 0, "language": 0})
+    record["modules"]["vision"]["mfu"] = None
+    writer.log(record)
+    writer.close()
+    assert "vision: mfu n/a mem 69.00GiB | language: mfu 40.0% mem 69.00GiB" in capsys.readouterr().out
+    logged = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert logged["modules"]["vision"]["mfu"] is None and logged["modules"]["language"]["mfu"] == 0.4

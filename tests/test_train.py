@@ -119,47 +119,6 @@ def test_nonfinite_loss_stops_the_run_or_skips_the_step(tmp_path: Path) -> None:
     assert records[0]["loss"] == records[0]["loss"] and records[1]["loss"] != records[1]["loss"]  # NaN
 
 
-def test_garbage_collection_is_periodic_during_training_and_restored_after(monkeypatch):
-    import gc
-
-    from titan_mimo.train import garbage_collection
-    collections = []
-    real_collect = gc.collect
-    monkeypatch.setattr(gc, "collect", lambda generation=2: collections.append(generation) or real_collect(generation))
-    assert gc.isenabled()
-    with garbage_collection(3) as collector:
-        assert not gc.isenabled()
-        start = len(collections)  # the initial collection
-        for step in range(1, 10):
-            collector.run(step)
-        assert collections[start:] == [1, 1, 1, 1]  # after the first step; steps 3, 6, 9
-    assert gc.isenabled()
-    with garbage_collection(0) as collector:
-        assert collector is None and gc.isenabled()
-
-
-def test_garbage_collection_frees_the_first_steps_cycles():
-    """What the first step's compilation leaves behind (reference cycles holding tensors) is
-    freed right after that step, not gc_freq steps later."""
-    import weakref
-
-    import torch
-
-    from titan_mimo.train import garbage_collection
-
-    class Node:
-        pass
-
-    with garbage_collection(50) as collector:
-        node = Node()
-        node.self, node.tensor = node, torch.zeros(4)
-        tensor = weakref.ref(node.tensor)
-        del node
-        assert tensor() is not None  # held by the cycle: automatic collection is off
-        collector.run(7)  # the first step of a resumed run
-        assert tensor() is None
-
-
 # ---- the loop: results read one step late, checkpoints, non-finite steps, stop requests -----
 
 LOOP_WORKER = "tests/workers/loop_worker.py"

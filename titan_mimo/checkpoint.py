@@ -127,7 +127,7 @@ def placement_signature(cfg: JobConfig, topo: Topology) -> dict:
 
 def _rank_state(trainer) -> bytes:
     # Pickled by us and by DCP alike: a checkpoint directory must be trusted like code (README).
-    state = {"data": trainer.data_state_dict(), "rng_cpu": torch.get_rng_state()}
+    state = {"data": trainer.feed.state_dict(), "rng_cpu": torch.get_rng_state()}
     if trainer.device.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state(trainer.device)
     return pickle.dumps(state)
@@ -135,7 +135,7 @@ def _rank_state(trainer) -> bytes:
 
 def _load_rank_state(trainer, blob: bytes) -> None:
     state = pickle.loads(blob)
-    trainer.load_data_state_dict(state["data"])
+    trainer.feed.load_state_dict(state["data"])
     torch.set_rng_state(state["rng_cpu"])
     if "rng_cuda" in state and trainer.device.type == "cuda":
         torch.cuda.set_rng_state(state["rng_cuda"], trainer.device)

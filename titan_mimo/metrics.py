@@ -13,7 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torchtitan.components.metrics import TensorBoardLogger
+
+from titan_mimo.torchtitan_ext.peak_flops import gpu_peak_flops
+from titan_mimo.torchtitan_ext.tensorboard import TensorBoardLogger
 
 
 def memory_gib(device: torch.device) -> float:
@@ -33,12 +35,12 @@ def alloc_retries(device: torch.device) -> int:
 
 
 def peak_flops(device: torch.device, configured_tflops: float) -> float:
-    """Peak dense bf16 FLOP/s of one device for MFU; 0 when unknown (CPU)."""
+    """Peak dense bf16 FLOP/s of one device for MFU; 0 when unknown (CPU): the record's `mfu` is
+    then null and the step line says `mfu n/a`."""
     if configured_tflops > 0:
         return configured_tflops * 1e12
     if device.type == "cuda":
-        from torchtitan.tools.utils import get_peak_flops
-        return get_peak_flops(torch.cuda.get_device_name(device))
+        return gpu_peak_flops(torch.cuda.get_device_name(device))
     return 0.0
 
 
@@ -130,7 +132,8 @@ class MetricsWriter:
         parts = [f"step {step:>5}", f"loss {record['loss']:.4f}", f"grad_norm {record['grad_norm']:.3f}",
                  f"lr {record['lr']:.2e}", f"tok/s {record['tokens_per_s']:.0f}"]
         for name, m in record.get("modules", {}).items():
-            part = f"{name}: mfu {100 * m['mfu']:.1f}% mem {m['memory_gib']:.2f}GiB"
+            mfu = "n/a" if m["mfu"] is None else f"{100 * m['mfu']:.1f}%"
+            part = f"{name}: mfu {mfu} mem {m['memory_gib']:.2f}GiB"
             retries = m.get("alloc_retries", 0)
             if retries:
                 part += f" retries {retries}"

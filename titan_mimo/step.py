@@ -10,14 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
-from torchtitan.components.lr_scheduler import build_lr_schedulers
-from torchtitan.config.job_config import LRScheduler as TTLRSchedulerConfig
 
 from titan_mimo.build import BuiltModule
 from titan_mimo.compat import foreach_mul_
 from titan_mimo.config import JobConfig
 from titan_mimo.data.batch import IGNORE_INDEX
 from titan_mimo.optim import LocalShardAdamW
+from titan_mimo.torchtitan_ext.lr_scheduler import warmup_decay_factor, warmup_decay_schedulers
 
 
 def trainable_parts(module: BuiltModule) -> list[tuple[nn.Module, list[nn.Parameter]]]:
@@ -53,17 +52,19 @@ def build_optimizers(cfg: JobConfig, modules: dict[str, BuiltModule], device: to
 
 def build_schedulers(cfg: JobConfig, optimizers: dict[str, list[torch.optim.Optimizer]]) -> dict:
     """torchtitan's warmup + decay LambdaLR container per module, all with the same factor."""
-    tt_cfg = TTLRSchedulerConfig(warmup_steps=cfg.lr_scheduler.warmup_steps,
-                                 decay_type=cfg.lr_scheduler.decay_type,
-                                 min_lr_factor=cfg.lr_scheduler.min_lr_factor)
-    return {name: build_lr_schedulers(opts, tt_cfg, cfg.training.steps) for name, opts in optimizers.items()}
+    return {name: warmup_decay_schedulers(opts, **_schedule_fields(cfg)) for name, opts in optimizers.items()}
+
+
+def _schedule_fields(cfg: JobConfig) -> dict:
+    s = cfg.lr_scheduler
+    return {"warmup_steps": s.warmup_steps, "decay_type": s.decay_type, "min_lr_factor": s.min_lr_factor,
+            "training_steps": cfg.training.steps}
 
 
 def language_lr_schedule(cfg: JobConfig):
     """step (0-based) -> the language module's LR, the same on every rank (including ranks with
     no optimizer): torchtitan's warmup/decay factor times lr times the module's lr_scale."""
-    dummy = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
-    factor = build_schedulers(cfg, {"x": [dummy]})["x"].schedulers[0].lr_lambdas[0]
+    factor = warmup_decay_factor(**_schedule_fields(cfg))
     peak = cfg.optimizer.lr * cfg.modules[cfg.language_name].lr_scale
     return lambda step: peak * factor(step)
 

@@ -14,7 +14,6 @@ step, the step after a stop request was seen, and every step with
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import sys
@@ -24,12 +23,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
-from torchtitan.tools.utils import GarbageCollection
 
 from titan_mimo.build import module_args
 from titan_mimo.checkpoint import Checkpointer, ResumePoint, checkpoint_folder, find_resume
 from titan_mimo.config import JobConfig
 from titan_mimo.config_loader import load_config, write_config
+from titan_mimo.data.build import build_dataset
 from titan_mimo.data.dataset import ImageTextDataset
 from titan_mimo.data.mock import MockImageCaption
 from titan_mimo.distributed import env_world_size, init_distributed, pick_device
@@ -38,7 +37,8 @@ from titan_mimo.hf import training as hf_training
 from titan_mimo.metrics import MetricsWriter, StepClock
 from titan_mimo.profiling import profile_steps, summary
 from titan_mimo.topology import resolve_placements
-from titan_mimo.trainer import Trainer, build_dataset, build_trainer
+from titan_mimo.torchtitan_ext.garbage_collection import garbage_collection
+from titan_mimo.trainer import StepResult, Trainer, build_trainer
 
 PREEMPTED_EXIT_CODE = 75
 """Exit code of a run stopped by SIGTERM/SIGUSR1 after saving a complete checkpoint (EX_TEMPFAIL):
@@ -85,43 +85,6 @@ def restore(trainer: Trainer, checkpointer: Checkpointer | None, resume: ResumeP
     return 0
 
 
-class FirstStepGarbageCollection(GarbageCollection):
-    """torchtitan's GarbageCollection plus one collection after the first step of a run.
-
-    The first step compiles (torch.compile, Triton autotuning), which leaves reference cycles that
-    still hold device tensors it traced with; with automatic collection off they would stay until
-    the first periodic collection, gc_freq steps later, and raise every step's memory peak until
-    then (on the 2B hybrid at batch 2: +1.1 GiB, enough to make the caching allocator retry)."""
-
-    def __init__(self, gc_freq: int):
-        super().__init__(gc_freq=gc_freq)
-        self.seen_first_step = False
-
-    def run(self, step_count: int) -> None:
-        if not self.seen_first_step:
-            self.seen_first_step = True
-            self.collect("after the run's first step (compilation leftovers)")
-            return
-        super().run(step_count)
-
-
-@contextmanager
-def garbage_collection(gc_freq: int):
-    """Python's automatic collection off during training; a generation-1 collection after the
-    run's first step and every `gc_freq` steps (`handler.run(step)` after each step); automatic
-    collection as it was afterwards. gc_freq = 0 yields None and changes nothing."""
-    if gc_freq <= 0:
-        yield None
-        return
-    was_enabled = gc.isenabled()
-    handler = FirstStepGarbageCollection(gc_freq)
-    try:
-        yield handler
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | None = None) -> list[dict]:
     cfg, topo = trainer.cfg, trainer.topo
     ckpt_cfg = cfg.checkpoint
@@ -146,13 +109,13 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
                 or (cfg.validation.enable and done % cfg.validation.freq == 0)
                 or cfg.training.skip_nonfinite_steps)
 
-    def finish(done: int, out: dict, *, at_once: bool, stopping: bool) -> bool:
+    def finish(done: int, result: StepResult, *, at_once: bool, stopping: bool) -> bool:
         """Read step `done` (1-based), then save, validate and log it as due; returns whether a
         stop was requested on any rank (the step's reduction carries every rank's flag)."""
-        trainer.read_step(done - 1, out)  # raises NonFiniteError before anything of the step is saved
-        stop = stopping or out["stop"]
+        trainer.read_step(done - 1, result)  # raises NonFiniteError before anything of the step is saved
+        stop = stopping or result.stop
         if at_once:
-            clock.pause(done, out["end"])  # nothing else is queued: what follows is not step time
+            clock.pause(done, result.end)  # nothing else is queued: what follows is not step time
         saved_s = None
         # A stop seen on a step read late is acted on at the next step, which is read at once.
         if at_once and checkpointer is not None and (done % ckpt_cfg.interval == 0
@@ -165,9 +128,9 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
         validate = cfg.validation.enable and done % cfg.validation.freq == 0
         # A validation step is also a logged step, so its val_loss has a record to go in.
         if done % cfg.metrics.log_freq == 0 or done == cfg.training.steps or validate:
-            step_time_s = clock.mean_step_s(done, out["end"])
+            step_time_s = clock.mean_step_s(done, result.end)
             with clock.excluded():
-                record = trainer.step_metrics(done - 1, out, step_time_s)
+                record = trainer.step_metrics(done - 1, result, step_time_s)
                 if validate:
                     record["val_loss"] = trainer.evaluate(done - 1)
                 if saved_s is not None:
@@ -186,10 +149,10 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
             for step in range(start, cfg.training.steps):
                 done = step + 1
                 if done == cfg.metrics.profile_step:
-                    out = profiled_step(trainer, step)
+                    result = profiled_step(trainer, step)
                 else:
-                    out = trainer.train_step(step)
-                out["end"] = clock.mark()
+                    result = trainer.train_step(step)
+                result.end = clock.mark()
                 trainer.tokens_seen += tokens_per_step
                 if collector is not None:
                     collector.run(done)
@@ -197,9 +160,9 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
                     stopping = finish(*late, at_once=False, stopping=False)
                     late = None
                 if not read_at_once(done, stopping):
-                    late = (done, out)
+                    late = (done, result)
                     continue
-                if finish(done, out, at_once=True, stopping=stopping):
+                if finish(done, result, at_once=True, stopping=stopping):
                     trainer.stop_signal = trainer.stop_signal or "a signal on another rank"
                     if topo.rank == 0:
                         saved = (f"checkpoint step-{done} is complete; re-run the same command to resume"
@@ -221,16 +184,17 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
     return records
 
 
-def profiled_step(trainer: Trainer, step: int) -> dict:
+def profiled_step(trainer: Trainer, step: int) -> StepResult:
     """One training step under torch.profiler: a Chrome trace per rank and a printed summary."""
-    out = {}
+    results = []
     trace = Path(trainer.cfg.job.dump_folder) / "profile" / f"rank{trainer.topo.rank}_step{step + 1}.json"
-    prof = profile_steps(lambda: out.update(trainer.train_step(step)), trainer.device, 1, trace,
+    prof = profile_steps(lambda: results.append(trainer.train_step(step)), trainer.device, 1, trace,
                          host=not trainer.cfg.metrics.profile_kernels_only)
     lines = summary(prof, trainer.device, n_steps=1)
     print("\n".join([f"titan_mimo: rank {trainer.topo.rank} step {step + 1} profile (trace {trace}):"]
                     + [f"  {line}" for line in lines]), flush=True)
-    return out
+    (result,) = results
+    return result
 
 
 @dataclass(frozen=True)

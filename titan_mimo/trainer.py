@@ -1,35 +1,36 @@
-"""The Trainer: what one rank holds (modules, optimizers, schedulers, bridges, schedule, data)
-and one training step on it: load this rank's data -> forward/backward of every micro-batch ->
+"""The Trainer: what one rank holds (modules, optimizers, schedulers, bridges, schedule, its
+`DataFeed`) and one training step on it: load this rank's data -> forward/backward of every micro-batch ->
 global loss and gradient norm -> clip, optimizer and LR steps, all queued on the device without
 reading anything back -> later, `read_step` (the step's loss, gradient norm and stop flag) and
-`step_metrics` (world reductions of host values over the host group).
-`build_trainer` puts it together after the process group exists; `titan_mimo/train.py` runs it.
+`step_metrics` (world reductions of host values over the host group). A step travels between
+them as a `StepResult`. `build_trainer` puts it together after the process group exists; `titan_mimo/train.py` runs it.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from titan_mimo.bridge import Bridge
 from titan_mimo.build import COMPUTE_DTYPES, BuiltModule, build_modules
 from titan_mimo.config import JobConfig
-from titan_mimo.data.build import build_local_dataset
+from titan_mimo.data.batch import StepData
 from titan_mimo.data.dataset import ImageTextDataset
-from titan_mimo.data.loader import Roles, StepLoader, load_roles
-from titan_mimo.data.mock import EncoderSpec, MockImageCaption
+from titan_mimo.data.feed import DataFeed
+from titan_mimo.data.mock import MockImageCaption
 from titan_mimo.data.plan import SamplePlan
 from titan_mimo.distributed import world_max, world_sum, world_sum_
 from titan_mimo.metrics import alloc_retries, memory_gib, peak_flops
 from titan_mimo.models import build_from_args
-from titan_mimo.schedule import EncoderRole, StepData, StepRunner, theoretical_bubble_fraction
+from titan_mimo.schedule import EncoderRole, StepRunner, theoretical_bubble_fraction
 from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, count_loss_tokens,
                              language_lr_schedule, local_grad_sq, scale_grads)
+from titan_mimo.timing import StepTiming
 from titan_mimo.topology import Topology, build_topology, uses_fused_loss
 
 
@@ -58,17 +59,43 @@ class HostCopy:
         return self._host.tolist()
 
 
-def build_dataset(cfg: JobConfig, args: dict) -> MockImageCaption | ImageTextDataset:
-    if cfg.data.dataset == "local":
-        return build_local_dataset(cfg, args)
-    lm_args = args[cfg.language_name]
-    encoders = [EncoderSpec(name=n, placeholder_id=m.placeholder_id,
-                            cell=args[n].patch_size * args[n].pixel_shuffle, channels=args[n].in_channels)
-                for n, m in cfg.encoders.items()]
-    return MockImageCaption(seed=cfg.training.seed, seq_len=cfg.training.seq_len,
-                            vocab_size=lm_args.vocab_size, pad_id=cfg.data.pad_id, encoders=encoders,
-                            image_sizes=cfg.data.image_sizes, num_values=cfg.data.num_values,
-                            text_only_fraction=cfg.data.text_only_fraction)
+@dataclass(kw_only=True)
+class StepResult:
+    """One training step as the loop sees it: queued by `Trainer.train_step`, read later by
+    `Trainer.read_step` (loss, gradient norm, stop flag), then turned into a record by
+    `Trainer.step_metrics`."""
+
+    global_tokens: float
+    """The step's loss tokens over the world (the loss divides by it)."""
+    data: StepData
+    """What this rank loaded for the step (for its FLOP and data metrics)."""
+    data_counts: dict
+    """The feed's skip counters right after the step's data was loaded."""
+    timing: StepTiming
+    """Where this rank's time went in the step's forward and backward."""
+    reduced: Tensor | None = None
+    """On the device: the world sum of (loss, squared gradient norm, stop flag), until the
+    optimizer step has queued its clipping from it."""
+    pending: HostCopy | None = None
+    """Host copy of `reduced`, made when the step's work is queued; None once read."""
+    loss: float | None = None
+    grad_norm: float | None = None
+    stop: bool = False
+    """Some rank received a stop signal (it rode on this step's reduction)."""
+    memory_gib: float = 0.0
+    """This process's peak memory so far, after the step was queued."""
+    alloc_retries: int = 0
+    """CUDA allocator retries so far, after the step was queued."""
+    end: object = None
+    """The step's end mark on the loop's `StepClock` (set by the loop)."""
+
+    def read(self) -> None:
+        """Wait for the step's reduction and read loss, gradient norm and stop flag (once)."""
+        if self.pending is None:
+            return
+        loss, grad_sq, stop = self.pending.values()
+        self.pending = None
+        self.loss, self.grad_norm, self.stop = loss, math.sqrt(grad_sq), stop > 0
 
 
 @dataclass(kw_only=True)
@@ -80,9 +107,7 @@ class Trainer:
     """World group for reductions of host values (gloo; `init_distributed`)."""
     modules: dict[str, BuiltModule]
     runner: StepRunner
-    dataset: MockImageCaption | ImageTextDataset
-    plan: SamplePlan
-    args: dict
+    feed: DataFeed
     optimizers: dict
     """module -> one AdamW per part this rank holds (trainable modules only)."""
     schedulers: dict
@@ -96,128 +121,9 @@ class Trainer:
     stop_signal: str = ""
     """Name of a stop signal this rank received; it rides on the next step's reduction, so every
     rank learns of it when that step's results are read (`titan_mimo/train.py` says when)."""
-    loader: StepLoader | None = None
-    """Local data: the worker-process loader of training steps (built on first use)."""
-    data_counts: dict = field(default_factory=lambda: {"skipped": 0, "blank": 0})
-    """Records skipped and images blanked in this process's training steps (for metrics)."""
-    _mock_ahead: tuple[int, Future] | None = field(default=None, init=False, repr=False)
-    """Mock data: the next training step's (step, pending load_roles) from a background thread."""
-    _mock_pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
-
-    # ---- data --------------------------------------------------------------------------------
-
-    def data_roles(self) -> Roles:
-        """What this rank loads: text on first/last language stages (middle stages take hidden
-        states from their neighbours: no data), images on encoder ranks."""
-        topo, lm = self.topo, self.cfg.language_name
-        text = None
-        if lm in topo.my_modules and (topo.is_first_stage(lm) or topo.is_last_stage(lm)):
-            text = (topo.placements[lm].dp, topo.dp_rank(lm))
-        mine = [n for n in self.cfg.encoders if n in topo.my_modules]
-        balance = 0
-        if self.cfg.data.balance_patches and self.cfg.encoders:
-            # Colocated, each rank encodes the images of its language dp slots.
-            balance = topo.placements[lm if topo.colocated else next(iter(self.cfg.encoders))].dp
-        return Roles(text=text, text_with_images=topo.colocated,
-                     images={} if topo.colocated else {n: (topo.placements[n].dp, topo.dp_rank(n)) for n in mine},
-                     colocated_encoders=tuple(mine) if topo.colocated else (), balance_dp=balance)
-
-    def _step_loader(self) -> StepLoader | None:
-        """Worker-process loader of training steps (local data only; mock data is generated in
-        the training process)."""
-        if self.cfg.data.dataset == "mock":
-            return None
-        if self.loader is None:
-            # The loss ranks together see every sample once: they report bad records.
-            self.dataset.verbose = self._is_loss_rank()
-            roles = self.data_roles()
-            workers = self.cfg.data.num_workers if roles.text or roles.images else 0
-            self.loader = StepLoader(self.dataset, self.plan, roles, self.cfg.training.steps, workers,
-                                     self.cfg.data.prefetch_steps)
-        return self.loader
-
-    def load_step(self, step: int, split: str) -> StepData:
-        """Only what this rank's roles need: text on language ranks, images on encoder ranks."""
-        loader = self._step_loader() if split == "train" else None
-        if loader is not None:
-            text, images = loader.get(step)
-        elif split == "train":
-            text, images = self._mock_train_step(step)
-        else:
-            text, images = load_roles(self.dataset, self.plan, self.data_roles(), step, split)
-        if split == "train":  # each sample counted once: on the loss rank / encoder tp 0 ranks
-            if self._is_loss_rank():
-                self.data_counts["skipped"] += sum(b.skipped for b in text)
-            for name, batches in images.items():
-                if name in self.modules and self.topo.coords(name)["tp"] == 0:
-                    self.data_counts["blank"] += sum(b.blank_images for b in batches)
-        return StepData(text=text, images=images)
-
-    def _mock_train_step(self, step: int):
-        """Mock training data, generated one step ahead in a background thread: the images'
-        noise (tens of ms per 1024^2 image on the CPU) is then drawn while the device runs the
-        previous step instead of in front of it. Every sample comes from its own seeded
-        generator, so a thread changes no value."""
-        def load(s: int):
-            return load_roles(self.dataset, self.plan, self.data_roles(), s, "train")
-        ahead, self._mock_ahead = self._mock_ahead, None
-        text, images = ahead[1].result() if ahead is not None and ahead[0] == step else load(step)
-        if step + 1 < self.cfg.training.steps:
-            if self._mock_pool is None:
-                self._mock_pool = ThreadPoolExecutor(1, thread_name_prefix="titan_mimo-mock-data")
-            self._mock_ahead = (step + 1, self._mock_pool.submit(load, step + 1))
-        return text, images
-
-    def data_state_dict(self) -> dict:
-        """This rank's data-loader state for checkpoints, plain Python objects: the loader's
-        position and the skip counters (mock data is indexed by step: none)."""
-        loader = self._step_loader()
-        return {} if loader is None else {"loader": loader.state_dict(), "counts": dict(self.data_counts)}
-
-    def load_data_state_dict(self, state: dict) -> None:
-        loader = self._step_loader()
-        if loader is None:
-            if state:
-                raise ValueError(f"mock data has no loader state, but the checkpoint holds {sorted(state)}")
-            return
-        if state:
-            loader.load_state_dict(state["loader"])
-            self.data_counts.update(state["counts"])
-
-    def data_metrics(self, data: StepData, counts: dict) -> dict:
-        """Every rank calls this (two world reductions): records skipped as bad or too long and
-        images blanked since this process started (training split, `counts`: `data_counts` as
-        they were after the step's data was loaded), and per encoder the patch
-        imbalance of this step over the encoder's dp ranks: the mean over micro-batches of
-        max / mean patches per rank (1.0 = balanced)."""
-        encoders, patches, counted = list(self.cfg.encoders), [], []
-        for name in encoders:
-            holds = name in self.modules and self.topo.coords(name)["tp"] == 0 and name in data.images
-            patch = self.args[name].patch_size
-            per_mb = [0.0] * self.plan.n_microbatches
-            if holds:
-                for mb, batch in enumerate(data.images[name]):
-                    per_mb[mb] = sum(im.shape[-2] * im.shape[-1] / patch**2 for im in batch.images[name])
-            patches += per_mb
-            counted.append(float(holds))
-        sums = world_sum([counts["skipped"], counts["blank"]] + patches + counted, self.host_group)
-        maxes = world_max(patches, self.host_group)
-        n_mb = self.plan.n_microbatches
-        out = {"skipped_samples": int(sums[0]), "blank_images": int(sums[1])}
-        for e, name in enumerate(encoders):
-            ranks = sums[2 + len(patches) + e]
-            ratios = [maxes[e * n_mb + mb] / (sums[2 + e * n_mb + mb] / ranks)
-                      for mb in range(n_mb) if sums[2 + e * n_mb + mb] > 0]
-            out[f"patch_imbalance/{name}"] = sum(ratios) / len(ratios) if ratios else 1.0
-        return out
-
-    def _is_loss_rank(self) -> bool:
-        lm = self.cfg.language_name
-        return (lm in self.topo.my_modules and self.topo.is_last_stage(lm)
-                and self.topo.coords(lm)["tp"] == 0)
 
     def global_loss_tokens(self, data: StepData) -> float:
-        local = count_loss_tokens([b.labels for b in data.text]) if self._is_loss_rank() else 0
+        local = count_loss_tokens([b.labels for b in data.text]) if self.feed.is_loss_rank else 0
         (total,) = world_sum([local], self.host_group)
         if total == 0:
             raise ValueError("a step has no loss tokens (every label is -100); check the data")
@@ -225,12 +131,12 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------------
 
-    def forward_backward(self, step: int) -> dict:
+    def forward_backward(self, step: int) -> StepResult:
         """Forward and backward of every micro-batch, then the step's one world reduction of
         (loss, squared gradient norm, stop flag), queued on the device and not yet read. The
         loss-token count is reduced on the host first (the loss divides by it)."""
-        data = self.load_step(step, "train")
-        counts = dict(self.data_counts)
+        data = self.feed.load(step, "train")
+        counts = dict(self.feed.counts)
         global_tokens = self.global_loss_tokens(data)
         loss_local = self.runner.run(data, global_tokens, train=True)
         grad_sq = sum(local_grad_sq(m, self.topo.placements[n].size // self.topo.placements[n].pp, self.device)
@@ -238,30 +144,24 @@ class Trainer:
         # The stop flag rides on the step's one reduction, so all ranks stop at the same step.
         # torch.full, not torch.tensor: a copy from host memory would wait for the device.
         stop = torch.full((), float(bool(self.stop_signal)), dtype=torch.float64, device=self.device)
-        reduced = world_sum_(torch.stack([loss_local if self._is_loss_rank() else torch.zeros_like(stop),
+        reduced = world_sum_(torch.stack([loss_local if self.feed.is_loss_rank else torch.zeros_like(stop),
                                           grad_sq, stop]))
         # The step's record is built later (after the next step is queued): keep what it needs.
-        return {"reduced": reduced, "global_tokens": global_tokens, "data": data, "data_counts": counts,
-                "timing": self.runner.train_timing}
+        return StepResult(reduced=reduced, global_tokens=global_tokens, data=data, data_counts=counts,
+                          timing=self.runner.train_timing)
 
-    @staticmethod
-    def _read(out: dict) -> None:
-        loss, grad_sq, stop = out.pop("result").values()
-        out.update(loss=loss, grad_norm=math.sqrt(grad_sq), stop=stop > 0)
-
-    def read_step(self, step: int, out: dict) -> None:
+    def read_step(self, step: int, result: StepResult) -> None:
         """Wait for step `step`'s (loss, squared gradient norm, stop flag) and read them into
-        `out` ("loss", "grad_norm", "stop"); a no-op once read. Without `skip_nonfinite_steps`
-        a non-finite loss or norm raises NonFiniteError: call this before saving the step."""
-        if "result" in out:
-            self._read(out)
-        loss, grad_norm = out["loss"], out["grad_norm"]
+        `result`; a no-op once read. Without `skip_nonfinite_steps` a non-finite loss or norm
+        raises NonFiniteError: call this before saving the step."""
+        result.read()
+        loss, grad_norm = result.loss, result.grad_norm
         if not self.cfg.training.skip_nonfinite_steps and not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise NonFiniteError(f"step {step + 1}: non-finite loss {loss} or grad norm {grad_norm} "
                                  "(the run stops without saving this step; set "
                                  "training.skip_nonfinite_steps = true to skip such steps)")
 
-    def optimizer_step(self, step: int, out: dict) -> None:
+    def optimizer_step(self, step: int, result: StepResult) -> None:
         """Clip with the one global coefficient, step every module's optimizer and schedule.
 
         The coefficient is computed on the device from the queued reduction, so the optimizer
@@ -270,12 +170,12 @@ class Trainer:
         With `skip_nonfinite_steps` the host must see them before stepping the optimizers, so
         that mode waits for the device's backward in every step."""
         cfg = self.cfg
-        reduced = out.pop("reduced")
+        reduced, result.reduced = result.reduced, None
         coef = clip_coefficient(reduced[1].sqrt(), cfg.training.max_norm)
         if cfg.training.skip_nonfinite_steps:
-            out["result"] = HostCopy(reduced)
-            self._read(out)
-            loss, grad_norm = out["loss"], out["grad_norm"]
+            result.pending = HostCopy(reduced)
+            result.read()
+            loss, grad_norm = result.loss, result.grad_norm
             if math.isfinite(loss) and math.isfinite(grad_norm):
                 scale_grads(self.modules, coef)
                 self._step_optimizers()
@@ -295,20 +195,20 @@ class Trainer:
             schedulers.step()
         if not cfg.training.skip_nonfinite_steps:  # that mode has read the results already
             # Copied at the step's end, so reading it later also means the step is done.
-            out["result"] = HostCopy(reduced)
-        out["memory_gib"] = memory_gib(self.device)  # the peak so far: a host-side allocator count
-        out["alloc_retries"] = alloc_retries(self.device)  # so far, likewise
+            result.pending = HostCopy(reduced)
+        result.memory_gib = memory_gib(self.device)  # the peak so far: a host-side allocator count
+        result.alloc_retries = alloc_retries(self.device)  # so far, likewise
 
     def _step_optimizers(self) -> None:
         for opts in self.optimizers.values():
             for opt in opts:
                 opt.step()
 
-    def train_step(self, step: int) -> dict:
+    def train_step(self, step: int) -> StepResult:
         """Queue one step; its results are read by `read_step`."""
-        out = self.forward_backward(step)
-        self.optimizer_step(step, out)
-        return out
+        result = self.forward_backward(step)
+        self.optimizer_step(step, result)
+        return result
 
     def evaluate(self, step: int) -> float:
         """Validation loss: the mean over `validation.steps` held-out batches of each batch's
@@ -317,16 +217,16 @@ class Trainer:
         evaluation, so values compare across steps. Every rank calls this (world reductions)."""
         total = 0.0
         for k in range(self.cfg.validation.steps):
-            data = self.load_step(k, "validation")
+            data = self.feed.load(k, "validation")
             tokens = self.global_loss_tokens(data)
             loss_local = self.runner.run(data, tokens, train=False)
-            (loss,) = world_sum([float(loss_local) if self._is_loss_rank() else 0.0], self.host_group)
+            (loss,) = world_sum([float(loss_local) if self.feed.is_loss_rank else 0.0], self.host_group)
             total += loss
         return total / self.cfg.validation.steps
 
     # ---- metrics -----------------------------------------------------------------------------
 
-    def step_metrics(self, step: int, out: dict, step_time_s: float) -> dict:
+    def step_metrics(self, step: int, result: StepResult, step_time_s: float) -> dict:
         """The record of step `step` once `read_step` has read it: world reductions of host
         values (every rank calls this); rank 0 gets the record. `step_time_s`: this rank's mean
         step time over the logging window (`StepClock`); the record has the world max."""
@@ -337,24 +237,24 @@ class Trainer:
             f = 0.0
             # Each encoder dp replica counts its own samples' images, once (on its tp 0 rank).
             if name in self.modules and name != cfg.language_name and topo.coords(name)["tp"] == 0:
-                for batch in out["data"].images.get(name, []):
+                for batch in result.data.images.get(name, []):
                     f += sum(self.flop_counters[name].flops_per_image(*im.shape[-2:])
                              for im in batch.images[name])
             flops_local.append(f)
         # Of this step, not accumulated since the last logged step.
-        timing = out["timing"]
+        timing = result.timing
         lm_place = topo.placements[cfg.language_name]
         bubble = [timing.bubble_s, timing.bubble_fraction] if cfg.language_name in self.modules else [0.0, 0.0]
-        mem = [out["memory_gib"] if n in self.modules else 0.0 for n in names]
-        retries = [float(out["alloc_retries"]) if n in self.modules else 0.0 for n in names]
+        mem = [result.memory_gib if n in self.modules else 0.0 for n in names]
+        retries = [float(result.alloc_retries) if n in self.modules else 0.0 for n in names]
         sums = world_sum(flops_local + bubble, self.host_group)
         maxes = world_max(mem + retries + [timing.bridge_wait_s, step_time_s], self.host_group)
         step_time = maxes[-1]
         peak = peak_flops(self.device, cfg.metrics.peak_tflops)
         tokens = cfg.training.global_batch_size * cfg.training.seq_len
-        record = {"step": step + 1, "loss": out["loss"], "grad_norm": out["grad_norm"],
+        record = {"step": step + 1, "loss": result.loss, "grad_norm": result.grad_norm,
                   "lr": self.lr_at(step), "tokens_per_s": tokens / step_time, "step_time_s": step_time,
-                  "bridge_wait_s": maxes[-2], "loss_tokens": out["global_tokens"],
+                  "bridge_wait_s": maxes[-2], "loss_tokens": result.global_tokens,
                   # Mean over the language model's ranks; 0 without pipeline parallelism.
                   "bubble_s": sums[-2] / lm_place.size, "bubble_fraction": sums[-1] / lm_place.size,
                   "bubble_fraction_theory": theoretical_bubble_fraction(
@@ -367,17 +267,18 @@ class Trainer:
             else:
                 flops = sums[i]
             record["modules"][name] = {
-                "mfu": flops / (step_time * size * peak) if peak > 0 else 0.0,
+                # None (JSON null) where no peak is known (CPU): a 0 would read as a measurement.
+                "mfu": flops / (step_time * size * peak) if peak > 0 else None,
                 "tflops_per_device": flops / step_time / size / 1e12,
                 "memory_gib": maxes[i],
                 # The most of any of the module's ranks (a colocated rank's count is shared).
                 "alloc_retries": int(maxes[len(names) + i]),
             }
-        record.update(self.data_metrics(out["data"], out["data_counts"]))
+        record.update(self.feed.metrics(result.data, result.data_counts))
         return record
 
 
-def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockImageCaption,
+def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockImageCaption | ImageTextDataset,
                   device: torch.device, host_group: dist.ProcessGroup) -> Trainer:
     """Everything one rank holds, after `init_distributed` (which returns `host_group`)."""
     topo = build_topology(cfg, placements, device.type)
@@ -417,10 +318,11 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
         flop_counters = {n: build_from_args(args[n]) for n in cfg.modules}
     plan = SamplePlan(global_batch_size=cfg.training.global_batch_size,
                       micro_batch_size=cfg.training.micro_batch_size, language_dp=lm_place.dp)
-    return Trainer(cfg=cfg, topo=topo, device=device, host_group=host_group, modules=modules, runner=runner, dataset=dataset,
-                   plan=plan, args=args, optimizers=optimizers,
-                   schedulers=build_schedulers(cfg, optimizers), flop_counters=flop_counters,
-                   lr_at=language_lr_schedule(cfg))
+    feed = DataFeed(cfg=cfg, topo=topo, dataset=dataset, plan=plan,
+                    patch_sizes={n: args[n].patch_size for n in cfg.encoders}, host_group=host_group)
+    return Trainer(cfg=cfg, topo=topo, device=device, host_group=host_group, modules=modules, runner=runner,
+                   feed=feed, optimizers=optimizers, schedulers=build_schedulers(cfg, optimizers),
+                   flop_counters=flop_counters, lr_at=language_lr_schedule(cfg))
 
 
 def _stage_shapes(cfg: JobConfig, lm_args, place, lm: BuiltModule, dtype: torch.dtype, *,

@@ -21,9 +21,10 @@ from torch.distributed.tensor import DTensor
 from titan_mimo.build import module_args
 from titan_mimo.config_loader import load_config
 from titan_mimo.distributed import env_world_size, init_distributed, pick_device
+from titan_mimo.data.build import build_dataset
 from titan_mimo.metrics import StepClock
 from titan_mimo.topology import resolve_placements
-from titan_mimo.trainer import build_dataset, build_trainer
+from titan_mimo.trainer import build_trainer
 
 
 def toml_value(v) -> str:
@@ -95,17 +96,17 @@ def main() -> None:
         losses, grad_norms, grads, val_loss = [], [], {}, None
         for step in range(case["steps"]):
             clock = StepClock(device, step)  # the record's step time is the last step's
-            out = trainer.forward_backward(step)
+            result = trainer.forward_backward(step)
             if step == 0:
                 grads = snapshot(trainer, "grad")
-            trainer.optimizer_step(step, out)
-            out["end"] = clock.mark()
-            trainer.read_step(step, out)
-            losses.append(out["loss"])
-            grad_norms.append(out["grad_norm"])
+            trainer.optimizer_step(step, result)
+            result.end = clock.mark()
+            trainer.read_step(step, result)
+            losses.append(result.loss)
+            grad_norms.append(result.grad_norm)
             if step == 0 and cfg.validation.enable:
                 val_loss = trainer.evaluate(step)
-        record = trainer.step_metrics(case["steps"] - 1, out, clock.mean_step_s(case["steps"], out["end"]))
+        record = trainer.step_metrics(case["steps"] - 1, result, clock.mean_step_s(case["steps"], result.end))
         params = snapshot(trainer, "param")
         case_dir = out_root / case["name"]
         case_dir.mkdir(parents=True, exist_ok=True)

@@ -70,9 +70,9 @@ def instrument(trainer, case: dict, trace: Trace) -> None:
             trace.in_step = False
             trace.events.append(f"queued {step + 1}")
 
-    def read_step_(step, out):
+    def read_step_(step, result):
         trace.events.append(f"read {step + 1}")
-        return read_step(step, out)
+        return read_step(step, result)
 
     trainer.forward_backward, trainer.runner.run = forward_backward_, run_
     trainer.train_step, trainer.read_step = train_step_, read_step_

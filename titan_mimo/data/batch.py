@@ -1,10 +1,10 @@
 """The data's core types, shared by every dataset (mock and real), the loader, the schedule and
-the step: one `Sample`, a `Batch` of samples, and `IGNORE_INDEX`, the label of positions
-without loss."""
+the step: one `Sample`, a `Batch` of samples, a rank's `StepData` (its batches of one step) and
+`IGNORE_INDEX`, the label of positions without loss."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -48,3 +48,13 @@ class Batch:
                    images={name: [im for s in samples for im in s.images[name]] for name in encoders},
                    skipped=sum(s.skipped for s in samples),
                    blank_images=sum(s.blank_images for s in samples))
+
+
+@dataclass(kw_only=True)
+class StepData:
+    """What this rank loaded for one step: per micro-batch, its own samples only."""
+
+    text: list[Batch] = field(default_factory=list)
+    """Language ranks: tokens/labels of this rank's language dp slots, per micro-batch."""
+    images: dict[str, list[Batch]] = field(default_factory=dict)
+    """Encoder ranks: per encoder, a batch of this rank's encoder dp slots, per micro-batch."""

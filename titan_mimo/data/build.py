@@ -1,13 +1,28 @@
-"""Config -> the local image-text dataset, with every check that needs no process group (files,
-tokenizer ids against the model config, image sizes against the encoder), so bad data config
-fails before start-up like any other config error."""
+"""Config -> the dataset (the mock task, or local image-text files), with every check that needs
+no process group (files, tokenizer ids against the model config, image sizes against the
+encoder), so bad data config fails before start-up like any other config error."""
 
 from __future__ import annotations
 
 from titan_mimo.config import JobConfig
 from titan_mimo.data.dataset import ImageTextDataset
 from titan_mimo.data.images import ImagePolicy
+from titan_mimo.data.mock import EncoderSpec, MockImageCaption
 from titan_mimo.data.tokenizer import TextTokenizer
+
+
+def build_dataset(cfg: JobConfig, args: dict) -> MockImageCaption | ImageTextDataset:
+    """`args`: the modules' model args (`build.module_args`)."""
+    if cfg.data.dataset == "local":
+        return build_local_dataset(cfg, args)
+    lm_args = args[cfg.language_name]
+    encoders = [EncoderSpec(name=n, placeholder_id=m.placeholder_id,
+                            cell=args[n].patch_size * args[n].pixel_shuffle, channels=args[n].in_channels)
+                for n, m in cfg.encoders.items()]
+    return MockImageCaption(seed=cfg.training.seed, seq_len=cfg.training.seq_len,
+                            vocab_size=lm_args.vocab_size, pad_id=cfg.data.pad_id, encoders=encoders,
+                            image_sizes=cfg.data.image_sizes, num_values=cfg.data.num_values,
+                            text_only_fraction=cfg.data.text_only_fraction)
 
 
 def build_local_dataset(cfg: JobConfig, args: dict) -> ImageTextDataset:
