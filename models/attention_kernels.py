@@ -8,7 +8,7 @@ to the query heads first (query head i reads kv head i // n_rep, torchtitan's co
 Hopper and Blackwell, compiled on first use for each shape). It takes [B, S, H, E] and grouped-
 query heads natively, so no transposes and no repeated keys/values. Why it exists: at the ViT-H
 head width of 80, cuDNN's fused attention runs ~355 TFLOP/s on an H100 against ~545 at width
-128 (docs/benchmarks.md, S1); FlashAttention-4 runs width 80 as it is (with a fix of its Hopper
+128 (`benchmarks/attention_bench.py`); FlashAttention-4 runs width 80 as it is (with a fix of its Hopper
 backward applied at import, `_fix_sm90_backward_head_dims`). The kernels
 are wrapped as `torch.library` custom ops (forward, backward, fake shapes), so a per-block
 `torch.compile` keeps them as opaque calls instead of tracing into CuTe DSL. The forward and
@@ -104,7 +104,7 @@ def _fix_sm90_backward_dq_read_back(fa4) -> bool:
     the fp32 dq (and GQA dk/dv) accumulators reads them back at that multiple too, as the
     kernel wrote them. Allocation and zeroing stay at FA4's multiple of 32, which covers them.
     The five GEMMs of the backward then run 80 wide instead of 96: 5.6% less backward time at
-    the ViT-H shape, gradients as accurate (docs/benchmarks.md, Y3 and Y6).
+    the ViT-H shape, gradients as accurate (`benchmarks/fa4_bwd_tiles.py`).
 
     Applied as a wrapper of FA4's `_bwd_postprocess_convert` that passes 16 instead of 32 on
     Hopper (swapped dK/dV, 64, and other GPUs are left alone), only where the kernel class
