@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
+from titan_mimo.bench import time_loop
 from titan_mimo.metrics import peak_flops
 
 
@@ -36,36 +36,13 @@ def device_and_dtype(tiny: bool) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_step(step: Callable[[], object], device: torch.device, warmup: int, steps: int
               ) -> tuple[list[float], float]:
-    """(each timed step's seconds, host seconds to issue one) after `warmup` steps; the device is
-    not waited for between timed steps (CUDA events mark their ends)."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
-        ends[0].record()
-    else:
-        ends = [time.perf_counter()]
-    start = time.perf_counter()
-    for i in range(steps):
-        step()
-        if device.type == "cuda":
-            ends[i + 1].record()
-        else:
-            ends.append(time.perf_counter())
-    host_s = (time.perf_counter() - start) / steps
-    _sync(device)
-    if device.type == "cuda":
-        return [a.elapsed_time(b) / 1e3 for a, b in zip(ends, ends[1:])], host_s
-    return [b - a for a, b in zip(ends, ends[1:])], host_s
+    """(each timed step's seconds, host seconds to issue one) after `warmup` steps, timed as
+    titan_mimo's bench times its loops (`titan_mimo.bench.time_loop`; Python's garbage
+    collection left on, as a plain training loop has it)."""
+    times = time_loop(step, device, warmup=warmup, steps=steps, gc_freq=0)
+    return times.step_s, times.host_s
 
 
 def result(step_s: list[float], host_s: float, device: torch.device, *, flops: float,

@@ -100,7 +100,8 @@ class LoopTimes:
 
     step_s: list[float]
     host_s: float
-    loss: float
+    loss: float | None
+    """The last step's, where the step returns one."""
 
 
 def peak_flops(cfg: JobConfig, device: torch.device) -> float | None:
@@ -177,10 +178,11 @@ def _seconds(start, end) -> float:
     return start.elapsed_time(end) / 1e3 if isinstance(start, torch.cuda.Event) else end - start
 
 
-def time_loop(one_step: Callable[[], Tensor], device: torch.device, *, warmup: int, steps: int,
+def time_loop(one_step: Callable[[], Tensor | None], device: torch.device, *, warmup: int, steps: int,
               gc_freq: int) -> LoopTimes:
     """`warmup` steps (compilation happens there), then `steps` timed ones without waiting for
-    the device between them, Python's garbage collection handled as the trainer does."""
+    the device between them (a CUDA event marks each end), Python's garbage collection handled
+    as the trainer handles it with `training.gc_freq` (0: left on)."""
     gc.collect()
     with garbage_collection(gc_freq) as collector:
         for i in range(warmup):
@@ -198,7 +200,7 @@ def time_loop(one_step: Callable[[], Tensor], device: torch.device, *, warmup: i
         host_s = (time.perf_counter() - start) / steps
         _sync(device)
     step_s = [_seconds(a, b) for a, b in zip(marks, marks[1:])]
-    return LoopTimes(step_s=step_s, host_s=host_s, loss=float(loss.detach()))
+    return LoopTimes(step_s=step_s, host_s=host_s, loss=None if loss is None else float(loss.detach()))
 
 
 def adamw(params: list[nn.Parameter], cfg: JobConfig, device: torch.device) -> torch.optim.AdamW:
@@ -206,6 +208,22 @@ def adamw(params: list[nn.Parameter], cfg: JobConfig, device: torch.device) -> t
     o, cuda = cfg.optimizer, device.type == "cuda"
     return torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                              weight_decay=o.weight_decay, fused=cuda, foreach=not cuda)
+
+
+def loop_step(batches: list, loss_of: Callable[[object], Tensor], optimizer: torch.optim.Optimizer,
+              device: torch.device) -> Callable[[], Tensor]:
+    """One step of the bench's loops: forward and backward of each micro-batch, then one
+    optimizer step; the step returns its summed loss, on the device."""
+    def one_step() -> Tensor:
+        total = torch.zeros((), device=device)
+        for batch in batches:
+            loss = loss_of(batch)
+            loss.backward()
+            total += loss.detach()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return total
+    return one_step
 
 
 def fixed_batches(setup: Setup, device: torch.device) -> list:
@@ -259,21 +277,14 @@ def bare_run(setup: Setup, topo, device, *, warmup: int, steps: int, flops: floa
     dtype = COMPUTE_DTYPES[cfg.training.mixed_precision]
     dim = setup.args[lm_name].dim
 
-    def one_step() -> Tensor:
-        total = torch.zeros((), device=device)
-        for batch in batches:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                embeds = {cfg.modules[name].placeholder_id:
-                          (enc(batch.images[name]) if batch.images.get(name) else torch.zeros(0, dim, device=device))
-                          for name, enc in encoders.items()}
-                loss = loss_fn(batch.tokens, embeds, batch.labels) / loss_tokens
-            loss.backward()
-            total += loss.detach()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return total
+    def loss_of(batch) -> Tensor:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            embeds = {cfg.modules[name].placeholder_id:
+                      (enc(batch.images[name]) if batch.images.get(name) else torch.zeros(0, dim, device=device))
+                      for name, enc in encoders.items()}
+            return loss_fn(batch.tokens, embeds, batch.labels) / loss_tokens
 
-    times = time_loop(one_step, device, warmup=warmup, steps=steps, gc_freq=cfg.training.gc_freq)
+    times = time_loop(loop_step(batches, loss_of, optimizer, device), device, warmup=warmup, steps=steps, gc_freq=cfg.training.gc_freq)
     return _result("bare", cfg, device, times.step_s, times.host_s, flops, None, times.loss)
 
 
@@ -292,16 +303,7 @@ def encoder_run(setup: Setup, topo, device, name: str, *, warmup: int, steps: in
     batches = [b.images[name] for b in fixed_batches(setup, device)]
     flops = sum(model.flops_per_image(*im.shape[-2:]) for images in batches for im in images)
 
-    def one_step() -> Tensor:
-        total = torch.zeros((), device=device)
-        for images in batches:
-            loss = model(images).float().square().mean()
-            loss.backward()
-            total += loss.detach()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return total
-
+    one_step = loop_step(batches, lambda images: model(images).float().square().mean(), optimizer, device)
     times = time_loop(one_step, device, warmup=warmup, steps=steps, gc_freq=cfg.training.gc_freq)
     result = _result("titan_mimo", cfg, device, times.step_s, times.host_s, flops,
                      sum(len(images) for images in batches), times.loss)
