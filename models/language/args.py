@@ -60,11 +60,6 @@ class HybridLMArgs:
     instead of recomputing them (~0.35 ms less per Mamba2 layer and step at 3 x 8192 tokens on an
     H100) for mamba_n_heads * mamba_head_dim * mamba_d_state * 2 / mamba_chunk_size bytes per
     token and layer (4 KiB on hybrid_2b). See models/language/ssd_mamba_ssm.py."""
-    ssd_launch_cache: bool = False
-    """ssd_backend="mamba_ssm" only: mamba-ssm's Triton kernels are launched again without
-    Triton's per-launch Python once a call of the same shape was recorded (process-wide once
-    any mixer asks for it; see models/language/triton_launch.py): less host time per step,
-    where a host-bound step waits on it."""
     attention_backend: str = "sdpa"
     """Kernel of the attention blocks: "sdpa" (PyTorch's SDPA, the reference), "fa4"
     (FlashAttention-4, CUDA bf16/fp16 only, the `flash-attn-4` package) or "te" (Transformer
@@ -129,11 +124,6 @@ class HybridLMArgs:
             raise ValueError(
                 f"ssd_keep_states=True applies to ssd_backend='mamba_ssm', not {self.ssd_backend!r} "
                 "(the torch scan's autograd keeps what its backward needs)"
-            )
-        if self.ssd_launch_cache and self.ssd_backend != "mamba_ssm":
-            raise ValueError(
-                f"ssd_launch_cache=True applies to ssd_backend='mamba_ssm', not {self.ssd_backend!r} "
-                "(the torch scan launches no Triton kernels)"
             )
         check_attention_backend(self.attention_backend)
         if "E" in self.layer_pattern:

@@ -121,7 +121,7 @@ class Mamba2Mixer(nn.Module):
         self.d_state = args.mamba_d_state
         self.chunk_size = args.mamba_chunk_size
         # Resolved at build time so a missing optional kernel fails before any training work.
-        self.ssd = ssd_function(args.ssd_backend, args.ssd_keep_states, args.ssd_launch_cache)
+        self.ssd = ssd_function(args.ssd_backend, args.ssd_keep_states)
         self.in_proj_z = nn.Linear(args.dim, d_inner, bias=False)
         self.in_proj_x = nn.Linear(args.dim, d_inner, bias=False)
         self.in_proj_B = nn.Linear(args.dim, d_bc, bias=False)

@@ -76,19 +76,11 @@ def _mamba_ssm_scan(keep_states: bool) -> Callable[..., Tensor]:
     return torch.compiler.disable(ssd_mamba_ssm)
 
 
-def ssd_function(backend: str, keep_states: bool = False,
-                 launch_cache: bool = False) -> Callable[..., Tensor]:
+def ssd_function(backend: str, keep_states: bool = False) -> Callable[..., Tensor]:
     """The scan for `backend`; raises ImportError naming the `gpu` extra if a kernel is missing.
-    `keep_states` (mamba_ssm only): the backward reads the forward's chunk states;
-    `launch_cache` (mamba_ssm only): its kernels launch without Triton's per-launch Python
-    (`ssd_mamba_ssm.enable_launch_cache`)."""
+    `keep_states` (mamba_ssm only): the backward reads the forward's chunk states."""
     if backend == "torch":
         return ssd_chunked
     if backend == "mamba_ssm":
-        scan = _mamba_ssm_scan(keep_states)
-        if launch_cache:
-            from .ssd_mamba_ssm import enable_launch_cache
-
-            enable_launch_cache()
-        return scan
+        return _mamba_ssm_scan(keep_states)
     raise ValueError(f"ssd_backend={backend!r} is unknown; choose 'torch' or 'mamba_ssm'")

@@ -28,7 +28,6 @@ instead of launching kernels with wrong arguments.
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import math
 from collections.abc import Callable
@@ -37,11 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import triton_launch
-
 logger = logging.getLogger(__name__)
 
-__all__ = ["disable_launch_cache", "enable_launch_cache", "is_custom_op_scan", "scan_function", "ssd_scan"]
+__all__ = ["is_custom_op_scan", "scan_function", "ssd_scan"]
 
 # The arguments our wrappers pass to each kernel (by name), plus the autotuned block sizes.
 _AUTOTUNED = {"BLOCK_SIZE_M", "BLOCK_SIZE_N"}
@@ -406,38 +403,6 @@ def scan_function(module: Any, keep_states: bool = False) -> Callable[..., Tenso
         return module.mamba_chunk_scan_combined
     _KERNELS = kernels
     return functools.partial(ssd_scan, keep_states=keep_states)
-
-
-_MAMBA_SSD_MODULES = ("ssd_bmm", "ssd_chunk_scan", "ssd_chunk_state", "ssd_combined",
-                      "ssd_state_passing")
-
-
-def _mamba_ssd_modules() -> list[Any]:
-    return [importlib.import_module(f"mamba_ssm.ops.triton.{name}") for name in _MAMBA_SSD_MODULES]
-
-
-def _retake_kernels() -> None:
-    """Our wrappers' kernels, set up before (and checked), taken from the modules again."""
-    global _KERNELS
-    if _KERNELS is not None:
-        _KERNELS = _Kernels()
-
-
-def enable_launch_cache() -> dict[str, Any]:
-    """mamba-ssm's SSD kernels launch through `triton_launch.CachedLaunch` from now on, in this
-    process: every `*_kernel` of its SSD modules, the forward's (mamba-ssm's wrappers launch them
-    by module global) and our backward wrappers' alike. Idempotent; returns the cached launches by
-    kernel name (their `stats` count fast and Triton launches)."""
-    launches = triton_launch.install(_mamba_ssd_modules())
-    _retake_kernels()
-    return launches
-
-
-def disable_launch_cache() -> None:
-    """Triton's own launches again (`enable_launch_cache` undone, e.g. for an A/B in one
-    process); idempotent."""
-    triton_launch.uninstall(_mamba_ssd_modules())
-    _retake_kernels()
 
 
 def is_custom_op_scan(fn: Callable[..., Tensor]) -> bool:

@@ -61,10 +61,6 @@ def test_keep_states_needs_the_mamba_ssm_backend():
     assert HybridLMArgs(ssd_backend="mamba_ssm", ssd_keep_states=True).ssd_keep_states
 
 
-def test_launch_cache_needs_the_mamba_ssm_backend():
-    with pytest.raises(ValueError, match="ssd_launch_cache=True applies to ssd_backend='mamba_ssm'"):
-        HybridLMArgs(ssd_launch_cache=True)
-    assert HybridLMArgs(ssd_backend="mamba_ssm", ssd_launch_cache=True).ssd_launch_cache
 
 
 def test_init_values():
