@@ -25,7 +25,8 @@ steps. `overhead` = trainer step time / bare step time - 1.
 `--encoder NAME`: that encoder alone, built by `build_modules` as the config builds it (the
 trainer needs a language model, a peer such as timm's ViT does not), in the bench's loop with
 a loss on its output embeddings (the mean of their squares, as the peer's loop); images from
-the config's dataset. No bare run.
+the config's dataset. No bare run; a set `metrics.profile_step` profiles two steps after the
+timed ones.
 
 FLOPs are the models' training counts (3 x forward matmul FLOPs: language batch x seq x
 `flops_per_token(seq)`, causal attention counted as the full square as torchtitan does; encoders
@@ -288,7 +289,8 @@ def bare_run(setup: Setup, topo, device, *, warmup: int, steps: int, flops: floa
     return _result("bare", cfg, device, times.step_s, times.host_s, flops, None, times.loss)
 
 
-def encoder_run(setup: Setup, topo, device, name: str, *, warmup: int, steps: int) -> BenchResult:
+def encoder_run(setup: Setup, topo, device, name: str, *, warmup: int, steps: int,
+                sync_debug: bool = False) -> BenchResult:
     """One encoder alone, built as the config builds it, trained on the mean square of its
     output embeddings."""
     cfg = setup.cfg
@@ -310,6 +312,8 @@ def encoder_run(setup: Setup, topo, device, name: str, *, warmup: int, steps: in
     result.modules = {name: {"tflops": result.tflops, "mfu": result.mfu}}
     if 0 < cfg.metrics.profile_step:
         print_profile(one_step, device, host=not cfg.metrics.profile_kernels_only)
+    if sync_debug:
+        report_syncs(one_step, device)
     return result
 
 
@@ -375,7 +379,8 @@ def run(argv: list[str]) -> dict:
         print(f"bench: {' '.join(config_argv)} on {device} ({name}), torch {torch.__version__}", flush=True)
         if args.encoder is not None:
             topo = build_topology(cfg, setup.placements, device.type)
-            ours = encoder_run(setup, topo, device, args.encoder, warmup=args.warmup, steps=args.steps)
+            ours = encoder_run(setup, topo, device, args.encoder, warmup=args.warmup, steps=args.steps,
+                               sync_debug=args.sync_debug)
             print(fmt(ours), flush=True)
         else:
             trainer = build_trainer(cfg, setup.args, setup.placements, setup.dataset, device, host_group)
