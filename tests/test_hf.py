@@ -211,3 +211,21 @@ def test_hf_weights_load_into_sharded_modules_exactly(folders, tmp_path, languag
     assert sorted(exported) == sorted(source)
     for key, t in source.items():
         assert torch.equal(exported[key], t), key
+
+
+def test_trainer_module_args_from_folders(folders):
+    from titan_mimo.config import Module
+    from titan_mimo.hf import training
+    lm = training.module_args(folders["omni"], is_encoder=False, overrides={"moe_backend": "torch"})
+    assert lm.layer_pattern == "M*E-" and lm.dim == 32
+    vit = training.module_args(folders["omni"], is_encoder=True, overrides={"out_dim": 32})
+    assert vit.projector_act == "relu2" and vit.n_register_tokens == 5
+    with pytest.raises(ValueError, match=r"\['dim'\] is set by .*config.json; only .* may be overridden"):
+        training.module_args(folders["omni"], is_encoder=False, overrides={"dim": 64})
+    with pytest.raises(ValueError, match="a radio folder cannot be the language module"):
+        training.module_args(folders["radio"], is_encoder=False, overrides={})
+    radio = training.module_args(folders["radio"], is_encoder=True, overrides={"out_dim": 48, "projector_hidden": 8})
+    assert radio.norm_mean is not None and radio.out_dim == 48  # a radio folder's projector is ours
+    assert Module(model=f"hf:{folders['omni']}", feeds="language").placeholder_id == IMAGE_ID
+    with pytest.raises(ValueError, match=f"placeholder_id = 3, but .* has image_token_id = {IMAGE_ID}"):
+        Module(model=f"hf:{folders['omni']}", feeds="language", placeholder_id=3)

@@ -14,6 +14,7 @@ Prefixes of the on-disk names by family:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,8 +120,8 @@ def describe(path: Path) -> Layout:
         # The conditioner's buffers are what transformers uses once loaded; they win over config.
         mean, std = (f"{RADIO_PREFIX[kind]}input_conditioner.norm_{k}" for k in ("mean", "std"))
         if mean in names and std in names:
-            vit.norm_mean = tuple(folder.read(mean).flatten().tolist())
-            vit.norm_std = tuple(folder.read(std).flatten().tolist())
+            vit = dataclasses.replace(vit, norm_mean=tuple(folder.read(mean).flatten().tolist()),
+                                      norm_std=tuple(folder.read(std).flatten().tolist()))
         return Layout(kind=kind, config=config, vit=vit, n_cls_tokens=config.get("num_cls_tokens", 3), source=path)
     top, vision, text = configs.omni_parts(config, where)
     return Layout(kind=kind, config=config, lm=configs.lm_args(text, f"{where} text_config"),
