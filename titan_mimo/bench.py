@@ -86,7 +86,7 @@ class BenchResult:
     mfu: float | None
     """Fraction of the device's dense peak; None where the peak is unknown (CPU)."""
     modules: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    """Per module: "tflops" and "mfu" (the titan_mimo run of the trainer)."""
+    """Per module: "tflops" and "mfu" (titan_mimo runs)."""
     peak_mem_gib: float
     alloc_retries: int
     """CUDA caching-allocator retries by the end of the run (each frees cached blocks and
@@ -110,13 +110,15 @@ def peak_flops(cfg: JobConfig, device: torch.device) -> float | None:
 
 
 def _result(run: str, cfg: JobConfig, device, step_s: list[float], host_s: float | None, flops: float,
-            images: int, loss: float, modules: dict | None = None) -> BenchResult:
+            images: int | None, loss: float, modules: dict | None = None) -> BenchResult:
+    """`images`: None for a step of the language model (tokens/s from the config's batch and
+    sequence), the step's image count for an encoder alone."""
     mean = statistics.fmean(step_s)
     peak = peak_flops(cfg, device)
     return BenchResult(
         run=run, step_s=mean, step_s_median=statistics.median(step_s), host_s=host_s,
         tokens_per_s=(cfg.training.global_batch_size * cfg.training.seq_len / mean) if images is None else 0.0,
-        images_per_s=(images or 0) / mean, tflops=flops / mean / 1e12,
+        images_per_s=0.0 if images is None else images / mean, tflops=flops / mean / 1e12,
         mfu=flops / mean / peak if peak else None, modules=modules or {},
         peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0,
         alloc_retries=metrics.alloc_retries(device), loss=loss)
