@@ -211,8 +211,9 @@ class ViT(nn.Module):
         without norm_mean)."""
         if self.args.norm_mean is None:
             return images_BCHW
-        mean_C11 = torch.tensor(self.args.norm_mean, dtype=torch.float32, device=images_BCHW.device)[:, None, None]
-        std_C11 = torch.tensor(self.args.norm_std, dtype=torch.float32, device=images_BCHW.device)[:, None, None]
+        # Host values copied without blocking (to_device), so the forward never waits on the device.
+        mean_C11 = to_device(torch.tensor(self.args.norm_mean, dtype=torch.float32), images_BCHW.device)[:, None, None]
+        std_C11 = to_device(torch.tensor(self.args.norm_std, dtype=torch.float32), images_BCHW.device)[:, None, None]
         return ((images_BCHW.float() - mean_C11) / std_C11).to(images_BCHW.dtype)
 
     def _embed(self, images_BCHW: Tensor) -> Tensor:
