@@ -336,8 +336,10 @@ def fmt(r: BenchResult) -> str:
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """The bench's own options, and the config arguments (`--config PATH --a.b=c ...`)."""
-    p = argparse.ArgumentParser(prog="python -m titan_mimo.bench", allow_abbrev=False,
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m titan_mimo.bench", allow_abbrev=False, description=__doc__.split("\n\n")[0],
+        usage="%(prog)s --config PATH.toml [--section.key=value ...] [options]",
+        epilog="--config and the --section.key=value overrides are read as titan_mimo.train reads them.")
     p.add_argument("--warmup", type=int, default=3, help="steps before timing (compilation happens there)")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--no-bare", action="store_true", help="skip the bare PyTorch loop")
