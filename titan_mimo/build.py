@@ -57,6 +57,12 @@ def module_args(cfg: JobConfig) -> dict[str, object]:
     """Model args of every module; encoders project into the language model's width."""
     lm = cfg.modules[cfg.language_name]
     lm_args = _model_args(cfg.language_name, lm.model, lm.model_args, is_encoder=False)
+    if lm.ep > 1 and "E" not in lm_args.layer_pattern:
+        raise ValueError(f"modules.{cfg.language_name}.ep = {lm.ep}: the model {lm.model!r} has no MoE "
+                         f"blocks ('E' in layer_pattern {lm_args.layer_pattern!r}); set ep = 1")
+    if lm.ep > 1 and lm_args.n_routed_experts % lm.ep:
+        raise ValueError(f"modules.{cfg.language_name}.ep = {lm.ep} does not divide the model's "
+                         f"n_routed_experts = {lm_args.n_routed_experts}; pick an ep that divides it")
     out = {}
     for name, m in cfg.modules.items():
         out[name] = (lm_args if name == cfg.language_name
@@ -169,6 +175,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
             parts, stage_ids = [model], [0]
         else:
             stage_ids = stage_ids_of(coords["pp"], place.pp, cfg.parallelism.stages_per_rank)
+            expert_mesh = topo.expert_meshes.get(name)
             with torch.device("meta"):
                 full = build_from_args(args[name])
             ranges = stage_layers(len(full.layers), n_stages)
@@ -187,9 +194,12 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                     # loss-parallel cross-entropy (schedule.py); a pipeline's last stage hands
                     # plain logits to pipelining's loss_fn.
                     lm_parallel.apply_tp(stage, tp_mesh, loss_parallel=n_stages == 1)
+                if place.ep > 1:
+                    lm_parallel.apply_ep(stage, expert_mesh["ep"])
                 apply_block_options(stage.layers, _checkpointed(mcfg, full.args.layer_pattern), mcfg.compile)
                 if sharded:
-                    lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=reshard)
+                    lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=reshard,
+                                           expert_dp_mesh=None if expert_mesh is None else expert_mesh["expert_dp"])
                 else:
                     autocast_forward(stage, device.type, compute_dtype)
                 parts.append(stage)

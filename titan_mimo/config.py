@@ -23,7 +23,7 @@ class Job:
     """Free text, shown in the first log line."""
 
 
-AC_LAYER_KINDS = {"M": "Mamba2", "*": "attention", "-": "MLP"}
+AC_LAYER_KINDS = {"M": "Mamba2", "*": "attention", "-": "MLP", "E": "MoE"}
 """Block kinds of the language model's layer pattern that `ac_layers` may name."""
 
 
@@ -43,6 +43,11 @@ class Module:
     """Tensor-parallel degree (with sequence parallelism on the language model)."""
     pp: int = 1
     """Pipeline-parallel degree (language module only for now)."""
+    ep: int = 1
+    """Expert-parallel degree (language module with MoE blocks): routed experts are split over
+    `ep` ranks borrowed from dp_shard x tp (tp first), which exchange tokens by all-to-all; the
+    experts are FSDP-sharded over the stage's remaining ranks. Must divide the model's
+    n_routed_experts and dp_shard * tp."""
     feeds: str = ""
     """Name of the module this one sends its embeddings to; empty for the language module."""
     placeholder_id: int = -1
@@ -64,7 +69,7 @@ class Module:
     the other modes, so a command-line switch of the mode needs no second override."""
     ac_layers: str = ""
     """"selective": the language model's block kinds to checkpoint, as layer-pattern characters
-    (M Mamba2, * attention, - MLP), e.g. "-" for the MLP blocks; empty: every kind."""
+    (M Mamba2, * attention, - MLP, E MoE), e.g. "-" for the MLP blocks; empty: every kind."""
     ac_every: int = 1
     """"selective": checkpoint every ac_every-th block of those kinds, counted over the whole
     model from its first such block (2 = half of them), so the choice is the same in any layout."""
@@ -81,9 +86,12 @@ class Module:
     `--modules.language.model_args.n_layers=4`; unknown names list the valid ones."""
 
     def __post_init__(self) -> None:
-        for name in ("ranks", "dp_replicate", "tp", "pp"):
+        for name in ("ranks", "dp_replicate", "tp", "pp", "ep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)} must be >= 1")
+        if self.feeds and self.ep > 1:
+            raise ValueError(f"ep = {self.ep}: expert parallelism applies to the language module's MoE "
+                             "blocks, not to an encoder; remove ep here")
         if self.dp_shard == 0 or self.dp_shard < -1:
             raise ValueError(f"dp_shard = {self.dp_shard} must be >= 1, or -1 for 'the rest'")
         if self.ac_every < 1:

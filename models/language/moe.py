@@ -129,9 +129,14 @@ def looped_experts(x_RI: Tensor, counts_E: Tensor, up_EFI: Tensor, down_EIF: Ten
 def grouped_mm_experts(x_RI: Tensor, counts_E: Tensor, up_EFI: Tensor, down_EIF: Tensor) -> Tensor:
     """The same math as `looped_experts` in two `torch._grouped_mm` calls (CUDA; no host sync:
     the group offsets stay on the device)."""
+    if torch.is_autocast_enabled(x_RI.device.type):  # autocast does not cover _grouped_mm
+        dtype = torch.get_autocast_dtype(x_RI.device.type)
+        x_RI, up_EFI, down_EIF = x_RI.to(dtype), up_EFI.to(dtype), down_EIF.to(dtype)
     offsets = counts_E.cumsum(0, dtype=torch.int32)
     h_RF = torch._grouped_mm(x_RI, up_EFI.transpose(-2, -1), offs=offsets)
-    return torch._grouped_mm(F.relu(h_RF).square(), down_EIF.transpose(-2, -1), offs=offsets)
+    # .to: autocast computes pow in fp32
+    act_RF = F.relu(h_RF).square().to(h_RF.dtype)
+    return torch._grouped_mm(act_RF, down_EIF.transpose(-2, -1), offs=offsets)
 
 
 class SequenceCounts(nn.Module):
@@ -198,11 +203,15 @@ class MoE(nn.Module):
         if torch.is_grad_enabled():
             with torch.no_grad():
                 self.gate.tokens_per_expert.add_(counts_E.float())
-        # Rows grouped by expert; a stable sort keeps token order inside each expert.
+        # Rows grouped by expert (a stable sort keeps token order inside each expert), and back
+        # by gathering each (token, choice)'s row: gathers, which a compiled block fuses into
+        # the gate-weighted sum below.
         order_R = flat_R.argsort(stable=True)
+        position_R = torch.empty_like(order_R).scatter_(
+            0, order_R, torch.arange(order_R.numel(), device=order_R.device))
         routed_TI = self.fc1_latent_proj(x_TD) if self.fc1_latent_proj is not None else x_TD
         y_RI = self.experts(routed_TI[order_R // self.top_k], counts_E)
-        y_TKI = torch.empty_like(y_RI).index_copy_(0, order_R, y_RI).view(b * s, self.top_k, -1)
+        y_TKI = y_RI[position_R].view(b * s, self.top_k, -1)
         # Gate-weighted sum in fp32, like the reference's fp32 gates times expert outputs.
         routed_out_TI = (y_TKI.float() * gates_TK.unsqueeze(-1)).sum(dim=1).to(x_TD.dtype)
         if self.fc2_latent_proj is not None:

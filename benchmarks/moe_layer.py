@@ -1,0 +1,77 @@
+"""One MoE block, forward + backward: titan_mimo's `MoE` (Nemotron-H: sigmoid router with
+correction bias, relu² experts on `torch._grouped_mm`, shared expert; compiled) against
+torchtitan 0.2.2's MoE layer (SwiGLU experts on grouped GEMM, its Triton token permutation) at the
+same widths, expert count, top-k and token count, bf16 parameters and input, balanced-ish routing
+from a random router.
+
+    python -m benchmarks.moe_layer [--tokens 8192] [--eager] [--json PATH]
+
+Shape (the reference's Nemotron-H MoE): dim 2688, 128 routed experts of width 1856, top-6, a
+shared expert of width 3712 (torchtitan: 2 shared experts of 1856, one FeedForward of 3712).
+
+FLOPs are each layer's own **active** matmul FLOPs x 3 (forward + backward): the router
+(2·D·E per token), the k chosen experts and the shared expert. Ours has two matrices per expert
+(up, down), torchtitan's three (SwiGLU's w1, w3, w2), so compare achieved TFLOP/s, not time.
+With --tiny: ours alone on the looped path (a CPU check).
+"""
+
+import torch
+
+from benchmarks import common
+from titan_mimo.models.common import init_model_for_testing
+from titan_mimo.models.language.args import HybridLMArgs
+from titan_mimo.models.language.moe import MoE
+
+DIM, HIDDEN, EXPERTS, TOP_K, SHARED = 2688, 1856, 128, 6, 3712
+
+
+def our_flops(tokens: int, d: int, f: int, e: int, k: int, shared: int) -> int:
+    return 3 * tokens * (2 * d * e + k * 4 * d * f + 4 * d * shared)
+
+
+def peer_flops(tokens: int, d: int, f: int, e: int, k: int, shared: int) -> int:
+    return 3 * tokens * (2 * d * e + k * 6 * d * f + 6 * d * shared)
+
+
+def main() -> None:
+    p = common.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--eager", action="store_true", help="leave our block uncompiled")
+    opts = p.parse_args()
+    device, dtype = common.device_and_dtype(opts.tiny)
+    if opts.tiny:
+        tokens, d, f, e, k, shared, backend = 64, 64, 32, 8, 2, 64, "torch"
+    else:
+        tokens, d, f, e, k, shared, backend = opts.tokens, DIM, HIDDEN, EXPERTS, TOP_K, SHARED, "grouped_mm"
+    x = torch.randn(1, tokens, d, device=device, dtype=dtype, requires_grad=True)
+    results = {}
+
+    def measure(label: str, layer: torch.nn.Module, flops: int) -> None:
+        step_s, host_s = common.time_step(lambda: layer(x).float().sum().backward(), device,
+                                          opts.warmup, opts.steps)
+        results[label] = common.result(step_s, host_s, device, flops=flops, tokens=tokens)
+        common.report(label, results[label])
+
+    args = HybridLMArgs(dim=d, layer_pattern="E", n_routed_experts=e, n_experts_per_tok=k,
+                        moe_intermediate_size=f, moe_shared_expert_intermediate_size=shared,
+                        routed_scaling_factor=2.5, moe_backend=backend)
+    ours = MoE(args)
+    init_model_for_testing(ours, 0)
+    ours = ours.to(device, dtype)
+    ours.gate.float()  # the router's fp32 weight, as the trainer's FSDP unit gathers it
+    if not (opts.eager or opts.tiny):
+        ours.compile()
+    measure("titan_mimo", ours, our_flops(tokens, d, f, e, k, shared))
+    if device.type == "cuda" and not opts.tiny:
+        from titan_mimo.torchtitan_ext.moe import build_peer_moe
+        with torch.device(device), torch.no_grad():
+            peer = build_peer_moe(dim=d, hidden=f, n_experts=e, top_k=k, n_shared=shared // f,
+                                  route_scale=2.5)
+            peer.init_weights(0.02, device)
+        peer = peer.to(dtype)
+        measure("torchtitan", peer, peer_flops(tokens, d, f, e, k, shared))
+    common.write(results, opts.json)
+
+
+if __name__ == "__main__":
+    main()
