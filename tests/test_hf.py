@@ -4,6 +4,7 @@ correction biases included) so that a wrong mapping cannot hide behind ones and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -229,3 +230,18 @@ def test_trainer_module_args_from_folders(folders):
     assert Module(model=f"hf:{folders['omni']}", feeds="language").placeholder_id == IMAGE_ID
     with pytest.raises(ValueError, match=f"placeholder_id = 3, but .* has image_token_id = {IMAGE_ID}"):
         Module(model=f"hf:{folders['omni']}", feeds="language", placeholder_id=3)
+
+
+def test_config_only_folder_builds_the_shape(folders, tmp_path):
+    """config.json alone (a released model's shape, for benchmarks): args build, nothing loads."""
+    from titan_mimo.hf import training
+    (tmp_path / "shape").mkdir()
+    (tmp_path / "shape" / "config.json").write_text((folders["omni"] / "config.json").read_text())
+    lm = training.module_args(tmp_path / "shape", is_encoder=False, overrides={})
+    assert lm == hf.describe(folders["omni"]).lm
+    # LayerScale of identity value (transformers writes its tensors, C-RADIO ships none) is left out.
+    vit = dataclasses.replace(hf.describe(folders["omni"]).vit, layer_scale=False)
+    assert training.module_args(tmp_path / "shape", True, {}) == vit
+    assert training.load_weights([], tmp_path / "shape", is_encoder=False) is None
+    with pytest.raises(ValueError, match="has neither model.safetensors nor model.safetensors.index.json"):
+        hf.from_pretrained(tmp_path / "shape")

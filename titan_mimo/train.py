@@ -73,9 +73,11 @@ def restore(trainer: Trainer, checkpointer: Checkpointer | None, resume: ResumeP
         return start
     for name, m in trainer.modules.items():
         if (folder := hf_training.folder_of(cfg.modules[name].model)) is not None:
-            hf_training.load_weights(m.parts, folder, is_encoder=bool(cfg.modules[name].feeds))
+            loaded = hf_training.load_weights(m.parts, folder, is_encoder=bool(cfg.modules[name].feeds))
             if topo.rank == 0:
-                print(f"titan_mimo: {name} weights from {folder}", flush=True)
+                print(f"titan_mimo: {name} weights from {folder}" if loaded is not None else
+                      f"titan_mimo: WARNING: {folder} holds no weights (config.json only): {name} starts "
+                      "from the initialisation", flush=True)
     if initial is not None:
         path = Path(cfg.checkpoint.initial_load_path)
         for name, m in trainer.modules.items():

@@ -14,13 +14,18 @@ from safetensors.torch import save_file
 
 from .names import Source
 
-__all__ = ["Folder", "write_folder"]
+__all__ = ["Folder", "has_weights", "write_folder"]
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def has_weights(path: Path) -> bool:
+    """Whether a folder holds safetensors (a config.json alone describes a shape only)."""
+    return (Path(path) / SINGLE).is_file() or (Path(path) / INDEX).is_file()
 
 
 class Folder:

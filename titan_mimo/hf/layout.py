@@ -25,7 +25,7 @@ from titan_mimo.models.language.args import HybridLMArgs
 from titan_mimo.models.vision.args import ViTArgs
 
 from . import configs
-from .files import Folder
+from .files import Folder, has_weights
 from .names import Source, lm_sources, prefixed, projector_sources, vit_sources
 
 __all__ = ["Layout", "check_tensors", "describe"]
@@ -112,9 +112,13 @@ def describe(path: Path) -> Layout:
     kind, where = config["model_type"], str(path / "config.json")
     if kind == "nemotron_h":
         return Layout(kind=kind, config=config, lm=configs.lm_args(config, where), source=path)
-    folder = Folder(path)
-    names = folder.names
-    has_scale = any(n.endswith("layer_scale1.lambda1") for n in names)
+    # A folder with config.json alone (a shape to build, for benchmarks) has no tensor names:
+    # LayerScale is then present only where the config's value is not the identity.
+    folder = Folder(path) if has_weights(path) else None
+    names = folder.names if folder is not None else set()
+    vision_config = config if kind == "radio" else configs.omni_parts(config, where)[1]
+    has_scale = (any(n.endswith("layer_scale1.lambda1") for n in names) if folder is not None
+                 else float(vision_config.get("layerscale_value", 1.0)) != 1.0)
     if kind == "radio":
         vit = configs.radio_args(config, where, conditioner=True, layer_scale=has_scale, final_norm=False)
         # The conditioner's buffers are what transformers uses once loaded; they win over config.

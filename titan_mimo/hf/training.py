@@ -20,7 +20,7 @@ from titan_mimo.models.language.args import HybridLMArgs
 from titan_mimo.models.vision.args import ViTArgs
 
 from . import configs
-from .files import Folder, write_folder
+from .files import Folder, has_weights, write_folder
 from .layout import Layout, check_tensors, describe
 from .load import load_into
 from .models import DTYPES, MAX_SHARD_BYTES, file_tensors
@@ -74,10 +74,13 @@ def module_args(path: Path, is_encoder: bool, overrides: dict) -> ViTArgs | Hybr
     return dataclasses.replace(args, **overrides)
 
 
-def load_weights(parts: list[nn.Module], path: Path, is_encoder: bool) -> int:
+def load_weights(parts: list[nn.Module], path: Path, is_encoder: bool) -> int | None:
     """Fill this rank's parts of a module (an encoder, or language stages) from the folder;
-    returns the number of tensors loaded."""
+    returns the number of tensors loaded, None for a folder with config.json alone (the module
+    keeps its initialisation: real shapes for benchmarks without the weights)."""
     layout = _layout(path, is_encoder)
+    if not has_weights(path):
+        return None
     folder = Folder(path)
     check_tensors(layout, folder, layout.all_sources())
     sources = layout.encoder_sources() if is_encoder else layout.lm_sources()
