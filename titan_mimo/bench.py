@@ -61,7 +61,8 @@ from titan_mimo.models import merge_embeddings
 from titan_mimo.models.language.loss import IGNORE_INDEX, linear_cross_entropy_sum
 from titan_mimo.profiling import print_profile, report_syncs
 from titan_mimo.topology import build_topology, uses_fused_loss
-from titan_mimo.train import Setup, garbage_collection, prepare, train
+from titan_mimo.torchtitan_ext.garbage_collection import garbage_collection
+from titan_mimo.train import Setup, prepare, train
 from titan_mimo.trainer import build_trainer
 
 SET_BY_BENCH = ("training.steps", "metrics.log_freq")
