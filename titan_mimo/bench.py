@@ -244,16 +244,17 @@ def fixed_batches(setup: Setup, device: torch.device) -> list:
 
 class BareLanguageLoss(nn.Module):
     """Summed loss of a micro-batch through the language model, the encoders' embeddings merged
-    at their placeholders: the model's layers called in turn, the stand-in of the trainer's
-    stages and loss in the bare loop. A module of its own so the language module's activation
-    memory budget can scope its forward."""
+    at their placeholders: the model's parts (`tok_embeddings`, `layers`, `norm`, `output`, as a
+    whole model and a language stage both name them) called in turn, the stand-in of the
+    trainer's stages and loss in the bare loop. A module of its own so the language module's
+    activation memory budget can scope its forward."""
 
     def __init__(self, lm: nn.Module, fused_loss: bool):
         super().__init__()
         self.lm, self.fused_loss = lm, fused_loss
 
     def forward(self, tokens_BS: Tensor, embeds: dict[int, Tensor], labels_BS: Tensor) -> Tensor:
-        h_BSD = merge_embeddings(self.lm.embed(tokens_BS), tokens_BS, embeds)
+        h_BSD = merge_embeddings(self.lm.tok_embeddings(tokens_BS), tokens_BS, embeds)
         for layer in self.lm.layers.values():
             h_BSD = layer(h_BSD)
         h_BSD = self.lm.norm(h_BSD)
