@@ -81,6 +81,9 @@ VIT = ("--encoder", "vision", "--training.global_batch_size=12", "--training.mic
 TINY_PEER = ("--tiny", "--warmup", "1", "--steps", "2")
 TIMM = Result(Command(("-m", "benchmarks.peer_vit", "--batch", "12", "--image", "1024"), TINY_PEER), "timm")
 MAMBA2 = Command(("-m", "benchmarks.mamba2_layer"), TINY_PEER)
+MOE_LAYER = Command(("-m", "benchmarks.moe_layer"), TINY_PEER)
+TINY_MOE = TINY_LM[1:] + ("--modules.language.model=hybrid_lm/debug_moe",
+                          "--modules.language.model_args.moe_backend=torch")
 COLOCATED = bench(VLM, tiny=TINY_VLM)
 
 ROWS = [
@@ -98,6 +101,13 @@ ROWS = [
         Result(bench("train_configs/hybrid_2b_1gpu.toml", "--no-bare", tiny=TINY_LM), "titan_mimo"), None),
     Row("mamba2_layer", "one Mamba2 layer at hybrid_2b's shape, 2 x 8192 tokens, fwd+bwd",
         Result(MAMBA2, "titan_mimo"), Result(MAMBA2, "mamba_ssm"), "mamba-ssm Mamba2 layer"),
+    Row("nemotron_moe_1gpu", "Nemotron-H MoE LM, 8 layers (3 MoE: 128 experts top-6), 2 x 8192 tokens, "
+        "grouped GEMM, compiled; MFU by active FLOPs",
+        Result(bench("train_configs/nemotron_moe_1gpu.toml", "--no-bare", tiny=TINY_MOE), "titan_mimo"), None),
+    Row("moe_layer", "one MoE block at the reference's widths (2688, 128 experts of 1856 top-6, shared 3712), "
+        "8192 tokens, fwd+bwd, compiled; TFLOP/s by active FLOPs",
+        Result(MOE_LAYER, "titan_mimo"), Result(MOE_LAYER, "torchtitan"),
+        "torchtitan 0.2.2 MoE layer (SwiGLU experts, grouped GEMM)"),
     Row("vlm_1gpu", "ViT-H/16 + hybrid_2b colocated on one GPU: the trainer (`vlm_hybrid_1gpu.toml`)",
         Result(COLOCATED, "titan_mimo"), Result(COLOCATED, "bare"), "the same modules in a bare loop"),
 ]

@@ -24,8 +24,17 @@ BASE = "train_configs/debug_cpu.toml"
 TWO = "train_configs/debug_two_encoders_cpu.toml"
 STEPS = 3
 
+MOE = {"modules.language.model": "hybrid_lm/debug_moe"}
+"""The MoE language model (Mamba2, MoE, attention and MLP blocks; 8 experts top-2 in 2 groups,
+the auxiliary loss on, a correction-bias rate that changes routing decisions within the run)."""
+
 REFERENCES = {
     "base": (BASE, {}),
+    "moe": (BASE, MOE),
+    "moe_text_only": (BASE, {**MOE, "data.text_only_fraction": 0.5}),
+    # The bias update off: its losses part from "moe"'s after step 1 only if the update changed
+    # some routing decision (the bias steers the choice, never the values).
+    "moe_no_bias_update": (BASE, {**MOE, "modules.language.model_args.moe_bias_update_rate": 0.0}),
     "text_only": (BASE, {"data.text_only_fraction": 0.5}),
     "frozen": (BASE, {"modules.vision.frozen": True}),
     "two_encoders": (TWO, {}),
@@ -76,6 +85,25 @@ LAYOUTS = {
                                "modules.language.pp": 2}),
     "lm_dp2_tp2": (6, "base", {"modules.vision.ranks": 2, "modules.language.ranks": 4,
                                "modules.language.tp": 2}),
+    # Expert parallelism: experts over the 2 language ranks (borrowed from dp_shard); with full
+    # activation checkpointing (a block's tokens are counted again in its recompute); over
+    # the TP ranks under sequence parallelism; in each pipeline stage (1F1B, interleaved); with
+    # fan-in at the bridge (vision dp 2 -> language tp 2 = dp 1); colocated (expert_dp 2 x ep 2);
+    # and with micro-batches that carry no image.
+    "moe_ep2": (4, "moe", {"modules.language.ep": 2}),
+    "moe_ep2_activation_checkpoint": (4, "moe", {"modules.language.ep": 2,
+                                                 "modules.language.activation_checkpoint": "full"}),
+    "moe_ep2_tp2": (6, "moe", {"modules.vision.ranks": 2, "modules.language.ranks": 4,
+                               "modules.language.tp": 2, "modules.language.ep": 2}),
+    "moe_ep2_pp2_1f1b": (6, "moe", {"modules.vision.ranks": 2, "modules.language.ranks": 4,
+                                    "modules.language.pp": 2, "modules.language.ep": 2}),
+    "moe_ep2_pp2_interleaved": (6, "moe", {"modules.vision.ranks": 2, "modules.language.ranks": 4,
+                                           "modules.language.pp": 2, "modules.language.ep": 2,
+                                           "parallelism.stages_per_rank": 2,
+                                           "parallelism.pipeline_schedule": "Interleaved1F1B"}),
+    "moe_fan_in_ep2_tp2": (4, "moe", {"modules.language.tp": 2, "modules.language.ep": 2}),
+    "moe_colocated_ep2": (4, "moe", {"parallelism.colocated": True, "modules.language.ep": 2}),
+    "moe_ep2_no_image_microbatches": (4, "moe_text_only", {"modules.language.ep": 2}),
     # One rank with FSDP2 wrapping both modules anyway (the reference runs them unwrapped).
     "fsdp_one_rank": (1, "base", {"parallelism.fsdp_one_rank": True}),
 }
@@ -202,6 +230,28 @@ def test_init_is_identical_in_every_placement(runs: Path, layout: str) -> None:
     assert got.keys() == ref.keys() and ref
     for fqn, p in ref.items():
         assert torch.equal(got[fqn], p), fqn
+
+
+def test_bias_update_changes_routing(runs: Path) -> None:
+    """The correction-bias update acts within the test's steps: with it off, step 1 is the same
+    but later losses differ, i.e. some token chose other experts (the bias changes nothing else).
+    So the MoE layouts above agree with the reference on a run where the update matters."""
+    on, off = _load(runs, "ref_moe")["losses"], _load(runs, "ref_moe_no_bias_update")["losses"]
+    assert on[0] == off[0]
+    assert on[-1] != off[-1], (on, off)
+
+
+def test_expert_load_metrics(runs: Path) -> None:
+    """Every MoE layer's max / mean tokens per expert over the global batch, the same in every
+    layout (the counts are world sums), and >= 1."""
+    ref = _load(runs, "ref_moe")["metrics"]
+    layers = [k for k in ref if k.startswith("moe/load_max_over_mean/layer")]
+    assert sorted(layers) == [f"moe/load_max_over_mean/layer{i}" for i in (1, 3, 5)]
+    assert ref["moe/load_max_over_mean"] == max(ref[k] for k in layers) >= 1.0
+    for layout in ("moe_ep2", "moe_ep2_tp2", "moe_ep2_pp2_1f1b", "moe_colocated_ep2"):
+        got = _load(runs, layout)["metrics"]
+        for k in layers:
+            assert got[k] == pytest.approx(ref[k], rel=1e-6), (layout, k)
 
 
 def test_frozen_encoder_has_no_gradients_and_keeps_its_weights(runs: Path) -> None:

@@ -54,14 +54,14 @@ class ExpertLoad:
                 counts[row] = self.mine[idx].gate.tokens_per_expert
         return world_sum_(counts)
 
-    def update_biases(self, global_counts: torch.Tensor | None) -> None:
-        """After the optimizer step: move this rank's layers' correction biases; their local
-        counts start again from zero."""
+    def update_biases(self, global_counts: torch.Tensor | None, apply: bool = True) -> None:
+        """After the optimizer step: move this rank's layers' correction biases (unless `apply`
+        is False: a skipped step); their local counts start again from zero."""
         if global_counts is None:
             return
+        rate = self.bias_rate if apply and not self.frozen else 0.0
         for row, idx in enumerate(self.layers):
             if idx in self.mine:
-                rate = 0.0 if self.frozen else self.bias_rate
                 update_correction_bias(self.mine[idx], global_counts[row], rate)
 
     def metrics(self, global_counts: list[list[float]]) -> dict[str, float]:
