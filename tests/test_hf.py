@@ -199,10 +199,10 @@ def test_train_hf_omni_non_colocated_then_export(folders, tmp_path):
     assert err <= TOL
 
 
-@pytest.mark.parametrize("language", ["tp", "pp"])
+@pytest.mark.parametrize("language", ["tp", "pp", "ep"])
 def test_hf_weights_load_into_sharded_modules_exactly(folders, tmp_path, language):
     """One step that changes no weight (lr 1e-30 is below every weight's rounding, no
-    correction-bias update), vision FSDP over 2 ranks, language TP or PP over 2: the export is
+    correction-bias update), vision FSDP over 2 ranks, language TP, PP or EP over 2: the export is
     the source folder bit for bit, so every rank loaded its shards right."""
     step = _train(tmp_path / "run", folders["omni"], "--training.steps=1", "--optimizer.lr=1e-30",
                   f"--modules.language.{language}=2", "--modules.language.model_args.moe_bias_update_rate=0")
