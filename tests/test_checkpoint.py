@@ -41,6 +41,11 @@ LAYOUTS = {
                     "--parallelism.pipeline_schedule=Interleaved1F1B"],
     "frozen": ["--modules.vision.frozen=true"],  # no optimizer state for vision
     "two_encoders": ["--config", str(REPO / TWO_ENCODERS)],
+    # The MoE language model, its experts over the 2 language ranks; the same without expert
+    # parallelism, and on one rank.
+    "moe_ep2": ["--modules.language.model=hybrid_lm/debug_moe", "--modules.language.ep=2"],
+    "moe_ep1": ["--modules.language.model=hybrid_lm/debug_moe"],
+    "moe_one": ["--modules.language.model=hybrid_lm/debug_moe", "--parallelism.colocated=true"],
 }
 
 
@@ -85,8 +90,9 @@ def runs(tmp_path_factory) -> Path:
         _case(t / "dp2", "dp2"),
         _case(t / "init_dp2", "dp2", "--training.steps=2", "--checkpoint.enable=false",
               f"--checkpoint.initial_load_path={export}", export=(_step3(t / "dp2"), export)),
-        *[case for layout in ("interleaved", "frozen", "two_encoders")
+        *[case for layout in ("interleaved", "frozen", "two_encoders", "moe_ep2")
           for case in (_case(t / layout, layout), resumed(f"{layout}_resumed", layout, layout))],
+        resumed("moe_ep2_to_moe_ep1", "moe_ep2", "moe_ep1"),
     ], t)
     _launch(3, [
         _case(t / "pp", "pp", "--checkpoint.async_mode=async"),
@@ -97,6 +103,7 @@ def runs(tmp_path_factory) -> Path:
     ], t)
     _launch(1, [
         resumed("dp2_to_one", "dp2", "one"),
+        resumed("moe_ep2_to_moe_one", "moe_ep2", "moe_one"),
         _case(t / "init_one", "one", "--training.steps=2", "--checkpoint.enable=false",
               f"--checkpoint.initial_load_path={export}"),
     ], t)
@@ -107,7 +114,7 @@ def _state(run: Path, step: int) -> dict[str, torch.Tensor]:
     return read_tensors(run / "checkpoint" / f"step-{step}", "")
 
 
-@pytest.mark.parametrize("layout", ["pp", "fan_in", "interleaved", "frozen", "two_encoders"])
+@pytest.mark.parametrize("layout", ["pp", "fan_in", "interleaved", "frozen", "two_encoders", "moe_ep2"])
 def test_resume_is_bitwise_identical(runs: Path, layout: str) -> None:
     """3 steps, stop, resume to 6 == 6 straight: losses, weights and AdamW states bit for bit
     (the pp layout saves asynchronously, so this also checks that an async save is a snapshot)."""
@@ -123,18 +130,34 @@ def test_resume_is_bitwise_identical(runs: Path, layout: str) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("target", ["pp", "one"])
-def test_resume_onto_another_placement(runs: Path, target: str) -> None:
-    """Saved under vision 2 | language 2; resumed as vision 1 | language pp 2, and as one rank."""
-    straight, resumed = _losses(runs / "dp2"), _losses(runs / f"dp2_to_{target}")
+@pytest.mark.parametrize("source, target", [("dp2", "pp"), ("dp2", "one"), ("moe_ep2", "moe_ep1"),
+                                            ("moe_ep2", "moe_one")])
+def test_resume_onto_another_placement(runs: Path, source: str, target: str) -> None:
+    """Saved under vision 2 | language 2; resumed as vision 1 | language pp 2, and as one rank.
+    The MoE model saved with its experts over 2 ranks (ep 2), resumed without expert parallelism
+    on the same ranks and on one rank."""
+    straight, resumed = _losses(runs / source), _losses(runs / f"{source}_to_{target}")
     assert sorted(resumed) == [4, 5, 6]
     for s in (4, 5, 6):
         assert abs(resumed[s] - straight[s]) <= 1e-6 * max(1.0, abs(straight[s])), (s, resumed, straight)
-    a, b = _state(runs / "dp2", STEPS), _state(runs / f"dp2_to_{target}", STEPS)
+    a, b = _state(runs / source, STEPS), _state(runs / f"{source}_to_{target}", STEPS)
     weights = [k for k in a if ".model." in k]
     assert weights and set(weights) <= set(b)
     for key in weights:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_checkpoint_holds_experts_and_correction_biases(runs: Path) -> None:
+    """The routed experts whole ([experts, out, in], however they were split) and every MoE
+    layer's correction bias, moved away from zero by the updates of the saved steps."""
+    state = _state(runs / "moe_ep2", SAVE_AT)
+    for layer in (1, 3, 5):
+        prefix = f"language.model.layers.{layer}.moe."
+        assert state[prefix + "experts.up_proj"].shape == (8, 32, 64)
+        assert state[prefix + "experts.down_proj"].shape == (8, 64, 32)
+        bias = state[prefix + "gate.e_score_correction_bias"]
+        assert bias.shape == (8,) and bias.abs().max() > 0
+    assert not [k for k in state if "tokens_per_expert" in k or "aux_loss_scale" in k]
 
 
 def test_checkpoint_contents(runs: Path) -> None:

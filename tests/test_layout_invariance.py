@@ -99,7 +99,7 @@ LAYOUTS = {
                                     "modules.language.pp": 2, "modules.language.ep": 2}),
     "moe_ep2_pp2_interleaved": (6, "moe", {"modules.vision.ranks": 2, "modules.language.ranks": 4,
                                            "modules.language.pp": 2, "modules.language.ep": 2,
-                                           "parallelism.stages_per_rank": 2,
+                                           "parallelism.stages_per_rank": 2, "training.micro_batch_size": 1,
                                            "parallelism.pipeline_schedule": "Interleaved1F1B"}),
     "moe_fan_in_ep2_tp2": (4, "moe", {"modules.language.tp": 2, "modules.language.ep": 2}),
     "moe_colocated_ep2": (4, "moe", {"parallelism.colocated": True, "modules.language.ep": 2}),
