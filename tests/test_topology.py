@@ -155,11 +155,6 @@ BAD_LAYOUTS = [
           training={"loss": "fused"}), 4, {},
      r'training.loss = "fused" needs the language module at tp = 1 \(it has tp = 2: a vocabulary-parallel '
      r'head\); use "auto" or "logits"'),
-    ("pipelined_fused_loss_resharded",
-     dict(modules={"vision": vision(ranks=1), "language": language(ranks=2, pp=2, reshard_after_forward="always")},
-          training={"global_batch_size": 4, "micro_batch_size": 1}), 3, {},
-     r'modules.language: reshard_after_forward = "always" with pp = 2 and the fused loss: .* use '
-     r'"default" or "never", or training.loss = "logits"'),
 ]
 
 
@@ -415,3 +410,31 @@ def test_fused_loss_where_it_applies(loss, pp, tp, fused):
                    training={"loss": loss})
     placements = resolve_placements(cfg, 2 + 2 * pp * tp, {})
     assert uses_fused_loss(cfg, placements["language"]) is fused
+
+
+# --------------------------------------------------------------------------------------------
+# expert parallelism
+
+
+def test_expert_mesh_borrows_ep_from_dp_shard_and_tp():
+    """ep takes the innermost ranks of each stage's (dp_replicate, dp_shard, tp) order: tp first."""
+    cfg = make_cfg({"vision": vision(ranks=2), "language": language(ranks=8, pp=2, tp=2, ep=2)})
+    lm = resolve_placements(cfg, 10, {})["language"]
+    assert (lm.dp_shard, lm.ep, lm.has_expert_mesh, lm.expert_shape) == (2, 2, True, (2, 2, 2))
+    cfg = make_cfg({"vision": vision(ranks=2), "language": language(ranks=4)})
+    assert not resolve_placements(cfg, 6, {})["language"].has_expert_mesh
+
+
+@pytest.mark.parametrize("lm, message", [
+    ({"ranks": 4, "tp": 2, "ep": 8}, "ep = 8 must divide dp_shard\\*tp = 2\\*2 = 4"),
+    ({"ranks": 6, "ep": 4}, "ep = 4 must divide dp_shard\\*tp = 6\\*1 = 6"),
+])
+def test_ep_must_divide_dp_shard_times_tp(lm, message):
+    cfg = make_cfg({"vision": vision(ranks=2), "language": language(**lm)})
+    with pytest.raises(ValueError, match=f"modules.language: {message}"):
+        resolve_placements(cfg, 2 + lm["ranks"], {})
+
+
+def test_ep_is_for_the_language_model_only():
+    with pytest.raises(ValueError, match="ep = 2: expert parallelism applies to the language module"):
+        make_cfg({"vision": vision(ranks=2, ep=2), "language": language(ranks=2)})

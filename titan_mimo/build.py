@@ -1,15 +1,15 @@
 """Build this rank's share of every module: meta-device model -> pipeline stage split ->
 TP / FSDP -> materialise -> layout-independent init.
 
-Encoders are built whole; the language model is split into `pp * stages_per_rank` stages by
-deleting the layers a stage does not own from a full meta-device copy, which keeps FQNs global
-(checkpoints and the seed-per-FQN init both rely on that).
+Encoders are built whole; the language model is split into `pp * stages_per_rank` stages, each a
+`LanguageStage` holding its parts of one meta-device model under the model's names, which keeps
+FQNs global (checkpoints and the seed-per-FQN init both rely on that).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch._inductor.config as inductor_config
@@ -23,7 +23,11 @@ from titan_mimo.models import build_from_args, model_args
 from titan_mimo.models.fsdp import autocast_forward
 from titan_mimo.models.language import parallelize as lm_parallel
 from titan_mimo.models.vision import parallelize as vit_parallel
+from titan_mimo.stages import LanguageStage
 from titan_mimo.topology import Topology
+
+if TYPE_CHECKING:
+    from titan_mimo.embeddings import EncoderEmbeddings
 
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -144,8 +148,12 @@ def _checkpointed(mcfg, layer_kinds: str) -> set[int]:
     return checkpointed_layers(layer_kinds, mcfg.activation_checkpoint, mcfg.ac_layers, mcfg.ac_every)
 
 
-def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.device) -> dict[str, BuiltModule]:
-    """`args`: `module_args(cfg)`."""
+def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.device, *,
+                  names: list[str] | None = None, embeddings: EncoderEmbeddings | None = None
+                  ) -> dict[str, BuiltModule]:
+    """`args`: `module_args(cfg)`. `names`: build only these of this rank's modules (default:
+    all). `embeddings`: what the language model's first stage merges into its input (the
+    encoders' embeddings; built after the encoders, which a colocated one runs)."""
     compute_dtype = COMPUTE_DTYPES[cfg.training.mixed_precision]
     if cfg.training.coordinate_descent_tuning:
         # Read when Inductor generates a graph's kernels (backward graphs on the first
@@ -153,6 +161,8 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
         inductor_config.coordinate_descent_tuning = True
     built = {}
     for name in topo.my_modules:
+        if names is not None and name not in names:
+            continue
         mcfg, place, mesh = cfg.modules[name], topo.placements[name], topo.meshes[name]
         coords = topo.coords(name)
         dp_mesh = mesh["dp_replicate", "dp_shard"] if place.dp_replicate > 1 else mesh["dp_shard"]
@@ -181,14 +191,9 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
             ranges = stage_layers(len(full.layers), n_stages)
             parts = []
             for sid in stage_ids:
-                stage = copy.deepcopy(full) if n_stages > 1 else full
-                for idx in list(stage.layers.keys()):
-                    if int(idx) not in ranges[sid]:
-                        del stage.layers[idx]
-                if sid > 0:
-                    stage.tok_embeddings = None
-                if sid < n_stages - 1:
-                    stage.norm, stage.output = None, None
+                stage = LanguageStage(full, ranges[sid], is_first=sid == 0, is_last=sid == n_stages - 1,
+                                      embeddings=embeddings if sid == 0 else None,
+                                      tp_mesh=tp_mesh if sid == 0 else None)
                 if tp_mesh is not None:
                     # Without pipelining the head's vocabulary-sharded logits go straight into a
                     # loss-parallel cross-entropy (schedule.py); a pipeline's last stage hands

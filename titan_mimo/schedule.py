@@ -1,12 +1,12 @@
 """One step's forward and backward over all micro-batches, for every role this rank plays.
 
-- Colocated: every module on this rank; the language model's first stage calls the encoders
-  directly (no bridge) and autograd runs through both.
-- Language ranks: pp = 1 runs micro-batches in a plain loop; pp > 1 runs a
-  `torch.distributed.pipelining` schedule (GPipe, 1F1B, Interleaved1F1B). Either way the first
-  stage's `input_merge` hook pulls each micro-batch's image embeddings from the bridge when that
-  micro-batch's forward starts, and the bridge returns their gradient when that micro-batch's
-  backward reaches it.
+- Colocated: every module on this rank; the language model's first stage runs the encoders
+  itself (no bridge) and autograd runs through both.
+- Language ranks: the stages are `titan_mimo/stages.py`'s modules; pp = 1 runs micro-batches in a
+  plain loop, pp > 1 a `torch.distributed.pipelining` schedule (GPipe, 1F1B, Interleaved1F1B).
+  Either way the first stage takes each micro-batch's image embeddings from the bridge
+  (`EncoderEmbeddings`) when that micro-batch's forward starts, and the bridge returns their
+  gradient when that micro-batch's backward reaches it; the last stage ends in the loss.
 - Encoder ranks: a 1F1B loop across the boundary: up to `in_flight` forwards are sent ahead, then
   each arriving gradient is back-propagated before the next forward, so encoder forward of i+1
   overlaps the language model's work on i and encoder backward of i starts as soon as its
@@ -24,10 +24,8 @@ Legend: B samples of a micro-batch on this rank, S sequence, D language hidden, 
 from __future__ import annotations
 
 import time
-import warnings
 from collections import deque
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +34,12 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
-from titan_mimo.bridge import Bridge
 from titan_mimo.build import BuiltModule
 from titan_mimo.compat import first_stage_forwards_ahead, time_stage_work
 from titan_mimo.data.batch import IGNORE_INDEX, StepData
 from titan_mimo.distributed import world_max
-from titan_mimo.models import merge_embeddings
+from titan_mimo.embeddings import EncoderEmbeddings, EncoderRole, encode
 from titan_mimo.models.common import to_device
-from titan_mimo.models.language.parallelize import scatter_sequence
 from titan_mimo.timing import SpanClock, StepTiming
 
 
@@ -61,18 +57,6 @@ def last_backward(model, module: BuiltModule, is_last: bool) -> None:
 
 
 SCHEDULES = {"GPipe": ScheduleGPipe, "1F1B": Schedule1F1B, "Interleaved1F1B": ScheduleInterleaved1F1B}
-
-
-@dataclass(kw_only=True)
-class EncoderRole:
-    module: BuiltModule | None
-    """The encoder, when this rank computes it (None on language ranks)."""
-    frozen: bool
-    placeholder_id: int
-    cell: int
-    """Smallest image side (patch * pixel_shuffle) for the empty-micro-batch stand-in."""
-    bridge: Bridge | None
-    """None when colocated (embeddings stay on this rank)."""
 
 
 def theoretical_bubble_fraction(lm_pp: int, n_microbatches: int, stages_per_rank: int = 1) -> float:
@@ -110,41 +94,23 @@ def cross_entropy_sum(logits_BSV: Tensor, labels_BS: Tensor) -> Tensor:
                            ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-# The vision module returns its embeddings as a view (a flatten of the projector's output), and
-# FSDP2 warns that an in-place op on such a view would skip its pre-backward hook; nothing here
-# or on the bridge modifies encoder outputs in place (merges and masks are out of place).
-warnings.filterwarnings("ignore", category=UserWarning,
-                        message=r"FSDP2-wrapped module \(FSDPVisionModule\) returned a view tensor")
-
-
-def encode(role: EncoderRole, images: list[Tensor], device: torch.device) -> Tensor:
-    """Run the encoder on a micro-batch's images (slot order).
-
-    With no images it runs on one blank cell and returns zero rows: FSDP's gradient
-    reduce-scatter is a collective over the encoder's dp ranks, so every rank must run the
-    forward and backward even when its samples are all text-only, or its peers would wait.
-    """
-    model = role.module.parts[0]
-    if images:
-        return model([to_device(im, device) for im in images])
-    blank = torch.zeros(1, 3, role.cell, role.cell, device=device)
-    return model(blank)[:0]
-
-
 class StepRunner:
     """Runs forward+backward (or forward only) of one step on this rank."""
 
     def __init__(self, *, modules: dict[str, BuiltModule], encoders: dict[str, EncoderRole],
-                 language: str | None, n_microbatches: int, schedule_name: str,
-                 tp_mesh, pp_group, device: torch.device, host_group, lm_pp: int,
-                 stage_shapes: dict | None, zero_embeddings: bool = False, fused_loss: bool = False):
+                 embeddings: EncoderEmbeddings | None, language: str | None, n_microbatches: int,
+                 schedule_name: str, pp_group, device: torch.device, host_group, lm_pp: int,
+                 stage_shapes: dict | None, fused_loss: bool = False, loss_parallel: bool = False):
         self.modules, self.encoders, self.language = modules, encoders, language
+        self.embeddings = embeddings
+        """What the language model's first stage on this rank merges (None elsewhere)."""
         self.n_mb, self.device = n_microbatches, device
-        self.zero_embeddings = zero_embeddings
         self.fused_loss = fused_loss
-        self.tp_mesh = tp_mesh
-        """Chunked head + cross-entropy: the model's forward(labels=) at pp = 1, the last stage's
-        hidden states through `_stage_fused_loss` under pipelining."""
+        """The last stage ends in the chunked head + cross-entropy (it gets the labels), rather
+        than in logits for the cross-entropy here."""
+        self.loss_parallel = loss_parallel
+        """Without pipelining under TP: the head's logits stay sharded over the vocabulary and the
+        cross-entropy runs loss-parallel."""
         self.global_tokens = 1.0
         self.data = StepData()
         self.timing = StepTiming()
@@ -154,19 +120,10 @@ class StepRunner:
         self.events: list[tuple[str, str, int, float]] = []
         """(module, op, micro-batch, wall time) of the last step, in the order this rank ran them;
         the time is when a language forward starts and when any other op ends."""
-        self._pending_emb: dict[tuple[str, int], Tensor] = {}
-        self._next_merge_mb = 0
-        """Micro-batch of the first stage's next forward (they run in order 0..n-1); reset per run."""
         self.schedule = None
         if language is not None:
             lm = modules[language]
-            for part, sid in zip(lm.parts, lm.stage_ids):
-                if sid == 0:
-                    part.input_merge = self._merge_hook(tp_mesh)
             if lm.n_stages > 1:
-                if fused_loss and lm.n_stages - 1 in lm.stage_ids:
-                    self._last_part = lm.parts[lm.stage_ids.index(lm.n_stages - 1)]
-                    self._last_part.head_in_loss = True
                 stages = [PipelineStage(part, sid, lm.n_stages, device, group=pp_group,
                                         **stage_shapes[sid])
                           for part, sid in zip(lm.parts, lm.stage_ids)]
@@ -175,7 +132,7 @@ class StepRunner:
                 cls = SCHEDULES[schedule_name]
                 self.schedule = cls(stages if len(stages) > 1 or cls is ScheduleInterleaved1F1B else stages[0],
                                     n_microbatches, scale_grads=False,
-                                    loss_fn=self._stage_fused_loss if fused_loss else self._loss_fn)
+                                    loss_fn=self._normalised if fused_loss else self._loss_fn)
                 self.holds_first = 0 in lm.stage_ids
                 self.holds_last = lm.n_stages - 1 in lm.stage_ids
         # Only the language rank holding stage 0 can read a multi-stage schedule's action list;
@@ -191,67 +148,21 @@ class StepRunner:
 
     # ---- language side -----------------------------------------------------------------------
 
+    # Losses are divided by the step's global loss-token count (one world all-reduce per step),
+    # so the summed gradient over micro-batches, dp ranks and modules is the same in every layout.
+
+    def _normalised(self, loss_sum: Tensor, _labels_BS: Tensor) -> Tensor:
+        return loss_sum / self.global_tokens
+
     def _loss_fn(self, logits_BSV: Tensor, labels_BS: Tensor) -> Tensor:
-        # Divided by the step's global loss-token count (one world all-reduce per step), so the
-        # summed gradient over micro-batches, dp ranks and modules is the same in every layout.
         return cross_entropy_sum(logits_BSV, labels_BS) / self.global_tokens
 
-    def _stage_fused_loss(self, h_BSD: Tensor, labels_BS: Tensor) -> Tensor:
-        # The last stage returned final-norm hidden states; its head runs here, chunked with the
-        # cross-entropy. Under pipelining the stage keeps its FSDP parameters unsharded after
-        # forward (reshard_after_forward=False), so the head weight is the gathered one and its
-        # gradient lands before FSDP's post-backward reduce-scatter of that stage.
-        return self._last_part.loss_sum_from_hidden(h_BSD, labels_BS) / self.global_tokens
-
-    def _model_loss(self, model, tokens_BS: Tensor, mb_B: Tensor, labels_BS: Tensor) -> Tensor:
+    def _stage_loss(self, model, tokens_BS: Tensor, mb_B: Tensor, labels_BS: Tensor) -> Tensor:
         if self.fused_loss:
-            return model(tokens_BS, mb_B, labels=labels_BS) / self.global_tokens
+            return self._normalised(model(tokens_BS, mb_B, labels_BS=labels_BS), labels_BS)
         loss = self._loss_fn(model(tokens_BS, mb_B), labels_BS)
         # Loss-parallel cross-entropy returns a replicated DTensor: every TP rank holds the sum.
         return loss.to_local() if isinstance(loss, DTensor) else loss
-
-    def _merge_hook(self, tp_mesh):
-        """The first stage's `input_merge`: this micro-batch's image embeddings into its hidden
-        states.
-
-        Nothing here waits for the device, or the host would idle until the encoder's kernels
-        ran before queueing the language model's. So the micro-batch index comes from a host
-        counter (stage 0's forwards run in micro-batch order, in the pp = 1 loop and in every
-        pipelining schedule, training and eval), checked against the device's `mb_B` with a
-        device-side assert; and the rows per sample are counted in the host copy of the tokens.
-        """
-        def merge(h_BSD: Tensor, tokens_BS: Tensor, mb_B: Tensor) -> Tensor:
-            mb = self._next_merge_mb
-            self._next_merge_mb += 1
-            host_tokens_BS = self.data.text[mb].tokens
-            if host_tokens_BS.shape != tokens_BS.shape:
-                raise RuntimeError(f"micro-batch {mb}: the stage got tokens of shape {tuple(tokens_BS.shape)} "
-                                   f"but the step's data holds {tuple(host_tokens_BS.shape)}")
-            is_expected_mb = (mb_B == mb).all()
-            if mb_B.device.type == "cpu":
-                if not is_expected_mb:
-                    raise RuntimeError(f"the first stage ran micro-batch {mb_B.tolist()} as its forward "
-                                       f"number {mb}; the merge assumes micro-batch order")
-            else:
-                torch._assert_async(is_expected_mb, f"the first stage's forward number {mb} ran another "
-                                                    "micro-batch; the merge assumes micro-batch order")
-            self.events.append((self.language, "F", mb, time.time()))
-            embeds = {}
-            for name, role in self.encoders.items():
-                if role.bridge is None:  # colocated: encode this rank's own samples here
-                    images = self.data.images[name][mb].images[name]
-                    emb = encode(role, images, self.device)
-                    if role.frozen:
-                        emb = emb.detach()
-                else:
-                    rows = (host_tokens_BS == role.placeholder_id).sum(1).tolist()
-                    emb = role.bridge.recv_embeddings(rows, requires_grad=not role.frozen)
-                # `* 0`, not zeros_like: the ablation keeps the graph, so the bridge still sends a
-                # (zero) gradient back and non-colocated encoder ranks do not wait for it forever.
-                embeds[role.placeholder_id] = emb * 0 if self.zero_embeddings else emb
-            h_BSD = merge_embeddings(h_BSD, tokens_BS, embeds)
-            return scatter_sequence(h_BSD, tp_mesh) if tp_mesh is not None else h_BSD
-        return merge
 
     def _run_language(self, train: bool) -> Tensor:
         lm = self.modules[self.language]
@@ -260,7 +171,7 @@ class StepRunner:
             model = lm.parts[0]
             # TP without pipelining: the head's logits stay sharded over the vocabulary and the
             # cross-entropy (forward and backward) runs loss-parallel, never gathering them.
-            vocab_parallel = loss_parallel if self.tp_mesh is not None else nullcontext
+            vocab_parallel = loss_parallel if self.loss_parallel else nullcontext
             # Summed on the device, read once after the loop: reading each micro-batch's loss
             # would make the host wait for its backward before queueing the next forward.
             # float64, adding the float32 losses in micro-batch order: the sum a Python float
@@ -273,12 +184,12 @@ class StepRunner:
                 if train:
                     last_backward(model, lm, mb == self.n_mb - 1)
                     with vocab_parallel():
-                        loss = self._model_loss(model, tokens, mb_ids, labels)
+                        loss = self._stage_loss(model, tokens, mb_ids, labels)
                         loss.backward()
                     self.events.append((self.language, "B", mb, time.time()))
                 else:
                     with torch.no_grad(), vocab_parallel():
-                        loss = self._model_loss(model, tokens, mb_ids, labels)
+                        loss = self._stage_loss(model, tokens, mb_ids, labels)
                 loss_sum += loss.detach()
             return loss_sum
         args, kwargs = (), {}
@@ -287,8 +198,15 @@ class StepRunner:
             mb_ids = torch.arange(self.n_mb, device=self.device).repeat_interleave(text[0].tokens.shape[0])
             args = (tokens, mb_ids)
         losses: list[Tensor] = []
+        # The schedule keeps no outputs: the last stage's losses are all the step reads.
+        kwargs = {"return_outputs": False}
         if self.holds_last:
-            kwargs = {"target": to_device(torch.cat([b.labels for b in text]), self.device), "losses": losses}
+            labels = to_device(torch.cat([b.labels for b in text]), self.device)
+            # `target` is what the schedule hands its loss_fn per micro-batch; with the fused loss
+            # the labels also go into the last stage, which ends in the summed loss.
+            kwargs.update(target=labels, losses=losses)
+            if self.fused_loss:
+                kwargs["labels_BS"] = labels
         with self._schedule_clock.span():
             if train:
                 self.schedule.step(*args, **kwargs)
@@ -337,7 +255,8 @@ class StepRunner:
         float64 scalar on the device (read it when the step's work is queued)."""
         self.data, self.global_tokens = data, global_tokens
         self.events = []
-        self._next_merge_mb = 0
+        if self.embeddings is not None:
+            self.embeddings.begin(data, self.events)
         self.timing = StepTiming()
         self._stage_clock.reset()
         self._schedule_clock.reset()

@@ -146,11 +146,6 @@ def resolve_placements(cfg: JobConfig, world_size: int, tp_divisors: dict[str, d
     if cfg.training.loss == "fused" and lm.tp > 1:
         raise ValueError(f"training.loss = \"fused\" needs the language module at tp = 1 (it has "
                          f"tp = {lm.tp}: a vocabulary-parallel head); use \"auto\" or \"logits\"")
-    if lm.pp > 1 and cfg.modules[cfg.language_name].reshard_after_forward == "always" and uses_fused_loss(cfg, lm):
-        raise ValueError(
-            f"modules.{cfg.language_name}: reshard_after_forward = \"always\" with pp = {lm.pp} and the "
-            f"fused loss: the last stage's output head runs in the pipeline's loss function, after "
-            f"FSDP resharded it; use \"default\" or \"never\", or training.loss = \"logits\"")
     return placements
 
 

@@ -25,9 +25,10 @@ from titan_mimo.data.feed import DataFeed
 from titan_mimo.data.mock import MockImageCaption
 from titan_mimo.data.plan import SamplePlan
 from titan_mimo.distributed import world_max, world_sum, world_sum_
+from titan_mimo.embeddings import EncoderEmbeddings, EncoderRole
 from titan_mimo.metrics import alloc_retries, memory_gib, peak_flops
 from titan_mimo.models import build_from_args
-from titan_mimo.schedule import EncoderRole, StepRunner, theoretical_bubble_fraction
+from titan_mimo.schedule import StepRunner, theoretical_bubble_fraction
 from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, count_loss_tokens,
                              language_lr_schedule, local_grad_sq, scale_grads)
 from titan_mimo.timing import StepTiming
@@ -282,11 +283,13 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
                   device: torch.device, host_group: dist.ProcessGroup) -> Trainer:
     """Everything one rank holds, after `init_distributed` (which returns `host_group`)."""
     topo = build_topology(cfg, placements, device.type)
-    modules = build_modules(cfg, args, topo, device)
     lm_name, lm_place = cfg.language_name, placements[cfg.language_name]
     compute_dtype = COMPUTE_DTYPES[cfg.training.mixed_precision]
     lm_here = lm_name in topo.my_modules
     lm_first = lm_here and topo.is_first_stage(lm_name)
+    # The encoders first: the language model's first stage is built holding what it merges, which
+    # a colocated rank computes with its own encoders.
+    built = build_modules(cfg, args, topo, device, names=list(cfg.encoders))
     roles = {}
     for name, m in cfg.encoders.items():
         enc_here = name in topo.my_modules
@@ -297,22 +300,25 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
             bridge = Bridge(encoder=placements[name], language=lm_place, rank=topo.rank,
                             slots_per_microbatch=cfg.training.micro_batch_size * lm_place.dp,
                             hidden=args[lm_name].dim, dtype=compute_dtype, device=device)
-        roles[name] = EncoderRole(module=modules.get(name), frozen=m.frozen, placeholder_id=m.placeholder_id,
+        roles[name] = EncoderRole(module=built.get(name), frozen=m.frozen, placeholder_id=m.placeholder_id,
                                   cell=args[name].patch_size * args[name].pixel_shuffle, bridge=bridge)
-    tp_mesh = pp_group = stage_shapes = None
-    if lm_here:
-        mesh = topo.meshes[lm_name]
-        tp_mesh = mesh["tp"] if lm_place.tp > 1 else None
-        if lm_place.pp > 1:
-            pp_group = mesh["pp"].get_group()
-            stage_shapes = _stage_shapes(cfg, args[lm_name], lm_place, modules[lm_name], compute_dtype,
-                                         head_in_loss=uses_fused_loss(cfg, lm_place))
-    runner = StepRunner(modules=modules, encoders=roles, language=lm_name if lm_here else None,
-                        n_microbatches=topo.n_microbatches, schedule_name=cfg.parallelism.pipeline_schedule,
-                        tp_mesh=tp_mesh, pp_group=pp_group, device=device, host_group=host_group,
-                        lm_pp=lm_place.pp,
-                        stage_shapes=stage_shapes, zero_embeddings=cfg.training.zero_encoder_embeddings,
-                        fused_loss=uses_fused_loss(cfg, lm_place))
+    embeddings = None
+    if lm_first:
+        embeddings = EncoderEmbeddings(roles=roles, language=lm_name, device=device,
+                                       zero_embeddings=cfg.training.zero_encoder_embeddings)
+    built.update(build_modules(cfg, args, topo, device, names=[lm_name], embeddings=embeddings))
+    modules = {name: built[name] for name in topo.my_modules}  # in config order, as everything iterates
+    fused_loss = uses_fused_loss(cfg, lm_place)
+    pp_group = stage_shapes = None
+    if lm_here and lm_place.pp > 1:
+        pp_group = topo.meshes[lm_name]["pp"].get_group()
+        stage_shapes = _stage_shapes(cfg, args[lm_name], lm_place, modules[lm_name], compute_dtype,
+                                     fused_loss=fused_loss)
+    runner = StepRunner(modules=modules, encoders=roles, embeddings=embeddings,
+                        language=lm_name if lm_here else None, n_microbatches=topo.n_microbatches,
+                        schedule_name=cfg.parallelism.pipeline_schedule, pp_group=pp_group, device=device,
+                        host_group=host_group, lm_pp=lm_place.pp, stage_shapes=stage_shapes,
+                        fused_loss=fused_loss, loss_parallel=lm_place.tp > 1 and lm_place.pp == 1)
     optimizers = build_optimizers(cfg, modules, device)
     with torch.device("meta"):  # FLOP formulas need the module objects, not their weights
         flop_counters = {n: build_from_args(args[n]) for n in cfg.modules}
@@ -326,7 +332,7 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
 
 
 def _stage_shapes(cfg: JobConfig, lm_args, place, lm: BuiltModule, dtype: torch.dtype, *,
-                  head_in_loss: bool) -> dict:
+                  fused_loss: bool) -> dict:
     """Static input/output metadata per stage, so pipelining skips shape inference (which would
     run the first stage's forward, bridge receive included, on meta tensors)."""
     mbs, seq = cfg.training.micro_batch_size, cfg.training.seq_len
@@ -338,8 +344,10 @@ def _stage_shapes(cfg: JobConfig, lm_args, place, lm: BuiltModule, dtype: torch.
     for sid in lm.stage_ids:
         inputs = ((torch.empty(mbs, seq, dtype=torch.int64, device=meta),
                    torch.empty(mbs, dtype=torch.int64, device=meta)) if sid == 0 else (hidden,))
-        # With the chunked loss the last stage hands the loss final-norm hidden states, not logits.
-        output = (torch.empty(mbs, seq, lm_args.vocab_size, dtype=dtype, device=meta, requires_grad=True)
-                  if sid == lm.n_stages - 1 and not head_in_loss else hidden)
+        output = hidden
+        if sid == lm.n_stages - 1:
+            # The last stage ends in the summed float32 loss (fused), or in the logits.
+            output = (torch.empty((), dtype=torch.float32, device=meta, requires_grad=True) if fused_loss
+                      else torch.empty(mbs, seq, lm_args.vocab_size, dtype=dtype, device=meta, requires_grad=True))
         shapes[sid] = {"input_args": inputs, "output_args": output}
     return shapes

@@ -1,13 +1,11 @@
 """Hybrid language model: a stack of pre-norm residual Mamba2 / attention / MLP blocks.
 
 Layers live in an nn.ModuleDict keyed by the *global* layer index ("0", "1", ...). A pipeline
-stage deletes the entries it does not own and sets tok_embeddings / norm / output to None, so
-parameter names (and thus init seeds and checkpoint keys) stay global on every stage.
+stage (titan_mimo/stages.py) takes the parts it runs under these names, so parameter names (and
+thus init seeds and checkpoint keys) stay global on every stage.
 
 Shape legend: B batch, S sequence, D model dim, V vocab size.
 """
-
-from collections.abc import Callable
 
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
@@ -19,7 +17,7 @@ from .mamba2 import Mamba2Mixer
 from .mlp import MLP
 from .moe import MoE
 
-__all__ = ["AttentionBlock", "HybridLM", "MLPBlock", "MambaBlock", "MoEBlock", "build_block"]
+__all__ = ["AttentionBlock", "HybridLM", "MLPBlock", "MambaBlock", "MoEBlock", "build_block", "fused_loss_sum"]
 
 
 class MambaBlock(nn.Module):
@@ -92,78 +90,35 @@ class HybridLM(nn.Module):
     def __init__(self, args: HybridLMArgs):
         super().__init__()
         self.args = args
-        self.tok_embeddings: nn.Embedding | None = nn.Embedding(args.vocab_size, args.dim)
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleDict(
             {str(i): build_block(kind, args) for i, kind in enumerate(args.layer_pattern)}
         )
-        self.norm: nn.RMSNorm | None = nn.RMSNorm(args.dim, eps=args.norm_eps)
-        self.output: nn.Linear | None = nn.Linear(args.dim, args.vocab_size, bias=False)
-        self.input_merge: Callable[..., Tensor] | None = None
-        self.head_in_loss = False
-        """True: forward stops after the final norm and returns hidden states, not logits; the
-        caller applies the head inside its loss (`loss_sum_from_hidden`), as a pipeline's last
-        stage does for the chunked loss (its output crosses the schedule, its loss does not)."""
+        self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
 
     def embed(self, tokens_BS: Tensor) -> Tensor:
-        if self.tok_embeddings is None:
-            raise ValueError("embed() called on a pipeline stage without tok_embeddings")
         return self.tok_embeddings(tokens_BS)
 
     def forward_hidden(self, h_BSD: Tensor) -> Tensor:
-        """Run this model's layers (in global index order), then norm and head where present."""
+        """Run this model's layers (in global index order), then norm and head."""
         for layer in self.layers.values():
             h_BSD = layer(h_BSD)
-        if self.norm is not None:
-            h_BSD = self.norm(h_BSD)
-        if self.output is not None and not self.head_in_loss:
-            return self.output(h_BSD)
-        return h_BSD
+        return self.output(self.norm(h_BSD))
 
-    def loss_sum_from_hidden(self, h_BSD: Tensor, labels_BS: Tensor) -> Tensor:
-        """Summed float32 cross-entropy of final-norm hidden states through the output head,
-        chunked over tokens (`linear_cross_entropy_sum`): the logits never exist whole."""
-        if self.output is None:
-            raise ValueError("loss_sum_from_hidden needs the output head (the last pipeline stage)")
-        if isinstance(self.output.weight, DTensor):
-            raise ValueError("the chunked loss does not support a tensor-parallel output head")
-        return linear_cross_entropy_sum(h_BSD.flatten(0, 1), self.output.weight, labels_BS.flatten())
+    def forward(self, tokens_BS: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Tokens [B, S] → logits [B, S, V].
 
-    def forward(self, x: Tensor, *merge_args: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Tokens [B, S] → logits [B, S, V] on a full model; on a stage, hidden states in/out.
-
-        With `labels` [B, S] (full model only): the summed float32 cross-entropy of the labelled
-        positions instead of the logits, through `linear_cross_entropy_sum`, which never holds the
-        whole [B, S, V] logits (the memory that decides the batch size of a big-vocabulary model).
-
-        If `input_merge` is set (a plain callable, not a submodule), the embedded tokens pass
-        through `input_merge(h_BSD, tokens_BS, *merge_args)` before the layers: that is where a
-        multimodal composite scatters encoder embeddings into the placeholder positions, inside
-        this module's forward so parallel wrappers (FSDP's root hooks) see one forward call.
+        With `labels` [B, S]: the summed float32 cross-entropy of the labelled positions instead
+        of the logits, through `fused_loss_sum`, which never holds the whole [B, S, V] logits
+        (the memory that decides the batch size of a big-vocabulary model).
         """
-        if labels is not None:
-            return self._loss_sum(x, merge_args, labels)
-        if self.tok_embeddings is None:
-            return self.forward_hidden(x)
-        return self.forward_hidden(self._embed_merged(x, merge_args))
-
-    def _embed_merged(self, tokens_BS: Tensor, merge_args: tuple[Tensor, ...]) -> Tensor:
+        if labels is None:
+            return self.forward_hidden(self.embed(tokens_BS))
         h_BSD = self.embed(tokens_BS)
-        if self.input_merge is not None:
-            h_BSD = self.input_merge(h_BSD, tokens_BS, *merge_args)
-        return h_BSD
-
-    def _loss_sum(self, tokens_BS: Tensor, merge_args: tuple[Tensor, ...], labels_BS: Tensor) -> Tensor:
-        if self.tok_embeddings is None or self.norm is None or self.output is None:
-            raise ValueError("forward(labels=...) needs the full model (embedding, norm and head); "
-                             "a pipeline stage returns hidden states or logits")
-        if isinstance(self.output.weight, DTensor):
-            raise ValueError("forward(labels=...) does not support a tensor-parallel output head; "
-                             "compute the loss from the logits (forward without labels)")
-        h_BSD = self._embed_merged(tokens_BS, merge_args)
         for layer in self.layers.values():
             h_BSD = layer(h_BSD)
-        h_BSD = self.norm(h_BSD)
-        return linear_cross_entropy_sum(h_BSD.flatten(0, 1), self.output.weight, labels_BS.flatten())
+        return fused_loss_sum(self.norm(h_BSD), self.output, labels)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -186,3 +141,12 @@ class HybridLM(nn.Module):
         if self.output is not None:
             forward += 2 * self.args.dim * self.args.vocab_size
         return 3 * forward
+
+
+def fused_loss_sum(h_BSD: Tensor, output: nn.Linear, labels_BS: Tensor) -> Tensor:
+    """Summed float32 cross-entropy of final-norm hidden states through the output head,
+    chunked over tokens (`linear_cross_entropy_sum`): the logits never exist whole."""
+    if isinstance(output.weight, DTensor):
+        raise ValueError("the fused loss does not support a tensor-parallel output head; compute the "
+                         "loss from the logits (training.loss = \"logits\")")
+    return linear_cross_entropy_sum(h_BSD.flatten(0, 1), output.weight, labels_BS.flatten())
