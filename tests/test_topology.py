@@ -1,5 +1,5 @@
-"""titan_mimo/topology.py: placement resolution and its errors (pure Python), sample-plan
-overlaps, and one 6-process gloo run that builds every module's mesh and reduces over it."""
+"""titan_mimo/topology.py: placement resolution and its errors (pure Python), and one 6-process
+gloo run that builds every module's mesh and reduces over it."""
 
 import json
 import textwrap
@@ -8,7 +8,6 @@ import pytest
 from launcher import torchrun
 
 from titan_mimo.config_loader import config_from_dict
-from titan_mimo.data.plan import overlaps
 from titan_mimo.topology import MESH_AXES, Placement, Topology, resolve_placements
 
 def make_cfg(modules: dict, **sections):
@@ -236,37 +235,6 @@ def test_dp_rank_flattens_replicate_over_shard():
         dp_ranks.append(topo.dp_rank("lm"))
     assert dp_ranks == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert topo.describe() == "colocated: lm[0..11] dp_replicate=2 dp_shard=3 tp=2"
-
-
-# --------------------------------------------------------------------------------------------
-# titan_mimo.data.plan.overlaps: which slots go from each encoder dp rank to each language one
-
-
-def test_overlaps_fan_in():
-    assert overlaps(4, 4, 2) == [(0, 0, 0, 1), (1, 0, 1, 2), (2, 1, 2, 3), (3, 1, 3, 4)]
-
-
-def test_overlaps_fan_out():
-    assert overlaps(4, 1, 2) == [(0, 0, 0, 2), (0, 1, 2, 4)]
-
-
-def test_overlaps_one_to_one():
-    assert overlaps(4, 2, 2) == [(0, 0, 0, 2), (1, 1, 2, 4)]
-    assert overlaps(3, 1, 1) == [(0, 0, 0, 3)]
-
-
-def test_overlaps_three_to_two_partial():
-    # 6 slots: src owns [0,2) [2,4) [4,6), dst owns [0,3) [3,6); src 1 straddles both.
-    got = overlaps(6, 3, 2)
-    assert got == [(0, 0, 0, 2), (1, 0, 2, 3), (1, 1, 3, 4), (2, 1, 4, 6)]
-    assert sum(hi - lo for _, _, lo, hi in got) == 6
-
-
-@pytest.mark.parametrize("n, src_dp, dst_dp, bad_dp", [(4, 3, 2, 3), (4, 2, 3, 3), (6, 3, 4, 4)])
-def test_overlaps_uneven_split(n, src_dp, dst_dp, bad_dp):
-    match = rf"^{n} samples per micro-batch do not split over dp = {bad_dp}$"
-    with pytest.raises(ValueError, match=match):
-        overlaps(n, src_dp, dst_dp)
 
 
 # --------------------------------------------------------------------------------------------

@@ -73,8 +73,9 @@ class Bridge:
 
     # ---- routing ---------------------------------------------------------------------------
 
-    def _routes(self, side: str) -> list[Route]:
-        """This rank's routes as a `side` endpoint; fixed by the placements, so computed once."""
+    def routes(self, side: str) -> list[Route]:
+        """This rank's routes as a `side` ("encoder" or "language") endpoint; fixed by the
+        placements, so computed once."""
         if side not in self._routes_by_side:
             self._routes_by_side[side] = self._compute_routes(side)
         return self._routes_by_side[side]
@@ -142,7 +143,7 @@ class Bridge:
         offsets = [0]
         for r in rows_per_slot:
             offsets.append(offsets[-1] + r)
-        for route in self._routes(side):
+        for route in self.routes(side):
             rows = rows_ND[offsets[route.lo - my_lo]: offsets[route.hi - my_lo]]
             for dst in route.send_to:
                 self._send_rows(rows, dst, tag)
@@ -152,7 +153,7 @@ class Bridge:
         my_lo, _ = self.my_slots(side)
         parts = [self._recv_rows(route.recv_from, sum(rows_per_slot[route.lo - my_lo: route.hi - my_lo]),
                                  tag, what)
-                 for route in self._routes(side)]
+                 for route in self.routes(side)]
         return torch.cat(parts) if parts else torch.empty(0, self.hidden, dtype=self.dtype, device=self.device)
 
     # ---- encoder side ------------------------------------------------------------------------
