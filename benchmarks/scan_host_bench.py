@@ -19,7 +19,7 @@ import traceback
 
 import torch
 
-from titan_mimo.models.language.ssd_kernels import _import_mamba_chunk_scan
+from titan_mimo.models.language.ssd_mamba_ssm import import_scan
 
 B, S, H, P, N, G, CHUNK = 2, 8192, 64, 64, 128, 8, 256
 
@@ -65,7 +65,7 @@ def measure(name, scan, args, dy, iters=20):
 
 def main():
     print("torch", torch.__version__, torch.cuda.get_device_name())
-    kernel = _import_mamba_chunk_scan()
+    kernel = import_scan()
     args, dy = inputs()
 
     def eager(x, dt, A, Bm, Cm, D):

@@ -13,7 +13,7 @@ import time
 import torch
 
 from titan_mimo.models.language import ssd_mamba_ssm
-from titan_mimo.models.language.ssd_kernels import _import_mamba_chunk_scan
+from titan_mimo.models.language.ssd_mamba_ssm import import_scan
 
 B, S, H, P, N, G, CHUNK = 2, 8192, 64, 64, 128, 8, 256
 
@@ -33,7 +33,7 @@ def host_ms(fn, *args, calls=30, warmup=5) -> float:
 
 def main() -> None:
     print("torch", torch.__version__, torch.cuda.get_device_name(), flush=True)
-    _import_mamba_chunk_scan()  # checks mamba-ssm and sets the ops' kernels
+    import_scan()  # checks mamba-ssm and sets the ops' kernels
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(B, S, H, P, device="cuda", dtype=torch.bfloat16, generator=g)
     dt = torch.rand(B, S, H, device="cuda", generator=g) * 0.1 + 1e-3

@@ -28,7 +28,7 @@ import contextlib
 import sys
 
 import torch
-from titan_mimo.models.language.ssd_kernels import _import_mamba_chunk_scan
+from titan_mimo.models.language.ssd_mamba_ssm import import_scan
 from torch.profiler import ProfilerActivity, profile
 
 S, H, P, N, G, CHUNK = 8192, 64, 64, 128, 8, 256
@@ -109,8 +109,8 @@ def main():
         variants, argv = argv[1].split(","), argv[2:]
     batches = [int(b) for b in argv] or [2, 3]
     print("torch", torch.__version__, torch.cuda.get_device_name(), flush=True)
-    titan = _import_mamba_chunk_scan(keep_states=False)
-    titan_keep = _import_mamba_chunk_scan(keep_states=True)
+    titan = import_scan(keep_states=False)
+    titan_keep = import_scan(keep_states=True)
     kernel = sys.modules["mamba_ssm.ops.triton.ssd_combined"].mamba_chunk_scan_combined
     table = {"default": (kernel, None), "titan": (titan, None), "titan_keep": (titan_keep, None),
              "cb_bf16": (kernel, torch.bfloat16)}

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch._inductor.config as inductor_config
 from torch import nn
-from titan_mimo.compat import composable_checkpoint, scope_activation_memory_budget
+from titan_mimo.compat import (composable_checkpoint, enable_coordinate_descent_tuning,
+                               scope_activation_memory_budget)
 
 from titan_mimo.config import JobConfig
 from titan_mimo.init import init_module_weights
@@ -156,9 +156,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
     encoders' embeddings; built after the encoders, which a colocated one runs)."""
     compute_dtype = COMPUTE_DTYPES[cfg.training.mixed_precision]
     if cfg.training.coordinate_descent_tuning:
-        # Read when Inductor generates a graph's kernels (backward graphs on the first
-        # backward), so it is set for the process, not around each module's forward.
-        inductor_config.coordinate_descent_tuning = True
+        enable_coordinate_descent_tuning()
     built = {}
     for name in topo.my_modules:
         if names is not None and name not in names:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from titan_mimo.bridge import Bridge
+from titan_mimo.compat import assert_on_device
 from titan_mimo.data.batch import StepData
 from titan_mimo.models.common import to_device
 
@@ -96,8 +97,8 @@ class EncoderEmbeddings:
                 raise RuntimeError(f"the first stage ran micro-batch {mb_B.tolist()} as its forward "
                                    f"number {mb}; the merge assumes micro-batch order")
         else:
-            torch._assert_async(is_expected_mb, f"the first stage's forward number {mb} ran another "
-                                                "micro-batch; the merge assumes micro-batch order")
+            assert_on_device(is_expected_mb, f"the first stage's forward number {mb} ran another "
+                                             "micro-batch; the merge assumes micro-batch order")
         self._events.append((self.language, "F", mb, time.time()))
         embeds = {}
         for name, role in self.roles.items():

@@ -12,10 +12,9 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from titan_mimo.build import BuiltModule
-from titan_mimo.compat import foreach_mul_
+from titan_mimo.compat import LocalShardAdamW, foreach_mul_
 from titan_mimo.config import JobConfig
 from titan_mimo.data.batch import IGNORE_INDEX
-from titan_mimo.optim import LocalShardAdamW
 from titan_mimo.torchtitan_ext.lr_scheduler import warmup_decay_factor, warmup_decay_schedulers
 
 

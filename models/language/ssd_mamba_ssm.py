@@ -20,16 +20,22 @@ z gate, dt bias, initial states or seq_idx), with two changes:
 dA's cumsum and the chunked dt (4·H bytes per token each) are always kept, not recomputed.
 
 `scan_function()` returns this scan when mamba-ssm's private functions and the three kernels'
-signatures are those of the 2.3.x releases it was written against, and otherwise mamba-ssm's own
-`mamba_chunk_scan_combined` with a warning, so a mamba-ssm upgrade degrades to the stock backward
-instead of launching kernels with wrong arguments.
+signatures are those of the 2.3.x releases it was written against (`MAMBA_SSM_CHECKED`), and
+otherwise mamba-ssm's own `mamba_chunk_scan_combined` with a warning, so a mamba-ssm upgrade
+degrades to the stock backward instead of launching kernels with wrong arguments;
+tests/models/test_ssd_mamba_ssm.py fails on any other release. This module is the one place
+that reaches into mamba-ssm: its import (`import_scan`) and its private kernels.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import logging
 import math
+import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +44,13 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["is_custom_op_scan", "scan_function", "ssd_scan"]
+__all__ = ["MAMBA_SSM_CHECKED", "MISSING_MAMBA_SSM", "SSD_COMBINED_MODULE", "import_scan", "is_custom_op_scan",
+           "scan_function", "ssd_scan"]
+
+MAMBA_SSM_CHECKED = "2.3.2"
+"""The mamba-ssm release (2.3.2 and its post releases) whose private functions and kernel
+signatures this module was checked against."""
+
 
 # The arguments our wrappers pass to each kernel (by name), plus the autotuned block sizes.
 _AUTOTUNED = {"BLOCK_SIZE_M", "BLOCK_SIZE_N"}
@@ -255,13 +267,49 @@ _KERNELS: _Kernels | None = None
 """The kernels the ops below run: set by `scan_function` once mamba-ssm passed its check."""
 
 
+MISSING_MAMBA_SSM = (
+    "ssd_backend='mamba_ssm' needs the mamba-ssm package (its Triton SSD kernels; the CUDA "
+    "extension is not required): install the GPU extra, `pip install 'titan_mimo[gpu]'`, or put "
+    "mamba-ssm's source folder on PYTHONPATH; or use ssd_backend='torch'"
+)
+SSD_COMBINED_MODULE = "mamba_ssm.ops.triton.ssd_combined"
+
+
+def import_scan(keep_states: bool = False) -> Callable[..., Tensor]:
+    """`scan_function` of the installed mamba-ssm's `ssd_combined`; ImportError naming the `gpu`
+    extra where mamba-ssm is missing.
+
+    mamba-ssm 2.3.2's package `__init__` imports its CUDA extension (`selective_scan_cuda`, used
+    by Mamba-1 only) unconditionally, so a source install without that build cannot `import
+    mamba_ssm` although the SSD path is pure Triton. So the normal import comes first and, if
+    only the package `__init__` fails, a bare package object for `mamba_ssm` (its `__path__`
+    only) is registered in `sys.modules`, so the Triton submodules import without running it."""
+    spec = importlib.util.find_spec("mamba_ssm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(MISSING_MAMBA_SSM)
+    if "mamba_ssm" not in sys.modules:
+        try:
+            importlib.import_module("mamba_ssm")
+        except ImportError:
+            # Only the package __init__ failed (missing CUDA extension): import the Triton
+            # modules under a bare package object instead.
+            sys.modules.pop("mamba_ssm", None)
+            package = types.ModuleType("mamba_ssm")
+            package.__path__ = list(spec.submodule_search_locations)
+            package.__spec__ = spec
+            sys.modules["mamba_ssm"] = package
+    try:
+        module = importlib.import_module(SSD_COMBINED_MODULE)
+    except ImportError as e:
+        raise ImportError(f"{MISSING_MAMBA_SSM} (importing {SSD_COMBINED_MODULE} failed: {e})") from e
+    return scan_function(module, keep_states)
+
+
 def _kernels() -> _Kernels:
     """`_KERNELS`, set up on first use when an op runs before any mixer was built in this process
     (e.g. a graph loaded from a compile cache)."""
     if _KERNELS is None:
-        from .ssd_kernels import _import_mamba_chunk_scan
-
-        _import_mamba_chunk_scan()
+        import_scan()
         if _KERNELS is None:
             raise RuntimeError(
                 "titan_mimo::ssd_forward / ssd_backward: the installed mamba-ssm's kernels do not "

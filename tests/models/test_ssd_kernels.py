@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from titan_mimo.models.common import init_model_for_testing
-from titan_mimo.models.language import ssd_kernels
+from titan_mimo.models.language import ssd_kernels, ssd_mamba_ssm
 from titan_mimo.models.language.args import HybridLMArgs
 from titan_mimo.models.language.mamba2 import Mamba2Mixer
 from titan_mimo.models.language.ssd import ssd_chunked
@@ -18,7 +18,7 @@ ARGS = HybridLMArgs(dim=256, mamba_n_heads=8, mamba_head_dim=64, mamba_d_state=6
 
 
 def test_missing_mamba_ssm_names_the_gpu_extra(monkeypatch):
-    monkeypatch.setattr(ssd_kernels.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(ssd_mamba_ssm.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r"titan_mimo\[gpu\]"):
         Mamba2Mixer(dataclasses.replace(ARGS, ssd_backend="mamba_ssm"))
 

@@ -8,8 +8,10 @@ source: a mamba_ssm package on the path, or build/mamba_ssm_src as `bash tests/f
 test_ssd_kernels.py, bf16 too (the interpreter's bf16 is not meaningful).
 """
 
+import importlib.metadata
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +52,22 @@ def results(tmp_path_factory) -> dict:
 
 def _rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def test_mamba_ssm_is_the_checked_release():
+    """ssd_mamba_ssm reaches into mamba-ssm's private functions and kernels as they are in
+    MAMBA_SSM_CHECKED: another release is re-checked (this file's tests, and the GPU ones) before
+    the constant moves."""
+    from titan_mimo.models.language.ssd_mamba_ssm import MAMBA_SSM_CHECKED
+
+    init = SOURCE / "mamba_ssm" / "__init__.py"
+    if init.is_file():
+        version = re.search(r'__version__ = "([^"]+)"', init.read_text()).group(1)
+    else:
+        version = importlib.metadata.version("mamba-ssm")
+    assert re.fullmatch(rf"{re.escape(MAMBA_SSM_CHECKED)}(\.post\d+)?", version), (
+        f"mamba-ssm {version} is installed but models/language/ssd_mamba_ssm.py was checked on "
+        f"{MAMBA_SSM_CHECKED}: re-check its private functions and kernels, then update MAMBA_SSM_CHECKED")
 
 
 def test_kernels_take_the_arguments_we_pass(results):

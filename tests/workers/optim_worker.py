@@ -22,7 +22,7 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, 
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from titan_mimo.optim import LocalShardAdamW
+from titan_mimo.compat import LocalShardAdamW
 
 
 class DTensorCalls(TorchFunctionMode):

@@ -23,7 +23,7 @@ if len(sys.argv) > 2:
     sys.path.insert(0, sys.argv[2])
 
 import torch
-from titan_mimo.models.language import ssd_kernels, ssd_mamba_ssm
+from titan_mimo.models.language import ssd_mamba_ssm
 from titan_mimo.models.language.ssd import ssd_chunked
 from torch.utils._python_dispatch import TorchDispatchMode
 from triton.runtime import autotuner
@@ -88,8 +88,8 @@ class AtenOps(TorchDispatchMode):
 
 
 def main() -> None:
-    keep = ssd_kernels._import_mamba_chunk_scan(keep_states=True)
-    module = sys.modules[ssd_kernels._TRITON_MODULE]
+    keep = ssd_mamba_ssm.import_scan(keep_states=True)
+    module = sys.modules[ssd_mamba_ssm.SSD_COMBINED_MODULE]
     recompute = ssd_mamba_ssm.scan_function(module, keep_states=False)
     stock = module.mamba_chunk_scan_combined
     out = {"check": ssd_mamba_ssm._Kernels().check(), "ours_is_stock": stock in (keep, recompute)}
