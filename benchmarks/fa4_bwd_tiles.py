@@ -7,9 +7,9 @@ FA4's SM90 backward kernel tiles the head dim in multiples of 16 (80 stays 80) w
 interface lays out the fp32 dq accumulator in multiples of 32 (96): dq comes back wrong
 (flash-attention PR 2896). Variants:
 
-  tile96      the round-up fix (`attention_kernels._fix_sm90_backward_head_dim_rounding`):
+  tile96      the round-up fix (`flash_attn4._fix_sm90_backward_head_dim_rounding`):
               the kernel's tile at 96, so the backward's five GEMMs run 96 wide for 80 columns
-  tile80b     the read-back fix (`attention_kernels._fix_sm90_backward_dq_read_back`, what
+  tile80b     the read-back fix (`flash_attn4._fix_sm90_backward_dq_read_back`, what
               titan_mimo applies): the kernel's tile stays 80, the postprocess reads the
               accumulator back at a multiple of 16
   tile80b_128 tile80b with 128 x 64 tiles (FA4's config search's first 128-row config)
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attention_bench import timed  # seconds per call (the script's folder is on sys.path)
-from titan_mimo.models import attention_kernels
+from titan_mimo.models import flash_attn4
 
 
 ACCUM_LINE = "hdim_multiple_of = 64 if arch // 10 == 9 and dKV_swapAB else 32"
@@ -61,11 +61,11 @@ def main() -> None:
     p.add_argument("--variants", default="tile96,tile80b,tile80b_nsw")
     a = p.parse_args()
 
-    fa4 = attention_kernels._import_fa4()  # with the read-back fix applied
+    fa4 = flash_attn4.import_fa4()  # with the read-back fix applied
     read_back = fa4._bwd_postprocess_convert
     assert getattr(read_back, "_titan_mimo_read_back", False), "read-back fix not applied"
     post, orig_cls, bwd = read_back.__wrapped__, fa4.FlashAttentionBackwardSm90, fa4._flash_attn_bwd
-    attention_kernels._fix_sm90_backward_head_dim_rounding(fa4)
+    flash_attn4._fix_sm90_backward_head_dim_rounding(fa4)
     round_up_cls = fa4.FlashAttentionBackwardSm90
     assert round_up_cls is not orig_cls, "round-up fix not applied"
     orig_cfg = fa4._tile_size_bwd_sm90

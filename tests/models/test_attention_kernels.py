@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from titan_mimo.models import attention_kernels as ak
+from titan_mimo.models import flash_attn4 as fa
 from titan_mimo.models import build_model
 from titan_mimo.models.common import init_model_for_testing
 from titan_mimo.models.language.args import HybridLMArgs
@@ -85,7 +86,7 @@ def _fake_fa4_module():
 
 @pytest.fixture
 def fake_fa4(monkeypatch):
-    monkeypatch.setitem(sys.modules, ak._FA4_MODULE, _fake_fa4_module())
+    monkeypatch.setitem(sys.modules, fa._FA4_MODULE, _fake_fa4_module())
 
 
 def _qkv(b=2, s=9, h=4, kv=2, e=8, dtype=torch.float64):
@@ -104,14 +105,14 @@ def test_sdpa_backend_matches_the_reference(causal):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", [8, 32])  # padded to 32 for FA4's backward; as it is
 def test_fa4_ops_match_sdpa_values_and_gradients(fake_fa4, causal, head_dim, monkeypatch):
-    monkeypatch.setattr(ak, "_fa4_head_dim_multiple", 32)  # as when the kernel fix is not applied
+    monkeypatch.setattr(fa, "_fa4_head_dim_multiple", 32)  # as when the kernel fix is not applied
     widths = []
-    real_forward = ak._fa4_forward
-    monkeypatch.setattr(ak, "_fa4_forward", lambda q, *a: widths.append(q.shape[-1]) or real_forward(q, *a))
+    real_forward = fa._fa4_forward
+    monkeypatch.setattr(fa, "_fa4_forward", lambda q, *a: widths.append(q.shape[-1]) or real_forward(q, *a))
     q, k, v = _qkv(e=head_dim)
     grad = torch.randn(2, 9, 4, head_dim, dtype=torch.float64)
     results = []
-    for attend in (ak.attend_sdpa, lambda *t, is_causal: ak._attend_fa4_padded(*t, is_causal)):
+    for attend in (ak.attend_sdpa, lambda *t, is_causal: fa._attend_fa4_padded(*t, is_causal)):
         out = attend(q, k, v, is_causal=causal)
         dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
         results.append((out, dq, dk, dv))
@@ -138,15 +139,15 @@ def test_sm90_backward_fix_rounds_head_dim_tiles_to_32(monkeypatch):
             self.shuffle_LSE = self.shuffle_dPsum = SdP_swapAB and self.tile_hdim <= 64
 
     fa4 = types.SimpleNamespace(FlashAttentionBackwardSm90=FlashAttentionBackwardSm90)
-    monkeypatch.setattr(ak, "_fa4_head_dim_multiple", 32)
-    ak._fix_sm90_backward_head_dim_rounding(fa4)
-    assert ak._fa4_head_dim_multiple == 8
+    monkeypatch.setattr(fa, "_fa4_head_dim_multiple", 32)
+    fa._fix_sm90_backward_head_dim_rounding(fa4)
+    assert fa._fa4_head_dim_multiple == 8
     fixed = fa4.FlashAttentionBackwardSm90("bf16", 80, None, 1, SdP_swapAB=True)
     assert (fixed.tile_hdim, fixed.tile_hdimv, fixed.check_hdim_oob) == (96, 96, True)
     assert fa4.FlashAttentionBackwardSm90("bf16", 128).check_hdim_oob is False
     swapped = fa4.FlashAttentionBackwardSm90("bf16", 144, 128, dKV_swapAB=True)
     assert (swapped.tile_hdim, swapped.tile_hdimv) == (192, 128)  # the swapped layout as it was
-    ak._fix_sm90_backward_head_dim_rounding(fa4)  # idempotent
+    fa._fix_sm90_backward_head_dim_rounding(fa4)  # idempotent
     assert fa4.FlashAttentionBackwardSm90.__mro__[1] is FlashAttentionBackwardSm90
 
 
@@ -188,9 +189,9 @@ def test_sm90_backward_read_back_fix_reads_dq_at_the_kernel_tile(tmp_path, monke
     compile cache stays reachable through the wrapper; preferred over the round-up fix, once."""
     fa4, calls = _fake_sm90_backward(tmp_path, "hdim_multiple_of = 64 if dKV_swapAB else 16")
     kernel_cls, post = fa4.FlashAttentionBackwardSm90, fa4._bwd_postprocess_convert
-    monkeypatch.setattr(ak, "_fa4_head_dim_multiple", 32)
-    ak._fix_sm90_backward_head_dims(fa4)
-    assert ak._fa4_head_dim_multiple == 8
+    monkeypatch.setattr(fa, "_fa4_head_dim_multiple", 32)
+    fa._fix_sm90_backward_head_dims(fa4)
+    assert fa._fa4_head_dim_multiple == 8
     assert fa4.FlashAttentionBackwardSm90 is kernel_cls
     wrapper = fa4._bwd_postprocess_convert
     assert wrapper is not post and wrapper.__wrapped__ is post
@@ -203,8 +204,8 @@ def test_sm90_backward_read_back_fix_reads_dq_at_the_kernel_tile(tmp_path, monke
     wrapper(*head, arch=90, dtype="bf16", head_dim=80, tile_m=64, num_threads=128,
             atom_layout=1, swap_ab=False)  # the default 32, not passed: FA4 passes it
     assert calls == [(90, 16), (90, 16), (90, 64), (100, 32), (90, 32)]
-    ak._fix_sm90_backward_head_dims(fa4)
-    assert ak._fix_sm90_backward_dq_read_back(fa4) and fa4._bwd_postprocess_convert is wrapper
+    fa._fix_sm90_backward_head_dims(fa4)
+    assert fa._fix_sm90_backward_dq_read_back(fa4) and fa4._bwd_postprocess_convert is wrapper
 
 
 def test_sm90_backward_read_back_fix_needs_the_kernel_tiling_it_was_checked_on(tmp_path,
@@ -213,13 +214,13 @@ def test_sm90_backward_read_back_fix_needs_the_kernel_tiling_it_was_checked_on(t
     read-back: reading at 16 would then be the bug."""
     fa4, _ = _fake_sm90_backward(tmp_path, "hdim_multiple_of = 64 if dKV_swapAB else 32")
     post, kernel_cls = fa4._bwd_postprocess_convert, fa4.FlashAttentionBackwardSm90
-    assert not ak._fix_sm90_backward_dq_read_back(fa4)
+    assert not fa._fix_sm90_backward_dq_read_back(fa4)
     assert fa4._bwd_postprocess_convert is post
-    monkeypatch.setattr(ak, "_fa4_head_dim_multiple", 32)
-    ak._fix_sm90_backward_head_dims(fa4)  # falls back to the round-up fix (a no-op by 32)
+    monkeypatch.setattr(fa, "_fa4_head_dim_multiple", 32)
+    fa._fix_sm90_backward_head_dims(fa4)  # falls back to the round-up fix (a no-op by 32)
     assert fa4._bwd_postprocess_convert is post
     assert fa4.FlashAttentionBackwardSm90.__mro__[1] is kernel_cls
-    assert ak._fa4_head_dim_multiple == 8
+    assert fa._fa4_head_dim_multiple == 8
 
 
 def test_fa4_ops_pass_opcheck(fake_fa4):
@@ -236,7 +237,7 @@ def test_fa4_ops_compile_as_opaque_calls(fake_fa4):
     q, k, v = _qkv(dtype=torch.float32)
 
     def block(q, k, v):
-        return ak._attend_fa4_padded(q * 2, k, v, True).sin()
+        return fa._attend_fa4_padded(q * 2, k, v, True).sin()
 
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
     out = compiled(q, k, v)
@@ -253,7 +254,7 @@ def test_fa4_rejects_cpu_and_fp32(fake_fa4):
 
 
 def test_missing_fa4_fails_at_build_naming_the_package(monkeypatch):
-    monkeypatch.setitem(sys.modules, ak._FA4_MODULE, None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, fa._FA4_MODULE, None)  # import raises ImportError
     for model in ("vit/debug", "hybrid_lm/debug"):
         with pytest.raises(ImportError, match="pip install flash-attn-4"):
             build_model(model, attention_backend="fa4")
@@ -405,6 +406,18 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="needs flash-attn-4")
+def test_fa4_is_the_checked_release():
+    """flash_attn4.py calls FA4's private entry points and patches its Hopper backward as they are
+    in FA4_CHECKED: another release is re-checked (the GPU tests here) before the constant moves."""
+    import importlib.metadata
+
+    version = importlib.metadata.version("flash-attn-4")
+    assert version == fa.FA4_CHECKED, (
+        f"flash-attn-4 {version} is installed but models/flash_attn4.py was checked on "
+        f"{fa.FA4_CHECKED}: re-check its private calls and fixes, then update FA4_CHECKED")
+
+
 @pytest.mark.skipif(not _has_fa4(), reason="needs a Hopper/Blackwell GPU and flash-attn-4")
 @pytest.mark.parametrize("shape", [
     # (batch, seq, heads, kv heads, head dim, causal): the ViT-H head width (and a ragged
@@ -420,7 +433,7 @@ def test_fa4_matches_sdpa_bf16(shape):
     test criterion: at most twice SDPA's error, plus a small absolute slack)."""
     _assert_bf16_as_close_as_sdpa("fa4", shape)
     # The fix of FA4's Hopper backward was applied to the installed version: no padding.
-    assert ak._fa4_head_dim_multiple == 8
+    assert fa._fa4_head_dim_multiple == 8
 
 
 def _assert_bf16_as_close_as_sdpa(backend: str, shape: tuple) -> None:
