@@ -4,7 +4,11 @@ torchtitan 0.2.2's MoE layer (SwiGLU experts on grouped GEMM, its Triton token p
 same widths, expert count, top-k and token count, bf16 parameters and input, balanced-ish routing
 from a random router.
 
-    python -m benchmarks.moe_layer [--tokens 8192] [--eager] [--json PATH]
+    python -m benchmarks.moe_layer [--tokens 8192] [--eager] [--profile] [--json PATH]
+
+The peer runs eager ("torchtitan") and compiled ("torchtitan_compiled", where torch.compile takes
+it); the table compares with the faster. --profile prints each layer's top GPU kernels over
+3 more steps (where the time goes: router, permutation, grouped GEMM).
 
 Shape (the reference's Nemotron-H MoE): dim 2688, 128 routed experts of width 1856, top-6, a
 shared expert of width 3712 (torchtitan: 2 shared experts of 1856, one FeedForward of 3712).
@@ -37,6 +41,7 @@ def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--eager", action="store_true", help="leave our block uncompiled")
+    p.add_argument("--profile", action="store_true", help="print each layer's top GPU kernels")
     opts = p.parse_args()
     device, dtype = common.device_and_dtype(opts.tiny)
     if opts.tiny:
@@ -47,10 +52,13 @@ def main() -> None:
     results = {}
 
     def measure(label: str, layer: torch.nn.Module, flops: int) -> None:
-        step_s, host_s = common.time_step(lambda: layer(x).float().sum().backward(), device,
-                                          opts.warmup, opts.steps)
+        def step():
+            layer(x).float().sum().backward()
+        step_s, host_s = common.time_step(step, device, opts.warmup, opts.steps)
         results[label] = common.result(step_s, host_s, device, flops=flops, tokens=tokens)
         common.report(label, results[label])
+        if opts.profile and device.type == "cuda":
+            print_top_kernels(label, step)
 
     args = HybridLMArgs(dim=d, layer_pattern="E", n_routed_experts=e, n_experts_per_tok=k,
                         moe_intermediate_size=f, moe_shared_expert_intermediate_size=shared,
@@ -70,7 +78,29 @@ def main() -> None:
             peer.init_weights(0.02, device)
         peer = peer.to(dtype)
         measure("torchtitan", peer, peer_flops(tokens, d, f, e, k, shared))
+        peer.compile()
+        try:
+            measure("torchtitan_compiled", peer, peer_flops(tokens, d, f, e, k, shared))
+        except Exception as e:  # the peer's own limits, reported, not ours to fix
+            print(f"[torchtitan_compiled] torch.compile failed: {type(e).__name__}: {str(e)[:300]}")
+        if "torchtitan_compiled" in results and results["torchtitan_compiled"]["step_s"] < results["torchtitan"]["step_s"]:
+            results["torchtitan_eager"], results["torchtitan"] = results["torchtitan"], results.pop("torchtitan_compiled")
     common.write(results, opts.json)
+
+
+def print_top_kernels(label: str, step, n: int = 12) -> None:
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    print(f"[{label}] top GPU kernels over 3 steps ({total / 3e3:.2f} ms/step of kernel time):")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:n]:
+        print(f"  {e.self_device_time_total / 3e3:7.3f} ms  {100 * e.self_device_time_total / total:5.1f}%  "
+              f"x{e.count // 3:<4d} {e.key[:110]}")
 
 
 if __name__ == "__main__":

@@ -290,3 +290,18 @@ def test_one_rank_modules_run_unwrapped_under_autocast(monkeypatch):
         # bf16 parameters, so bf16 all through.
         assert seen == [(torch.bfloat16 if fsdp_one_rank else torch.float32, torch.bfloat16)]
         assert lm.output.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("model, ep, message", [
+    ("hybrid_lm/debug", 2, "ep = 2: the model 'hybrid_lm/debug' has no MoE blocks"),
+    ("hybrid_lm/debug_moe", 3, "ep = 3 does not divide the model's n_routed_experts = 8"),
+])
+def test_module_args_checks_expert_parallelism_against_the_model(model, ep, message):
+    from launcher import REPO
+    from titan_mimo.build import module_args
+    from titan_mimo.config_loader import load_config
+
+    cfg = load_config(["--config", str(REPO / "train_configs/debug_cpu.toml"), f"--modules.language.model={model}",
+                       f"--modules.language.ep={ep}"])
+    with pytest.raises(ValueError, match=message):
+        module_args(cfg)

@@ -26,6 +26,7 @@ from titan_mimo.data.mock import MockImageCaption
 from titan_mimo.data.plan import SamplePlan
 from titan_mimo.distributed import world_max, world_sum, world_sum_
 from titan_mimo.embeddings import EncoderEmbeddings, EncoderRole
+from titan_mimo.expert_load import ExpertLoad
 from titan_mimo.metrics import alloc_retries, memory_gib, peak_flops
 from titan_mimo.models import build_from_args
 from titan_mimo.schedule import StepRunner, theoretical_bubble_fraction
@@ -89,6 +90,11 @@ class StepResult:
     """CUDA allocator retries so far, after the step was queued."""
     end: object = None
     """The step's end mark on the loop's `StepClock` (set by the loop)."""
+    expert_counts: Tensor | None = None
+    """MoE language model: the world sum of the step's tokens per expert [MoE layers, experts]
+    (on the device), until the optimizer step has updated the correction biases from it."""
+    expert_pending: HostCopy | None = None
+    """Host copy of `expert_counts`, read by `step_metrics`."""
 
     def read(self) -> None:
         """Wait for the step's reduction and read loss, gradient norm and stop flag (once)."""
@@ -117,6 +123,8 @@ class Trainer:
     """Meta-device models per module, for their FLOP formulas."""
     lr_at: object
     """step -> the language module's LR (for metrics)."""
+    expert_load: ExpertLoad
+    """The MoE blocks' load balancing (inert without MoE blocks)."""
     tokens_seen: int = 0
     """Tokens (samples x seq_len) of every completed step, restored on resume."""
     stop_signal: str = ""
@@ -139,7 +147,9 @@ class Trainer:
         data = self.feed.load(step, "train")
         counts = dict(self.feed.counts)
         global_tokens = self.global_loss_tokens(data)
+        self.expert_load.begin_step(global_tokens)
         loss_local = self.runner.run(data, global_tokens, train=True)
+        expert_counts = self.expert_load.reduce()
         grad_sq = sum(local_grad_sq(m, self.topo.placements[n].size // self.topo.placements[n].pp, self.device)
                       for n, m in self.modules.items())
         # The stop flag rides on the step's one reduction, so all ranks stop at the same step.
@@ -149,7 +159,7 @@ class Trainer:
                                           grad_sq, stop]))
         # The step's record is built later (after the next step is queued): keep what it needs.
         return StepResult(reduced=reduced, global_tokens=global_tokens, data=data, data_counts=counts,
-                          timing=self.runner.train_timing)
+                          timing=self.runner.train_timing, expert_counts=expert_counts)
 
     def read_step(self, step: int, result: StepResult) -> None:
         """Wait for step `step`'s (loss, squared gradient norm, stop flag) and read them into
@@ -177,15 +187,21 @@ class Trainer:
             result.pending = HostCopy(reduced)
             result.read()
             loss, grad_norm = result.loss, result.grad_norm
-            if math.isfinite(loss) and math.isfinite(grad_norm):
+            stepped = math.isfinite(loss) and math.isfinite(grad_norm)
+            if stepped:
                 scale_grads(self.modules, coef)
                 self._step_optimizers()
             elif self.topo.rank == 0:
                 print(f"titan_mimo: step {step + 1}: non-finite loss {loss} or grad norm {grad_norm}: "
                       "step skipped", file=sys.stderr, flush=True)
         else:
+            stepped = True
             scale_grads(self.modules, coef)
             self._step_optimizers()
+        # The correction biases move with the optimizer step (a skipped step moves nothing).
+        self.expert_load.update_biases(result.expert_counts, apply=stepped)
+        if result.expert_counts is not None:
+            result.expert_pending, result.expert_counts = HostCopy(result.expert_counts), None
         for opts in self.optimizers.values():
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
@@ -276,6 +292,8 @@ class Trainer:
                 "alloc_retries": int(maxes[len(names) + i]),
             }
         record.update(self.feed.metrics(result.data, result.data_counts))
+        if result.expert_pending is not None:
+            record.update(self.expert_load.metrics(result.expert_pending.values()))
         return record
 
 
@@ -326,9 +344,13 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
                       micro_batch_size=cfg.training.micro_batch_size, language_dp=lm_place.dp)
     feed = DataFeed(cfg=cfg, topo=topo, dataset=dataset, plan=plan,
                     patch_sizes={n: args[n].patch_size for n in cfg.encoders}, host_group=host_group)
+    lm_args = args[lm_name]
+    expert_load = ExpertLoad(lm_args.layer_pattern, lm_args.n_routed_experts,
+                             modules[lm_name].parts if lm_here else [], lm_args.moe_bias_update_rate,
+                             frozen=cfg.modules[lm_name].frozen, device=device)
     return Trainer(cfg=cfg, topo=topo, device=device, host_group=host_group, modules=modules, runner=runner,
                    feed=feed, optimizers=optimizers, schedulers=build_schedulers(cfg, optimizers),
-                   flop_counters=flop_counters, lr_at=language_lr_schedule(cfg))
+                   flop_counters=flop_counters, lr_at=language_lr_schedule(cfg), expert_load=expert_load)
 
 
 def _stage_shapes(cfg: JobConfig, lm_args, place, lm: BuiltModule, dtype: torch.dtype, *,
