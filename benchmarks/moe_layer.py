@@ -53,6 +53,10 @@ def main() -> None:
 
     def measure(label: str, layer: torch.nn.Module, flops: int) -> None:
         def step():
+            # Gradients start from none each step, as the trainer's do (zero_grad(set_to_none)):
+            # accumulating into them would add a pass over every expert weight's gradient.
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
             layer(x).float().sum().backward()
         step_s, host_s = common.time_step(step, device, opts.warmup, opts.steps)
         results[label] = common.result(step_s, host_s, device, flops=flops, tokens=tokens)
