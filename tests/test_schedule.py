@@ -37,4 +37,4 @@ def test_cross_entropy_sum_skips_ignored_labels_in_float32():
     assert got.dtype == torch.float32
     keep = labels != -100
     want = F.cross_entropy(logits.float()[keep], labels[keep], reduction="sum")
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)  # another summation order
