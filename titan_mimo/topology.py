@@ -16,7 +16,7 @@ so their expert gradients add up), as torchtitan borrows EP ranks from dp_shard 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -194,7 +194,7 @@ class Topology:
     colocated: bool
     placements: dict[str, Placement]
     meshes: dict[str, DeviceMesh]
-    expert_meshes: dict[str, DeviceMesh]
+    expert_meshes: dict[str, DeviceMesh] = field(default_factory=dict)
     """Per module with `has_expert_mesh`: its ("pp", "expert_dp", "ep") mesh."""
     language: str
     n_microbatches: int

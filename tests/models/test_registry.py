@@ -9,6 +9,7 @@ from titan_mimo.models import MODEL_NAMES, HybridLM, VisionModule, build_model, 
 def test_names():
     assert set(MODEL_NAMES) == {
         "vit/debug", "vit/debug_small", "vit/h16", "hybrid_lm/debug", "hybrid_lm/hybrid_2b", "hybrid_lm/attn_1b",
+        "hybrid_lm/debug_moe", "hybrid_lm/nemotron_moe_20l", "hybrid_lm/nemotron_moe_1gpu",
     }
 
 
