@@ -12,6 +12,7 @@ behind the device's work and make the host wait for all of it to read the result
 from __future__ import annotations
 
 import os
+import socket
 from datetime import timedelta
 
 import torch
@@ -40,7 +41,9 @@ def init_distributed(device: torch.device, timeout_seconds: int) -> dist.Process
     timeout = timedelta(seconds=timeout_seconds)
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
+        # A port of its own for a run outside torchrun: two such runs on one machine (a test
+        # suite, benchmarks side by side) must not collide on a fixed one.
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -52,6 +55,12 @@ def init_distributed(device: torch.device, timeout_seconds: int) -> dist.Process
     if dist.get_backend() == "gloo":
         return dist.group.WORLD
     return dist.new_group(backend="gloo", timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def world_sum_(t: torch.Tensor) -> torch.Tensor:
