@@ -85,7 +85,9 @@ class MockImageCaption:
         """Sample `index`; `with_images=False` skips drawing pixels (text ranks need none) and
         leaves `images` empty, without changing anything else about the sample."""
         g = _generator(self.seed, SPLITS[split], index)
-        text_only = bool(torch.rand((), generator=g) < self.text_only_fraction)
+        # Drawn in any case, so the stream of the other draws does not depend on the encoders;
+        # without encoders (a language model alone) every sample is text.
+        text_only = bool(torch.rand((), generator=g) < self.text_only_fraction) or not self.encoders
         pieces: list[Tensor] = []
         images: dict[str, list[Tensor]] = {e.name: [] for e in self.encoders}
         if text_only:
