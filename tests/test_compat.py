@@ -80,6 +80,12 @@ def test_private_apis_have_the_shape_compat_relies_on():
     # The stage work the schedules call (time_stage_work); at least forward and backward exist.
     assert {"forward_one_chunk", "backward_one_chunk"} <= set(dir(PipelineStage))
     assert any(hasattr(PipelineStage, name) for name in compat._STAGE_WORK[2:])
+    # time_stage_work reads the micro-batch of each *_one_chunk call from its first argument.
+    for name, chunk_arg in (("forward_one_chunk", "fwd_chunk_id"), ("backward_one_chunk", "bwd_chunk_id"),
+                            ("backward_weight_one_chunk", "bwd_chunk_id")):
+        if hasattr(PipelineStage, name):
+            params = list(inspect.signature(getattr(PipelineStage, name)).parameters)
+            assert params[1] == chunk_arg, (name, params)
     # AdamW's step collects each group's tensors through _init_group(group, params, grads,
     # state lists...) and returns has_complex: what LocalShardAdamW swaps for local tensors.
     params = list(inspect.signature(torch.optim.AdamW._init_group).parameters)
@@ -98,3 +104,31 @@ def test_first_stage_forwards_ahead_reads_the_action_list():
 
     assert compat.first_stage_forwards_ahead(Schedule()) == 3
     assert compat.first_stage_forwards_ahead(object()) is None  # single-stage schedules
+
+
+def test_time_stage_work_spans_each_outermost_call_with_its_micro_batch():
+    from contextlib import contextmanager
+
+    seen = []
+
+    class Stage:
+        def forward_one_chunk(self, fwd_chunk_id, args, kwargs=None):
+            return self.perform_reduce_grad(1)  # an inner call: inside the outer span only
+
+        def backward_one_chunk(self, bwd_chunk_id, loss=None, full_backward=True, last_backward=False):
+            return bwd_chunk_id
+
+        def perform_reduce_grad(self, grad_scale_factor):
+            return "reduced"
+
+    @contextmanager
+    def span(work, mb):
+        seen.append((work, mb))
+        yield
+
+    stage = Stage()
+    compat.time_stage_work(stage, span)
+    assert stage.forward_one_chunk(3, ()) == "reduced"
+    assert stage.backward_one_chunk(bwd_chunk_id=2) == 2
+    assert stage.perform_reduce_grad(1) == "reduced"
+    assert seen == [("forward_one_chunk", 3), ("backward_one_chunk", 2), ("perform_reduce_grad", None)]

@@ -309,6 +309,12 @@ BAD_OVERRIDES = [
      r"--training.steps.x: training.steps is a value, not a table"),
     ("stray_argument", ["steps=3"],
      r"unexpected argument 'steps=3'; use --config PATH and --section.key=value"),
+    ("timeline_step_zero", ["--metrics.timeline_steps=[0, 2]"],
+     r"metrics: timeline_steps = \[0, 2\]: steps are 1-based \(>= 1\)"),
+    ("timeline_step_twice", ["--metrics.timeline_steps=[2, 2]"], r"timeline_steps = \[2, 2\] lists a step twice"),
+    ("timeline_step_late", ["--metrics.timeline_steps=[201]"],
+     r"metrics.timeline_steps = \[201\]: step 201 is after the last step \(training.steps = 200\)"),
+    ("timeline_not_a_list", ["--metrics.timeline_steps=5"], r"metrics.timeline_steps = 5 must be a list"),
 ]
 
 

@@ -141,7 +141,7 @@ def _load(out: Path, name: str) -> dict:
     merged["losses"] = json.loads((case_dir / "losses.json").read_text())
     merged["grad_norms"] = json.loads((case_dir / "grad_norms.json").read_text())
     merged["metrics"] = json.loads((case_dir / "metrics.json").read_text())
-    merged["events"] = {int(f.stem[6:]): json.loads(f.read_text()) for f in case_dir.glob("events*.json")}
+    merged["spans"] = {int(f.stem[5:]): json.loads(f.read_text()) for f in case_dir.glob("spans*.json")}
     return merged
 
 
@@ -309,6 +309,16 @@ def test_bf16_tracks_fp32(runs: Path, case: str) -> None:
     assert got["losses"] != ref["losses"]
 
 
+def _work(spans: list[dict]) -> list[tuple[str, int, float]]:
+    """(F or B, micro-batch, end time) of a rank's forwards and backwards, in the order they ran."""
+    return [({"forward": "F", "backward": "B"}[s["kind"]], s["mb"], s["end"])
+            for s in spans if s["kind"] in ("forward", "backward")]
+
+
+def _work_order(spans: list[dict]) -> list[tuple[str, int]]:
+    return [(op, mb) for op, mb, _ in _work(spans)]
+
+
 def test_schedule_overlaps_across_the_bridge(runs: Path) -> None:
     """vision dp 2 | language dp 2 with 4 micro-batches. Each encoder rank runs forward of i+1
     before the gradient of i has come back (so it overlaps the language model's work on i), and
@@ -316,16 +326,16 @@ def test_schedule_overlaps_across_the_bridge(runs: Path) -> None:
     Order on the encoder rank is deterministic; wall-clock order across ranks is only checked
     where it is causal: the language model's backward of i ends after the encoder's forward of i.
     """
-    events = _load(runs, "order")["events"]
+    spans = _load(runs, "order")["spans"]
     n_mb = 4
     for enc_rank, lm_rank in ((0, 2), (1, 3)):
-        order = [(op, mb) for _, op, mb, _ in events[enc_rank]]
+        order = _work_order(spans[enc_rank])
         assert sorted(order) == sorted([(op, i) for op in "FB" for i in range(n_mb)])
         for i in range(n_mb - 1):
             assert order.index(("F", i + 1)) < order.index(("B", i)), order
         assert order.index(("B", 0)) < order.index(("F", n_mb - 1)), order
-        enc = {(op, mb): t for _, op, mb, t in events[enc_rank]}
-        lm = {(op, mb): t for _, op, mb, t in events[lm_rank]}
+        enc = {(op, mb): end for op, mb, end in _work(spans[enc_rank])}
+        lm = {(op, mb): end for op, mb, end in _work(spans[lm_rank])}
         for i in range(n_mb):
             assert enc[("F", i)] <= lm[("B", i)]
 
@@ -334,9 +344,9 @@ def test_encoder_lead_follows_the_interleaved_schedule(runs: Path) -> None:
     """With Interleaved1F1B the encoder's lead comes from the schedule's own action list (stage 0
     runs 4 of the 8 micro-batches ahead), not "every micro-batch": the encoder back-propagates
     micro-batch 0 before its last forward, and never sends more than lead = 5 ahead."""
-    events = _load(runs, "pp2_interleaved_8mb")["events"]
+    spans = _load(runs, "pp2_interleaved_8mb")["spans"]
     n_mb = 8
-    order = [(op, mb) for _, op, mb, _ in events[0]]  # the one encoder rank
+    order = _work_order(spans[0])  # the one encoder rank
     assert sorted(order) == sorted([(op, i) for op in "FB" for i in range(n_mb)])
     assert order.index(("B", 0)) < order.index(("F", n_mb - 1)), order
     for i in range(n_mb - 5):

@@ -10,6 +10,7 @@ from titan_mimo.embeddings import EncoderEmbeddings
 from titan_mimo.models import build_model
 from titan_mimo.models.common import init_model_for_testing
 from titan_mimo.stages import LanguageStage
+from titan_mimo.timing import Timeline
 
 
 def _lm(seed=0):
@@ -57,7 +58,8 @@ def test_last_stage_ends_in_the_fused_loss():
 
 def test_first_stage_merges_each_micro_batchs_embeddings_in_order():
     """The first stage takes micro-batch i's encoder embeddings at its i-th forward (colocated:
-    from the encoder run here) and records the forward; it refuses another micro-batch."""
+    from the encoder run here, a span of a recorded step's timeline); it refuses another
+    micro-batch."""
     from titan_mimo.data.batch import Batch
 
     full = _lm()
@@ -72,20 +74,24 @@ def test_first_stage_merges_each_micro_batchs_embeddings_in_order():
 
     from titan_mimo.embeddings import EncoderRole
     role = EncoderRole(module=Encoder(), frozen=False, placeholder_id=placeholder, cell=1, bridge=None)
-    embeddings = EncoderEmbeddings(roles={"vision": role}, language="language", device=torch.device("cpu"))
+    timeline = Timeline(torch.device("cpu"))
+    embeddings = EncoderEmbeddings(roles={"vision": role}, language="language", device=torch.device("cpu"),
+                                   timeline=timeline)
     (stage,) = _stages(full, [0, 6])
     stage.embeddings = embeddings
     data = StepData(text=[Batch(tokens=tokens[mb], labels=tokens[mb], images={}) for mb in range(2)],
                     images={"vision": [Batch(tokens=tokens[mb], labels=tokens[mb],
                                              images={"vision": [emb[mb][None]]}) for mb in range(2)]})
-    events = []
-    embeddings.begin(data, events)
+    timeline.begin()
+    embeddings.begin(data)
     for mb in range(2):
         h = full.embed(tokens[mb]).reshape(-1, full.args.dim).index_copy(
             0, (tokens[mb].flatten() == placeholder).nonzero()[:, 0], emb[mb]).view(2, 8, -1)
         assert torch.equal(stage(tokens[mb], torch.full((2,), mb)), full.forward_hidden(h))
-    assert [(m, op, mb) for m, op, mb, _ in events] == [("language", "F", 0), ("language", "F", 1)]
-    embeddings.begin(data, events)
+    timeline.end()
+    spans = timeline.take()["spans"]
+    assert [(s["kind"], s["module"], s["mb"]) for s in spans] == [("forward", "vision", 0), ("forward", "vision", 1)]
+    embeddings.begin(data)
     try:
         stage(tokens[1], torch.full((2,), 1))
     except RuntimeError as e:

@@ -75,9 +75,10 @@ def foreach_mul_(tensors: list, scalar: "float | torch.Tensor") -> None:
 _STAGE_WORK = ("forward_one_chunk", "backward_one_chunk", "backward_weight_one_chunk", "perform_reduce_grad")
 
 
-def time_stage_work(stage, span: Callable[[], AbstractContextManager]) -> None:
-    """Run every call a schedule makes into `stage`'s own work inside `span()`, a context
-    manager that measures it.
+def time_stage_work(stage, span: Callable[[str, int | None], AbstractContextManager]) -> None:
+    """Run every call a schedule makes into `stage`'s own work inside `span(work, mb)`, a context
+    manager that measures it: `work` is the method's name, `mb` the micro-batch (chunk) it works
+    on, None for the gradient reduction.
 
     Schedules look these methods up on the stage object, so instance attributes shadow them.
     Only the outermost call is measured (some versions implement one of them through another);
@@ -90,17 +91,27 @@ def time_stage_work(stage, span: Callable[[], AbstractContextManager]) -> None:
             continue
 
         @functools.wraps(method)
-        def timed(*args, _method=method, **kwargs):
+        def timed(*args, _method=method, _name=name, **kwargs):
             if depth[0]:
                 return _method(*args, **kwargs)
             depth[0] += 1
             try:
-                with span():
+                with span(_name, _chunk_id(_name, args, kwargs)):
                     return _method(*args, **kwargs)
             finally:
                 depth[0] -= 1
 
         setattr(stage, name, timed)
+
+
+def _chunk_id(work: str, args: tuple, kwargs: dict) -> int | None:
+    """The micro-batch a stage work call is for: the `*_one_chunk` methods' first argument
+    (`fwd_chunk_id` / `bwd_chunk_id`)."""
+    if not work.endswith("_one_chunk"):
+        return None
+    if args:
+        return int(args[0])
+    return int(kwargs.get("fwd_chunk_id", kwargs.get("bwd_chunk_id")))
 
 
 def first_stage_forwards_ahead(schedule) -> int | None:

@@ -387,10 +387,25 @@ class Metrics:
     """With profile_step on GPUs: record the device's kernels only, no host ops, so the profiled
     step runs at its unprofiled speed and its device-busy share is a normal step's (recording
     every host op slows a host-bound step by tens of percent)."""
+    timeline_steps: list[int] = field(default_factory=list)
+    """Training steps (1-based) to record as one timeline of every rank: each rank's spans
+    (encoder forward/backward per micro-batch, bridge waits, each language stage's forward and
+    backward per micro-batch, loss, gradient clipping, optimizer step, checkpoint save), device
+    time on GPUs, merged by rank 0 into dump_folder/timeline/step-N.json (Chrome trace events:
+    Perfetto, chrome://tracing) and step-N.png (a Gantt chart; the `timeline` extra). A recorded
+    step waits for the device at its end; other steps record and wait for nothing. Empty: off."""
+    timeline_png: bool = True
+    """Draw step-N.png next to each recorded step-N.json (needs matplotlib: `pip install
+    'titan_mimo[timeline]'`); false writes the JSON only, drawn later by `python -m
+    titan_mimo.timeline DUMP_FOLDER --step N`."""
 
     def __post_init__(self) -> None:
         if self.log_freq < 1:
             raise ValueError(f"log_freq = {self.log_freq} must be >= 1")
+        if any(s < 1 for s in self.timeline_steps):
+            raise ValueError(f"timeline_steps = {self.timeline_steps}: steps are 1-based (>= 1)")
+        if len(set(self.timeline_steps)) != len(self.timeline_steps):
+            raise ValueError(f"timeline_steps = {self.timeline_steps} lists a step twice")
         if self.profile_step < 0:
             raise ValueError(f"profile_step = {self.profile_step} must be >= 0 (0 = off)")
         if self.profile_kernels_only and not self.profile_step:
@@ -517,6 +532,10 @@ class JobConfig:
         if self.training.coordinate_descent_tuning and not any(m.compile for m in self.modules.values()):
             raise ValueError("training.coordinate_descent_tuning tunes the kernels of compiled blocks; "
                              "set compile = true on a module, or leave it false")
+        late = [s for s in self.metrics.timeline_steps if s > self.training.steps]
+        if late:
+            raise ValueError(f"metrics.timeline_steps = {self.metrics.timeline_steps}: step {late[0]} is after "
+                             f"the last step (training.steps = {self.training.steps}) and would never be recorded")
         if self.parallelism.stages_per_rank > 1 and self.parallelism.pipeline_schedule != "Interleaved1F1B":
             raise ValueError(
                 f"parallelism.stages_per_rank = {self.parallelism.stages_per_rank} needs "

@@ -7,10 +7,13 @@ of a hang; torchrun then stops every other rank (exit code non-zero on all).
 Values the host already holds (loss-token counts, metrics, timings) are reduced over a host
 group (gloo) made once next to the default group: a reduction through NCCL would queue them
 behind the device's work and make the host wait for all of it to read the result back.
+Structured host values (a recorded step's spans) reach rank 0 as JSON (`gather_json`), not
+pickles.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from datetime import timedelta
@@ -84,3 +87,21 @@ def _host_all_reduce(values: list[float], host_group: dist.ProcessGroup, op) -> 
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t, op=op, group=host_group)
     return t.tolist()
+
+
+def gather_json(obj, host_group: dist.ProcessGroup) -> list | None:
+    """Every rank's `obj` (JSON-serialisable), in rank order, on rank 0 (None elsewhere): each
+    rank's JSON text as bytes through the host group, padded to the longest."""
+    data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
+    world = dist.get_world_size(host_group)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64), group=host_group)
+    longest = max(int(s) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[:data.numel()] = data
+    is_root = dist.get_rank(host_group) == 0
+    buffers = [torch.empty(longest, dtype=torch.uint8) for _ in range(world)] if is_root else None
+    dist.gather(padded, buffers, dst=0, group=host_group)
+    if not is_root:
+        return None
+    return [json.loads(b[:int(s)].numpy().tobytes()) for b, s in zip(buffers, sizes)]

@@ -8,7 +8,6 @@ Legend: B samples of a micro-batch on this rank, S sequence, N image tokens.
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from titan_mimo.bridge import Bridge
 from titan_mimo.compat import assert_on_device
 from titan_mimo.data.batch import StepData
 from titan_mimo.models.common import to_device
+from titan_mimo.timing import Timeline
 
 if TYPE_CHECKING:
     from titan_mimo.build import BuiltModule
@@ -70,18 +70,18 @@ class EncoderEmbeddings:
     assert; and the rows per sample are counted in the host copy of the tokens (`begin`)."""
 
     def __init__(self, *, roles: dict[str, EncoderRole], language: str, device: torch.device,
-                 zero_embeddings: bool = False):
+                 timeline: Timeline, zero_embeddings: bool = False):
         self.roles, self.language, self.device = roles, language, device
+        self.timeline = timeline
+        """Spans of a recorded step: bridge receives, and colocated encoders' forwards."""
         self.zero_embeddings = zero_embeddings
         """The ablation `training.zero_encoder_embeddings`: merge zeros where the images go."""
         self._data = StepData()
-        self._events: list = []
         self._next_mb = 0
 
-    def begin(self, data: StepData, events: list) -> None:
-        """A run over `data` (this rank's step data) starts; a ("<language>", "F", micro-batch,
-        wall time) entry goes to `events` as each micro-batch's first-stage forward starts."""
-        self._data, self._events, self._next_mb = data, events, 0
+    def begin(self, data: StepData) -> None:
+        """A run over `data` (this rank's step data) starts."""
+        self._data, self._next_mb = data, 0
 
     def __call__(self, tokens_BS: Tensor, mb_B: Tensor) -> dict[int, Tensor]:
         """placeholder id -> [N, D] embeddings of the next micro-batch (`tokens_BS`, its ids `mb_B`)."""
@@ -99,16 +99,17 @@ class EncoderEmbeddings:
         else:
             assert_on_device(is_expected_mb, f"the first stage's forward number {mb} ran another "
                                              "micro-batch; the merge assumes micro-batch order")
-        self._events.append((self.language, "F", mb, time.time()))
         embeds = {}
         for name, role in self.roles.items():
             if role.bridge is None:  # colocated: encode this rank's own samples here
-                emb = encode(role, self._data.images[name][mb].images[name], self.device)
+                with self.timeline.span("forward", name, mb=mb):
+                    emb = encode(role, self._data.images[name][mb].images[name], self.device)
                 if role.frozen:
                     emb = emb.detach()
             else:
                 rows = (host_tokens_BS == role.placeholder_id).sum(1).tolist()
-                emb = role.bridge.recv_embeddings(rows, requires_grad=not role.frozen)
+                with self.timeline.span("bridge_wait", name, mb=mb, name="embeddings"):
+                    emb = role.bridge.recv_embeddings(rows, requires_grad=not role.frozen)
             # `* 0`, not zeros_like: the ablation keeps the graph, so the bridge still sends a
             # (zero) gradient back and non-colocated encoder ranks do not wait for it forever.
             embeds[role.placeholder_id] = emb * 0 if self.zero_embeddings else emb

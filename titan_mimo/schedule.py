@@ -16,7 +16,8 @@
 
 Each run records where this rank's time went (`StepTiming`): waiting on the bridge, and, on
 pipelined language ranks, the pipeline bubble = the schedule's wall time minus the time spent
-inside this rank's own stage work (forward, backward, gradient reduction).
+inside this rank's own stage work (forward, backward, gradient reduction). On a recorded step
+each of those is also a span of the step's `Timeline`, per module and micro-batch.
 
 Legend: B samples of a micro-batch on this rank, S sequence, D language hidden, N image tokens.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ from titan_mimo.data.batch import IGNORE_INDEX, StepData
 from titan_mimo.distributed import world_max
 from titan_mimo.embeddings import EncoderEmbeddings, EncoderRole, encode
 from titan_mimo.models.common import to_device
-from titan_mimo.timing import SpanClock, StepTiming
+from titan_mimo.timing import SpanClock, StepTiming, Timeline
 
 
 def last_backward(model, module: BuiltModule, is_last: bool) -> None:
@@ -57,6 +58,10 @@ def last_backward(model, module: BuiltModule, is_last: bool) -> None:
 
 
 SCHEDULES = {"GPipe": ScheduleGPipe, "1F1B": Schedule1F1B, "Interleaved1F1B": ScheduleInterleaved1F1B}
+
+STAGE_WORK_KINDS = {"forward_one_chunk": "forward", "backward_one_chunk": "backward",
+                    "backward_weight_one_chunk": "backward_weight", "perform_reduce_grad": "grad_reduce"}
+"""The timeline's kind of each stage work call a pipelining schedule makes (`time_stage_work`)."""
 
 
 def theoretical_bubble_fraction(lm_pp: int, n_microbatches: int, stages_per_rank: int = 1) -> float:
@@ -100,7 +105,8 @@ class StepRunner:
     def __init__(self, *, modules: dict[str, BuiltModule], encoders: dict[str, EncoderRole],
                  embeddings: EncoderEmbeddings | None, language: str | None, n_microbatches: int,
                  schedule_name: str, pp_group, device: torch.device, host_group, lm_pp: int,
-                 stage_shapes: dict | None, fused_loss: bool = False, loss_parallel: bool = False):
+                 stage_shapes: dict | None, timeline: Timeline, fused_loss: bool = False,
+                 loss_parallel: bool = False):
         self.modules, self.encoders, self.language = modules, encoders, language
         self.embeddings = embeddings
         """What the language model's first stage on this rank merges (None elsewhere)."""
@@ -117,9 +123,10 @@ class StepRunner:
         """Of the last run; `train_timing` of the last training run."""
         self.train_timing = StepTiming()
         self._stage_clock, self._schedule_clock = SpanClock(device), SpanClock(device)
-        self.events: list[tuple[str, str, int, float]] = []
-        """(module, op, micro-batch, wall time) of the last step, in the order this rank ran them;
-        the time is when a language forward starts and when any other op ends."""
+        self.timeline = timeline
+        """Spans of a recorded step (`Trainer.train_step` starts and ends it); inert otherwise."""
+        self._losses_run = 0
+        """Micro-batches whose loss this run has computed (`_loss_fn`)."""
         self.schedule = None
         if language is not None:
             lm = modules[language]
@@ -128,7 +135,7 @@ class StepRunner:
                                         **stage_shapes[sid])
                           for part, sid in zip(lm.parts, lm.stage_ids)]
                 for stage in stages:
-                    time_stage_work(stage, self._stage_clock.span)
+                    time_stage_work(stage, lambda work, mb, sid=stage.stage_index: self._stage_work(sid, work, mb))
                 cls = SCHEDULES[schedule_name]
                 self.schedule = cls(stages if len(stages) > 1 or cls is ScheduleInterleaved1F1B else stages[0],
                                     n_microbatches, scale_grads=False,
@@ -155,14 +162,28 @@ class StepRunner:
         return loss_sum / self.global_tokens
 
     def _loss_fn(self, logits_BSV: Tensor, labels_BS: Tensor) -> Tensor:
-        return cross_entropy_sum(logits_BSV, labels_BS) / self.global_tokens
+        # The schedule computes each micro-batch's loss in micro-batch order.
+        mb, self._losses_run = self._losses_run, self._losses_run + 1
+        with self.timeline.span("loss", self.language, mb=mb):
+            return cross_entropy_sum(logits_BSV, labels_BS) / self.global_tokens
 
-    def _stage_loss(self, model, tokens_BS: Tensor, mb_B: Tensor, labels_BS: Tensor) -> Tensor:
+    def _stage_loss(self, model, tokens_BS: Tensor, mb_B: Tensor, labels_BS: Tensor, mb: int) -> Tensor:
         if self.fused_loss:
-            return self._normalised(model(tokens_BS, mb_B, labels_BS=labels_BS), labels_BS)
-        loss = self._loss_fn(model(tokens_BS, mb_B), labels_BS)
+            with self.timeline.span("forward", self.language, mb=mb, stage=0):
+                loss_sum = model(tokens_BS, mb_B, labels_BS=labels_BS)
+            return self._normalised(loss_sum, labels_BS)
+        with self.timeline.span("forward", self.language, mb=mb, stage=0):
+            logits_BSV = model(tokens_BS, mb_B)
+        loss = self._loss_fn(logits_BSV, labels_BS)
         # Loss-parallel cross-entropy returns a replicated DTensor: every TP rank holds the sum.
         return loss.to_local() if isinstance(loss, DTensor) else loss
+
+    @contextmanager
+    def _stage_work(self, stage_id: int, work: str, mb: int | None):
+        """One call of a pipelining schedule into stage `stage_id`'s own work (`time_stage_work`)."""
+        with self._stage_clock.span(), self.timeline.span(STAGE_WORK_KINDS[work], self.language, mb=mb,
+                                                          stage=stage_id):
+            yield
 
     def _run_language(self, train: bool) -> Tensor:
         lm = self.modules[self.language]
@@ -184,12 +205,12 @@ class StepRunner:
                 if train:
                     last_backward(model, lm, mb == self.n_mb - 1)
                     with vocab_parallel():
-                        loss = self._stage_loss(model, tokens, mb_ids, labels)
-                        loss.backward()
-                    self.events.append((self.language, "B", mb, time.time()))
+                        loss = self._stage_loss(model, tokens, mb_ids, labels, mb)
+                        with self.timeline.span("backward", self.language, mb=mb, stage=0):
+                            loss.backward()
                 else:
                     with torch.no_grad(), vocab_parallel():
-                        loss = self._stage_loss(model, tokens, mb_ids, labels)
+                        loss = self._stage_loss(model, tokens, mb_ids, labels, mb)
                 loss_sum += loss.detach()
             return loss_sum
         args, kwargs = (), {}
@@ -207,7 +228,7 @@ class StepRunner:
             kwargs.update(target=labels, losses=losses)
             if self.fused_loss:
                 kwargs["labels_BS"] = labels
-        with self._schedule_clock.span():
+        with self._schedule_clock.span(), self.timeline.span("schedule", self.language):
             if train:
                 self.schedule.step(*args, **kwargs)
             else:
@@ -230,16 +251,16 @@ class StepRunner:
 
         def backward_oldest() -> None:
             mb, emb, rows = pending.popleft()
-            grad = role.bridge.recv_gradient(rows)
-            last_backward(model, role.module, mb == self.n_mb - 1)
-            emb.backward(grad.to(emb.dtype))
-            self.events.append((name, "B", mb, time.time()))
+            with self.timeline.span("bridge_wait", name, mb=mb, name="gradients"):
+                grad = role.bridge.recv_gradient(rows)
+            with self.timeline.span("backward", name, mb=mb):
+                last_backward(model, role.module, mb == self.n_mb - 1)
+                emb.backward(grad.to(emb.dtype))
 
         for mb, batch in enumerate(self.data.images[name]):
             rows = (batch.tokens == role.placeholder_id).sum(1).tolist()
-            with torch.set_grad_enabled(needs_grad):
+            with torch.set_grad_enabled(needs_grad), self.timeline.span("forward", name, mb=mb):
                 emb = encode(role, batch.images[name], self.device)
-            self.events.append((name, "F", mb, time.time()))
             role.bridge.send_embeddings(emb, rows)
             if needs_grad:
                 pending.append((mb, emb, rows))
@@ -254,14 +275,14 @@ class StepRunner:
         """Forward (+ backward) of all micro-batches; returns this rank's loss contribution, a
         float64 scalar on the device (read it when the step's work is queued)."""
         self.data, self.global_tokens = data, global_tokens
-        self.events = []
+        self._losses_run = 0
         if self.embeddings is not None:
-            self.embeddings.begin(data, self.events)
+            self.embeddings.begin(data)
         self.timing = StepTiming()
         self._stage_clock.reset()
         self._schedule_clock.reset()
-        bridges = [role.bridge for role in self.encoders.values() if role.bridge is not None]
-        wait0 = sum(b.stats.wait_s for b in bridges)
+        bridges = {name: role.bridge for name, role in self.encoders.items() if role.bridge is not None}
+        wait0 = sum(b.stats.wait_s for b in bridges.values())
         t0 = time.perf_counter()
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         for name, role in self.encoders.items():
@@ -269,10 +290,11 @@ class StepRunner:
                 self._run_encoder(name, train)
         if self.language is not None:
             loss = self._run_language(train)
-        for bridge in bridges:
-            bridge.wait_sends()
+        for name, bridge in bridges.items():
+            with self.timeline.span("bridge_wait", name, name="sends"):
+                bridge.wait_sends()
         self.timing.run_s = time.perf_counter() - t0
-        self.timing.bridge_wait_s = sum(b.stats.wait_s for b in bridges) - wait0
+        self.timing.bridge_wait_s = sum(b.stats.wait_s for b in bridges.values()) - wait0
         self.timing.schedule = self._schedule_clock.take()
         self.timing.stage_work = self._stage_clock.take()
         if train:

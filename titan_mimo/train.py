@@ -7,9 +7,10 @@ optimizers, bridges, schedule; titan_mimo/trainer.py) -> restore (checkpoint or 
 The loop does not wait for the device on ordinary steps: it queues step N+1 and then reads
 step N's results (loss, gradient norm, stop flag), which the device has finished by then, and
 logs step N. A step whose results the loop needs before going on is read at once: a
-checkpoint step (a non-finite step is never saved), a validation or profiled step, the last
-step, the step after a stop request was seen, and every step with
-`training.skip_nonfinite_steps` (which decides on the host before the optimizer step).
+checkpoint step (a non-finite step is never saved), a validation, profiled or recorded
+(`metrics.timeline_steps`) step, the last step, the step after a stop request was seen, and
+every step with `training.skip_nonfinite_steps` (which decides on the host before the optimizer
+step). A recorded step's timeline is written once its checkpoint, if any, is saved.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from titan_mimo.export import export_checkpoint, load_weights, read_index
 from titan_mimo.hf import training as hf_training
 from titan_mimo.metrics import MetricsWriter, StepClock
 from titan_mimo.profiling import profile_steps, summary
+from titan_mimo.timeline import require_matplotlib, write_step
 from titan_mimo.topology import resolve_placements
 from titan_mimo.torchtitan_ext.garbage_collection import garbage_collection
 from titan_mimo.trainer import StepResult, Trainer, build_trainer
@@ -107,6 +109,7 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
     def read_at_once(done: int, stopping: bool) -> bool:
         """Whether step `done` is read before the next one is queued (see the module docstring)."""
         return (stopping or done == cfg.training.steps or done == cfg.metrics.profile_step
+                or done in cfg.metrics.timeline_steps
                 or (checkpointer is not None and done % ckpt_cfg.interval == 0)
                 or (cfg.validation.enable and done % cfg.validation.freq == 0)
                 or cfg.training.skip_nonfinite_steps)
@@ -122,11 +125,17 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
         # A stop seen on a step read late is acted on at the next step, which is read at once.
         if at_once and checkpointer is not None and (done % ckpt_cfg.interval == 0
                                                      or done == cfg.training.steps or stop):
-            with clock.excluded():
+            with clock.excluded(), trainer.timeline.host_span("checkpoint"):
                 checkpointer.save(trainer, done)
                 if stop:
                     checkpointer.wait()
             saved_s = checkpointer.blocked_s
+        if done in cfg.metrics.timeline_steps:
+            with clock.excluded():
+                path = write_step(trainer.timeline.take(), cfg=cfg, topo=topo, host_group=trainer.host_group,
+                                  step=done)
+            if path is not None:
+                print(f"titan_mimo: step {done} timeline: {path}", flush=True)
         validate = cfg.validation.enable and done % cfg.validation.freq == 0
         # A validation step is also a logged step, so its val_loss has a record to go in.
         if done % cfg.metrics.log_freq == 0 or done == cfg.training.steps or validate:
@@ -214,6 +223,8 @@ def prepare(argv: list[str]) -> Setup:
     """Parse and validate config, placements, data and the checkpoint to resume from, reading
     only files: raises ValueError with the message a user sees."""
     cfg = load_config(argv)
+    if cfg.metrics.timeline_steps and cfg.metrics.timeline_png:
+        require_matplotlib()
     args = module_args(cfg)
     placements = resolve_placements(cfg, env_world_size(), {n: a.tp_divisors() for n, a in args.items()})
     dataset = build_dataset(cfg, args)

@@ -32,7 +32,7 @@ from titan_mimo.models import build_from_args
 from titan_mimo.schedule import StepRunner, theoretical_bubble_fraction
 from titan_mimo.step import (build_optimizers, build_schedulers, clip_coefficient, count_loss_tokens,
                              language_lr_schedule, local_grad_sq, scale_grads)
-from titan_mimo.timing import StepTiming
+from titan_mimo.timing import StepTiming, Timeline, host_clock_offset
 from titan_mimo.topology import Topology, build_topology, uses_fused_loss
 
 
@@ -125,6 +125,8 @@ class Trainer:
     """step -> the language module's LR (for metrics)."""
     expert_load: ExpertLoad
     """The MoE blocks' load balancing (inert without MoE blocks)."""
+    timeline: Timeline
+    """Spans of the steps `metrics.timeline_steps` lists (`train_step` records them)."""
     tokens_seen: int = 0
     """Tokens (samples x seq_len) of every completed step, restored on resume."""
     stop_signal: str = ""
@@ -144,19 +146,22 @@ class Trainer:
         """Forward and backward of every micro-batch, then the step's one world reduction of
         (loss, squared gradient norm, stop flag), queued on the device and not yet read. The
         loss-token count is reduced on the host first (the loss divides by it)."""
-        data = self.feed.load(step, "train")
-        counts = dict(self.feed.counts)
-        global_tokens = self.global_loss_tokens(data)
+        with self.timeline.span("data", ""):
+            data = self.feed.load(step, "train")
+            counts = dict(self.feed.counts)
+        with self.timeline.span("loss_tokens", ""):  # a world sum: it waits for every rank
+            global_tokens = self.global_loss_tokens(data)
         self.expert_load.begin_step(global_tokens)
         loss_local = self.runner.run(data, global_tokens, train=True)
-        expert_counts = self.expert_load.reduce()
-        grad_sq = sum(local_grad_sq(m, self.topo.placements[n].size // self.topo.placements[n].pp, self.device)
-                      for n, m in self.modules.items())
-        # The stop flag rides on the step's one reduction, so all ranks stop at the same step.
-        # torch.full, not torch.tensor: a copy from host memory would wait for the device.
-        stop = torch.full((), float(bool(self.stop_signal)), dtype=torch.float64, device=self.device)
-        reduced = world_sum_(torch.stack([loss_local if self.feed.is_loss_rank else torch.zeros_like(stop),
-                                          grad_sq, stop]))
+        with self.timeline.span("global_reduce", ""):
+            expert_counts = self.expert_load.reduce()
+            grad_sq = sum(local_grad_sq(m, self.topo.placements[n].size // self.topo.placements[n].pp, self.device)
+                          for n, m in self.modules.items())
+            # The stop flag rides on the step's one reduction, so all ranks stop at the same step.
+            # torch.full, not torch.tensor: a copy from host memory would wait for the device.
+            stop = torch.full((), float(bool(self.stop_signal)), dtype=torch.float64, device=self.device)
+            reduced = world_sum_(torch.stack([loss_local if self.feed.is_loss_rank else torch.zeros_like(stop),
+                                              grad_sq, stop]))
         # The step's record is built later (after the next step is queued): keep what it needs.
         return StepResult(reduced=reduced, global_tokens=global_tokens, data=data, data_counts=counts,
                           timing=self.runner.train_timing, expert_counts=expert_counts)
@@ -182,49 +187,52 @@ class Trainer:
         that mode waits for the device's backward in every step."""
         cfg = self.cfg
         reduced, result.reduced = result.reduced, None
-        coef = clip_coefficient(reduced[1].sqrt(), cfg.training.max_norm)
         if cfg.training.skip_nonfinite_steps:
             result.pending = HostCopy(reduced)
             result.read()
             loss, grad_norm = result.loss, result.grad_norm
             stepped = math.isfinite(loss) and math.isfinite(grad_norm)
-            if stepped:
-                scale_grads(self.modules, coef)
-                self._step_optimizers()
-            elif self.topo.rank == 0:
+            if not stepped and self.topo.rank == 0:
                 print(f"titan_mimo: step {step + 1}: non-finite loss {loss} or grad norm {grad_norm}: "
                       "step skipped", file=sys.stderr, flush=True)
         else:
             stepped = True
-            scale_grads(self.modules, coef)
-            self._step_optimizers()
-        # The correction biases move with the optimizer step (a skipped step moves nothing).
-        self.expert_load.update_biases(result.expert_counts, apply=stepped)
-        if result.expert_counts is not None:
-            result.expert_pending, result.expert_counts = HostCopy(result.expert_counts), None
-        for opts in self.optimizers.values():
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-        for m in self.modules.values():  # frozen or skipped modules may still hold grads
-            for part in m.parts:
-                part.zero_grad(set_to_none=True)
-        for schedulers in self.schedulers.values():
-            schedulers.step()
+        if stepped:
+            with self.timeline.span("clip", ""):
+                scale_grads(self.modules, clip_coefficient(reduced[1].sqrt(), cfg.training.max_norm))
+        with self.timeline.span("optimizer", ""):
+            if stepped:
+                for opts in self.optimizers.values():
+                    for opt in opts:
+                        opt.step()
+            # The correction biases move with the optimizer step (a skipped step moves nothing).
+            self.expert_load.update_biases(result.expert_counts, apply=stepped)
+            if result.expert_counts is not None:
+                result.expert_pending, result.expert_counts = HostCopy(result.expert_counts), None
+            for opts in self.optimizers.values():
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
+            for m in self.modules.values():  # frozen or skipped modules may still hold grads
+                for part in m.parts:
+                    part.zero_grad(set_to_none=True)
+            for schedulers in self.schedulers.values():
+                schedulers.step()
         if not cfg.training.skip_nonfinite_steps:  # that mode has read the results already
             # Copied at the step's end, so reading it later also means the step is done.
             result.pending = HostCopy(reduced)
         result.memory_gib = memory_gib(self.device)  # the peak so far: a host-side allocator count
         result.alloc_retries = alloc_retries(self.device)  # so far, likewise
 
-    def _step_optimizers(self) -> None:
-        for opts in self.optimizers.values():
-            for opt in opts:
-                opt.step()
-
     def train_step(self, step: int) -> StepResult:
-        """Queue one step; its results are read by `read_step`."""
+        """Queue one step; its results are read by `read_step`. A step `metrics.timeline_steps`
+        lists is recorded on this rank's timeline, and waited for at its end (`Timeline.end`)."""
+        recorded = step + 1 in self.cfg.metrics.timeline_steps
+        if recorded:
+            self.timeline.begin()
         result = self.forward_backward(step)
         self.optimizer_step(step, result)
+        if recorded:
+            self.timeline.end()
         return result
 
     def evaluate(self, step: int) -> float:
@@ -320,9 +328,11 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
                             hidden=args[lm_name].dim, dtype=compute_dtype, device=device)
         roles[name] = EncoderRole(module=built.get(name), frozen=m.frozen, placeholder_id=m.placeholder_id,
                                   cell=args[name].patch_size * args[name].pixel_shuffle, bridge=bridge)
+    # Ranks line up on one clock only when a step is recorded: measuring it is a world exchange.
+    timeline = Timeline(device, host_clock_offset(host_group) if cfg.metrics.timeline_steps else 0.0)
     embeddings = None
     if lm_first:
-        embeddings = EncoderEmbeddings(roles=roles, language=lm_name, device=device,
+        embeddings = EncoderEmbeddings(roles=roles, language=lm_name, device=device, timeline=timeline,
                                        zero_embeddings=cfg.training.zero_encoder_embeddings)
     built.update(build_modules(cfg, args, topo, device, names=[lm_name], embeddings=embeddings))
     modules = {name: built[name] for name in topo.my_modules}  # in config order, as everything iterates
@@ -332,7 +342,7 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
         pp_group = topo.meshes[lm_name]["pp"].get_group()
         stage_shapes = _stage_shapes(cfg, args[lm_name], lm_place, modules[lm_name], compute_dtype,
                                      fused_loss=fused_loss)
-    runner = StepRunner(modules=modules, encoders=roles, embeddings=embeddings,
+    runner = StepRunner(modules=modules, encoders=roles, embeddings=embeddings, timeline=timeline,
                         language=lm_name if lm_here else None, n_microbatches=topo.n_microbatches,
                         schedule_name=cfg.parallelism.pipeline_schedule, pp_group=pp_group, device=device,
                         host_group=host_group, lm_pp=lm_place.pp, stage_shapes=stage_shapes,
@@ -350,7 +360,8 @@ def build_trainer(cfg: JobConfig, args: dict, placements: dict, dataset: MockIma
                              frozen=cfg.modules[lm_name].frozen, device=device)
     return Trainer(cfg=cfg, topo=topo, device=device, host_group=host_group, modules=modules, runner=runner,
                    feed=feed, optimizers=optimizers, schedulers=build_schedulers(cfg, optimizers),
-                   flop_counters=flop_counters, lr_at=language_lr_schedule(cfg), expert_load=expert_load)
+                   flop_counters=flop_counters, lr_at=language_lr_schedule(cfg), expert_load=expert_load,
+                   timeline=timeline)
 
 
 def _stage_shapes(cfg: JobConfig, lm_args, place, lm: BuiltModule, dtype: torch.dtype, *,

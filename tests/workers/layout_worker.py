@@ -1,6 +1,6 @@
 """Runs a list of training cases in one torchrun launch and saves what the layout tests compare:
 per-step losses and gradient norms (rank 0), full step-0 gradients and full final parameters (one
-writer rank per module stage), each rank's schedule events of the last step, the last step's
+writer rank per module stage), each rank's timeline spans of the last step, the last step's
 metrics record and, when `validation.enable`, the validation loss evaluated after the first step
 (between training steps, as `train()` does, so the steps after it also show that evaluation
 leaves training untouched).
@@ -96,10 +96,15 @@ def main() -> None:
         losses, grad_norms, grads, val_loss = [], [], {}, None
         for step in range(case["steps"]):
             clock = StepClock(device, step)  # the record's step time is the last step's
+            is_last = step == case["steps"] - 1
+            if is_last:
+                trainer.timeline.begin()
             result = trainer.forward_backward(step)
             if step == 0:
                 grads = snapshot(trainer, "grad")
             trainer.optimizer_step(step, result)
+            if is_last:
+                trainer.timeline.end()
             result.end = clock.mark()
             trainer.read_step(step, result)
             losses.append(result.loss)
@@ -111,7 +116,7 @@ def main() -> None:
         case_dir = out_root / case["name"]
         case_dir.mkdir(parents=True, exist_ok=True)
         torch.save({"init": init, "grads": grads, "params": params}, case_dir / f"rank{rank}.pt")
-        (case_dir / f"events{rank}.json").write_text(json.dumps(trainer.runner.events))
+        (case_dir / f"spans{rank}.json").write_text(json.dumps(trainer.timeline.take()["spans"]))
         (case_dir / f"resharded{rank}.json").write_text(json.dumps(resharded))
         if rank == 0:
             (case_dir / "losses.json").write_text(json.dumps(losses))

@@ -11,7 +11,12 @@ argv[1]: JSON list of cases, each {"name": str, "argv": [...], "nan_at": step | 
   called), and "device_reads" counts the Tensor.tolist/item calls made inside train_step on a
   tensor that went through the device reduction `world_sum_` (the step's results; on CPU
   nothing else tells a device value from a host one).
-Each rank writes <out>/<name>/rank<r>.json: {"error", "stop_signal", "events", "device_reads"}.
+- always: "marks" counts, per step (1-based, as a string), the clock marks the trainer's
+  Timeline made while train_step ran; "comms" the calls into torch.distributed's collectives and
+  point-to-point ops made while train_step ran, "comms_outside" those made between steps
+  (reads, records, timeline merges); both after the trainer is built.
+Each rank writes <out>/<name>/rank<r>.json: {"error", "stop_signal", "events", "device_reads",
+"marks", "comms", "comms_outside"}.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import weakref
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -28,8 +34,13 @@ from torch.distributed.tensor import DTensor
 import titan_mimo.distributed as distributed_module
 import titan_mimo.trainer as trainer_module
 from titan_mimo.distributed import init_distributed, pick_device
+from titan_mimo.timing import Timeline
 from titan_mimo.train import prepare, train
 from titan_mimo.trainer import NonFiniteError, build_trainer
+
+COMMS = ("all_reduce", "all_gather", "gather", "broadcast", "barrier", "send", "recv", "batch_isend_irecv",
+         "all_gather_into_tensor", "reduce_scatter_tensor", "all_to_all_single")
+"""Counted by name. Not isend/irecv: pipelining's P2POp accepts only those very functions."""
 
 
 class Trace:
@@ -37,6 +48,11 @@ class Trace:
         self.events: list[str] = []
         self.device_reads = 0
         self.in_step = False
+        self.step = 0
+        """The step train_step is running (1-based), 0 between steps."""
+        self.marks: Counter = Counter()
+        self.comms: Counter = Counter()
+        self.comms_outside = 0
         self.reduced: dict[int, weakref.ref] = {}
         """id -> tensor, for the tensors world_sum_ reduced on the device."""
 
@@ -63,11 +79,11 @@ def instrument(trainer, case: dict, trace: Trace) -> None:
         return loss
 
     def train_step_(step):
-        trace.in_step = True
+        trace.in_step, trace.step = True, step + 1
         try:
             return train_step(step)
         finally:
-            trace.in_step = False
+            trace.in_step, trace.step = False, 0
             trace.events.append(f"queued {step + 1}")
 
     def read_step_(step, result):
@@ -99,6 +115,26 @@ def count_device_reads(trace: Trace) -> None:
     distributed_module.world_sum_ = trainer_module.world_sum_ = tracked_world_sum_
 
 
+def count_marks_and_comms(trace: Trace) -> None:
+    """Patch the Timeline's clock mark and torch.distributed's communication for the whole process."""
+    mark = Timeline._mark
+
+    def counting_mark(self):
+        trace.marks[trace.step] += 1
+        return mark(self)
+
+    Timeline._mark = counting_mark
+    for name in COMMS:
+        def counting(*args, _fn=getattr(dist, name), **kwargs):
+            if trace.step:
+                trace.comms[trace.step] += 1
+            else:
+                trace.comms_outside += 1
+            return _fn(*args, **kwargs)
+
+        setattr(dist, name, counting)
+
+
 def main() -> None:
     cases = json.loads(Path(sys.argv[1]).read_text())
     out_root = Path(sys.argv[2])
@@ -107,10 +143,12 @@ def main() -> None:
     rank = dist.get_rank()
     trace = Trace()
     count_device_reads(trace)
+    count_marks_and_comms(trace)
     for case in cases:
         setup = prepare(case["argv"])
         trainer = build_trainer(setup.cfg, setup.args, setup.placements, setup.dataset, device, host_group)
         trace.events, trace.device_reads = [], 0
+        trace.marks, trace.comms, trace.comms_outside = Counter(), Counter(), 0
         instrument(trainer, case, trace)
         error = None
         try:
@@ -121,7 +159,8 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"rank{rank}.json").write_text(json.dumps({
             "error": error, "stop_signal": trainer.stop_signal, "events": trace.events,
-            "device_reads": trace.device_reads}))
+            "device_reads": trace.device_reads, "marks": {str(k): v for k, v in trace.marks.items()},
+            "comms": {str(k): v for k, v in trace.comms.items()}, "comms_outside": trace.comms_outside}))
         dist.barrier()
     dist.destroy_process_group()
 
