@@ -28,12 +28,16 @@ LAYOUT = ["--config", "train_configs/debug_cpu.toml", "--modules.vision.ranks=1"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """The same 4 steps with step 2 recorded ("on") and with nothing recorded ("off")."""
+    """The same 4 steps with step 2 recorded ("on") and with nothing recorded ("off"); and 2
+    steps with step 2 recorded and saved ("checkpoint")."""
     out = tmp_path_factory.mktemp("timeline")
     png = [] if HAS_MATPLOTLIB else ["--metrics.timeline_png=false"]
     cases = [{"name": "on", "trace": True, "argv": LAYOUT + [f"--job.dump_folder={out / 'on'}",
                                                              f"--metrics.timeline_steps=[{RECORDED}]", *png]},
-             {"name": "off", "trace": True, "argv": LAYOUT + [f"--job.dump_folder={out / 'off'}"]}]
+             {"name": "off", "trace": True, "argv": LAYOUT + [f"--job.dump_folder={out / 'off'}"]},
+             {"name": "checkpoint", "argv": LAYOUT + [f"--job.dump_folder={out / 'checkpoint'}", "--training.steps=2",
+                                                      "--checkpoint.enable=true", "--metrics.timeline_steps=[2]",
+                                                      "--metrics.timeline_png=false"]}]
     spec = out / "cases.json"
     spec.write_text(json.dumps(cases))
     torchrun(3, WORKER, str(spec), str(out), timeout=600)
@@ -88,8 +92,8 @@ def test_spans_follow_the_schedule(runs: Path) -> None:
     enc_f, enc_b = _by(spans[0], "encoder_forward"), _by(spans[0], "encoder_backward")
     s0_f, s0_b = _by(spans[1], "forward", stage=0), _by(spans[1], "backward", stage=0)
     s1_f, s1_b = _by(spans[2], "forward", stage=1), _by(spans[2], "backward", stage=1)
-    received = _by(spans[1], "bridge_wait", depth=2)  # inside the schedule, inside the stage forward
-    returned = _by([s for s in spans[0] if s["mb"] is not None], "bridge_wait")  # gradients, not sends
+    received = _by(spans[1], "bridge_wait", what="embeddings", depth=2)  # in the schedule, in the forward
+    returned = _by(spans[0], "bridge_wait", what="gradients")
     for work in (enc_f, enc_b, s0_f, s0_b, s1_f, s1_b, received, returned):
         assert sorted(work) == list(range(N_MB))
     for i in range(N_MB):
@@ -116,6 +120,16 @@ def test_spans_follow_the_schedule(runs: Path) -> None:
                 assert disjoint or a_in_b or b_in_a, (rank, a, b)
                 if a["depth"] == b["depth"]:
                     assert disjoint, (rank, a, b)
+
+
+def test_a_checkpoint_save_is_part_of_its_steps_timeline(runs: Path) -> None:
+    """The save that blocks the loop after a recorded step is a span after the step's end."""
+    trace = json.loads((runs / "checkpoint" / "timeline" / "step-2.json").read_text())
+    spans = timeline.rank_spans(trace)
+    for r in trace["titan_mimo"]["ranks"]:
+        (save,) = [s for s in spans[r["rank"]] if s["kind"] == "checkpoint"]
+        assert save["depth"] == 0 and save["start"] >= r["end_us"] / 1e3 and save["end"] > save["start"]
+    assert (runs / "checkpoint" / "checkpoint" / "step-2").is_dir()
 
 
 def test_the_summary_measures_waits_and_bubbles(runs: Path) -> None:
@@ -193,7 +207,7 @@ def test_spans_nest_and_nothing_is_marked_outside_a_recorded_step() -> None:
     tl = Timeline(torch.device("cpu"), offset_s=10.0)
     tl.begin()
     with tl.span("forward", "language", mb=0, stage=0):
-        with tl.span("bridge_wait", "vision", mb=0, name="embeddings"):
+        with tl.span("bridge_wait", "vision", mb=0, what="embeddings"):
             pass
     with tl.span("optimizer", ""):
         pass

@@ -108,7 +108,7 @@ class EncoderEmbeddings:
                     emb = emb.detach()
             else:
                 rows = (host_tokens_BS == role.placeholder_id).sum(1).tolist()
-                with self.timeline.span("bridge_wait", name, mb=mb, name="embeddings"):
+                with self.timeline.span("bridge_wait", name, mb=mb, what="embeddings"):
                     emb = role.bridge.recv_embeddings(rows, requires_grad=not role.frozen)
             # `* 0`, not zeros_like: the ablation keeps the graph, so the bridge still sends a
             # (zero) gradient back and non-colocated encoder ranks do not wait for it forever.

@@ -251,7 +251,7 @@ class StepRunner:
 
         def backward_oldest() -> None:
             mb, emb, rows = pending.popleft()
-            with self.timeline.span("bridge_wait", name, mb=mb, name="gradients"):
+            with self.timeline.span("bridge_wait", name, mb=mb, what="gradients"):
                 grad = role.bridge.recv_gradient(rows)
             with self.timeline.span("backward", name, mb=mb):
                 last_backward(model, role.module, mb == self.n_mb - 1)
@@ -291,7 +291,7 @@ class StepRunner:
         if self.language is not None:
             loss = self._run_language(train)
         for name, bridge in bridges.items():
-            with self.timeline.span("bridge_wait", name, name="sends"):
+            with self.timeline.span("bridge_wait", name, what="sends"):
                 bridge.wait_sends()
         self.timing.run_s = time.perf_counter() - t0
         self.timing.bridge_wait_s = sum(b.stats.wait_s for b in bridges.values()) - wait0

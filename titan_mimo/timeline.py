@@ -30,7 +30,6 @@ MATPLOTLIB_MISSING = ("drawing the timeline (step-N.png) needs matplotlib: pip i
                       "or set metrics.timeline_png = false to write the JSON alone and draw it later with "
                       "python -m titan_mimo.timeline DUMP_FOLDER --step N")
 
-# kind -> (colour, label in the legend); forward and backward of encoders get their own.
 STYLES = {
     "data": ("#d9d9d9", "data"),
     "loss_tokens": ("#f0f0f0", "loss-token count (world sum)"),
@@ -48,6 +47,7 @@ STYLES = {
     "bridge_wait": ("#f2c4c4", "bridge wait"),
     "pipeline_wait": ("#ffffff", "pipeline wait (bubble)"),
 }
+"""Span kind -> (colour, legend label); encoders' forward and backward have kinds of their own."""
 WAITS = {"bridge_wait": ("////", "#c44e52"), "pipeline_wait": ("xxx", "#9a9a9a"), "loss_tokens": ("...", "#9a9a9a")}
 """Kinds drawn hatched: (hatch, hatch colour)."""
 CONTAINERS = ("schedule",)
@@ -113,7 +113,7 @@ def _event_name(span: dict, meta: dict) -> str:
         stage = f" (stage {span['stage']})" if span["stage"] is not None and meta["pp"] > 1 else ""
         return f"{module} {LETTERS[kind]}{mb}{stage}"
     if kind == "bridge_wait":
-        return f"bridge wait: {module} {span['name']}" + (f" {mb}" if mb is not None else "")
+        return f"bridge wait: {module} {span['what']}" + (f" {mb}" if mb is not None else "")
     if kind == "schedule":
         return f"{meta['pipeline_schedule']} schedule"
     if kind == "grad_reduce":
@@ -125,7 +125,9 @@ def chrome_trace(ranks: list[dict], meta: dict) -> dict:
     """Chrome trace events of every rank's recorded step: one process per group of ranks
     (the module), one thread per rank, complete ("X") events in microseconds from the earliest
     rank's start; `meta` and each rank's step window go under the "titan_mimo" key."""
-    ranks = [r for r in ranks if r["recorded"] is not None]
+    missing = [r["rank"] for r in ranks if r["recorded"] is None]
+    if missing:
+        raise RuntimeError(f"timeline of step {meta['step']}: ranks {missing} recorded nothing")
     t0 = min(r["recorded"]["start"] for r in ranks)
     groups = list(dict.fromkeys(r["group"] for r in ranks))
     events, rank_meta = [], []
@@ -150,7 +152,7 @@ def chrome_trace(ranks: list[dict], meta: dict) -> dict:
             events.append({"ph": "X", "name": _event_name(s, meta), "cat": kind, "pid": pid, "tid": tid,
                            "ts": us(s["start"]), "dur": round((s["end"] - s["start"]) * 1e6, 3),
                            "args": {"kind": kind, "module": s["module"], "mb": s["mb"], "stage": s["stage"],
-                                    "depth": s["depth"]}})
+                                    "what": s["what"], "depth": s["depth"]}})
     return {"traceEvents": events, "displayTimeUnit": "ms", "titan_mimo": {**meta, "ranks": rank_meta}}
 
 
@@ -218,7 +220,7 @@ def headline(trace: dict, rows: list[dict]) -> list[str]:
                      f"{p - 1}/({v * m}+{p - 1}) = {meta['bubble_fraction_theory']:.1%}"
                      f"  [{meta['pipeline_schedule']}, p = {p}, m = {m}{f', v = {v}' if v > 1 else ''}]")
     else:
-        lines.append(f"no pipeline (language pp = 1): no bubble; {m} micro-batches")
+        lines.append(f"no pipeline (language pp = 1): no bubble; {m} micro-batch{'es' if m != 1 else ''}")
     bridged = [r for r in rows if r["has_bridge"]]
     if bridged:
         worst = max(bridged, key=lambda r: r["bridge_wait"])
@@ -369,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in metrics.read_text().splitlines():
             record = json.loads(line)
             if record.get("step") == args.step and "step_time_s" in record:
-                print(f"metrics.jsonl step {args.step}: step_time_s {1e3 * record['step_time_s']:.2f} ms")
+                step_ms = 1e3 * record["step_time_s"]
+                shares = ", ".join(f"rank {r['rank']} {r['spans_ms'] / step_ms:.1%}" for r in rows)
+                print(f"metrics.jsonl step {args.step}: step_time_s {step_ms:.2f} ms; spans / step_time_s: {shares}")
     if not args.no_png:
         try:
             draw(trace, path.with_suffix(".png"))

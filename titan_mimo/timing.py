@@ -120,7 +120,7 @@ class Timeline:
         """Seconds to add to this rank's host clock to read rank 0's."""
         self.is_recording = False
         self._marks: list = []
-        """(kind, module, mb, stage, name, depth, start mark, end mark) of the step, in start order."""
+        """(kind, module, mb, stage, what, depth, start mark, end mark) of the step, in start order."""
         self._depth = 0
         self._window: tuple | None = None
         self._resolved: list[dict] | None = None
@@ -139,13 +139,14 @@ class Timeline:
 
     @contextmanager
     def span(self, kind: str, module: str, *, mb: int | None = None, stage: int | None = None,
-             name: str = ""):
+             what: str = ""):
         """Work of `kind` ("forward", "bridge_wait", "optimizer", ...) by `module`, for
-        micro-batch `mb` of pipeline stage `stage` where those apply; `name` labels it in the trace."""
+        micro-batch `mb` of pipeline stage `stage` where those apply; `what` says what it is of
+        where kind and module do not (a bridge wait's "embeddings", "gradients" or "sends")."""
         if not self.is_recording:
             yield
             return
-        entry = [kind, module, mb, stage, name, self._depth, self._mark(), None]
+        entry = [kind, module, mb, stage, what, self._depth, self._mark(), None]
         self._marks.append(entry)
         self._depth += 1
         try:
@@ -168,12 +169,12 @@ class Timeline:
             def host(t: float) -> float:
                 return t
         self._window = (host(self._window[0]), host(end_mark))
-        self._resolved = [{"kind": k, "module": m, "mb": mb, "stage": s, "name": n, "depth": d,
-                           "start": host(t0), "end": host(t1)} for k, m, mb, s, n, d, t0, t1 in self._marks]
+        self._resolved = [{"kind": k, "module": m, "mb": mb, "stage": s, "what": w, "depth": d,
+                           "start": host(t0), "end": host(t1)} for k, m, mb, s, w, d, t0, t1 in self._marks]
         self._marks = []
 
     @contextmanager
-    def host_span(self, kind: str, module: str = "", name: str = ""):
+    def host_span(self, kind: str, module: str = "", what: str = ""):
         """Host work that belongs to the recorded step after `end()` (the checkpoint save that
         blocks the loop), on the host clock; nothing unless a recorded step waits to be taken."""
         if self._resolved is None:
@@ -183,7 +184,7 @@ class Timeline:
         try:
             yield
         finally:
-            self._resolved.append({"kind": kind, "module": module, "mb": None, "stage": None, "name": name,
+            self._resolved.append({"kind": kind, "module": module, "mb": None, "stage": None, "what": what,
                                    "depth": 0, "start": t0, "end": time.perf_counter()})
 
     def take(self) -> dict | None:
