@@ -31,7 +31,6 @@ class ExpertLoad:
         self.n_experts, self.bias_rate, self.device = n_experts, bias_rate, device
         self.frozen = frozen
         """A frozen language model changes nothing, its correction biases included."""
-        self.parts = parts
         self.mine = {idx: moe for part in parts for idx, moe in moe_layers(part).items()}
 
     @property
@@ -41,7 +40,7 @@ class ExpertLoad:
     def begin_step(self, global_loss_tokens: float) -> None:
         """Before the step's forwards: the auxiliary loss divides by the step's global loss-token
         count, like the language loss."""
-        set_aux_loss_scale(self.parts, 1.0 / global_loss_tokens)
+        set_aux_loss_scale(self.mine.values(), 1.0 / global_loss_tokens)
 
     def reduce(self) -> torch.Tensor | None:
         """After the step's backwards, on every rank: the global [MoE layers, experts] counts

@@ -25,6 +25,8 @@ R routed rows (T*K), F routed-expert hidden width.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -263,13 +265,11 @@ def moe_layers(model: nn.Module) -> dict[int, MoE]:
 
 
 @torch.no_grad()
-def set_aux_loss_scale(models: list[nn.Module], scale: float) -> None:
+def set_aux_loss_scale(moes: Iterable[MoE], scale: float) -> None:
     """Once per step, before its forwards: the auxiliary loss's gradient is coeff × `scale`
     (1 / the step's global loss-token count, the language loss's normalisation)."""
-    for model in models:
-        for moe in model.modules():
-            if isinstance(moe, MoE):
-                moe.aux_loss_scale.fill_(moe.aux_loss_coeff * scale)
+    for moe in moes:
+        moe.aux_loss_scale.fill_(moe.aux_loss_coeff * scale)
 
 
 @torch.no_grad()
