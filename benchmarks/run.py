@@ -5,6 +5,9 @@ one GPU host; results as JSON and as a markdown table (the one in docs/benchmark
     python -m benchmarks.run --dry-run            # the commands, nothing run
     python -m benchmarks.run --out /tmp/b --tiny  # every row at debug size (a CPU check)
 
+A second run with `--rows` into the same --out folder on the same machine and software adds its
+rows to the earlier run's table (one table from several commands, each under a time limit).
+
 Each row runs titan_mimo (`python -m titan_mimo.bench --config ...`, or another program) and its
 peer as separate processes, one after the other; a command shared by rows (the timm peer of both
 ViT rows, the bench whose bare loop is the colocated row's peer) runs once. Every program writes
@@ -192,7 +195,8 @@ def table(rows: list[Row], results: dict[str, dict], env: dict, command_line: st
     versions = ", ".join(f"{k} {v}" for k, v in env.items()
                          if k not in ("date", "gpu", "driver", "commit", "env") and v)
     lines = [f"{env['date']}, {env.get('gpu', 'no GPU')} (driver {env.get('driver', 'n/a')}), "
-             f"commit {env.get('commit')}; {versions}.", "", f"    {command_line}", "",
+             f"commit {env.get('commit')}; {versions}.", "",
+             *(f"    {c}" for c in dict.fromkeys(results[r.name].get("run", command_line) for r in rows)), "",
              "| row | what | titan_mimo | peer, same run | ratio |", "|---|---|---|---|---|"]
     for row in rows:
         r = results[row.name]
@@ -201,6 +205,21 @@ def table(rows: list[Row], results: dict[str, dict], env: dict, command_line: st
         lines.append(f"| {row.name} | {row.what} | {_cell(r['titan_mimo'])} | {peer} | "
                      f"{f'{x:.2f}×' if x is not None else '—'} |")
     return "\n".join(lines) + "\n"
+
+
+def merged(path: Path, results: dict[str, dict], env: dict) -> tuple[dict[str, dict], list[Row]]:
+    """The rows just run, with the rows of an earlier run into the same --out folder that this run
+    did not repeat (`--rows` in several commands, e.g. within a time limit per command, builds one
+    table). Only an earlier run on the same GPU and software is merged; otherwise it is replaced."""
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        same = {k: v for k, v in earlier["environment"].items() if k not in ("date", "commit")} == \
+               {k: v for k, v in env.items() if k not in ("date", "commit")}
+        if same:
+            results = {**{k: v for k, v in earlier["rows"].items() if k in {r.name for r in ROWS}}, **results}
+        else:
+            print(f"benchmarks.run: {path} is from another machine or software: replaced", flush=True)
+    return results, [r for r in ROWS if r.name in results]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,10 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             return None
         got = outputs[result.command]
         return got if "error" in got else got.get(result.label, {"error": f"no {result.label!r} result"})
-    results = {row.name: {"titan_mimo": pick(row.ours), "peer": pick(row.peer),
-                          "ratio": ratio(pick(row.ours), pick(row.peer))} for row in rows}
     env = environment()
     command_line = shlex.join(["python", "-m", "benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
+    results = {row.name: {"titan_mimo": pick(row.ours), "peer": pick(row.peer),
+                          "ratio": ratio(pick(row.ours), pick(row.peer)), "run": command_line} for row in rows}
+    results, rows = merged(out / "results.json", results, env)
     (out / "results.json").write_text(json.dumps({"environment": env, "command": command_line,
                                                   "rows": results}, indent=1))
     text = table(rows, results, env, command_line)

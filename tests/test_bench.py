@@ -138,3 +138,23 @@ def test_the_headline_command_writes_json_and_a_table(tmp_path):
     assert math.isclose(row["ratio"], row["titan_mimo"]["tflops"] / row["peer"]["tflops"])
     table = (tmp_path / "table.md").read_text()
     assert "| vlm_1gpu |" in table and f"{row['ratio']:.2f}×" in table and "--rows vlm_1gpu" in table
+
+
+def test_a_later_run_of_some_rows_adds_them_to_the_earlier_table(tmp_path):
+    """`--rows` into the same folder on the same machine keeps the rows it did not rerun (one table
+    from several commands); an earlier run on another GPU is replaced, not mixed in."""
+    run = _benchmarks_run()
+    env = {"date": "2026-12-03", "gpu": "H200", "torch": "2.11", "commit": "a"}
+    cell = {"tflops": 400.0, "step_s": 0.1, "peak_mem_gib": 10.0, "mfu": 0.4, "tokens_per_s": 1e4}
+    earlier = {"attn_1b": {"titan_mimo": cell, "peer": cell, "ratio": 1.0, "run": "first"},
+               "hybrid_2b": {"titan_mimo": cell, "peer": None, "ratio": None, "run": "first"}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"environment": env, "rows": earlier}))
+    now = {"hybrid_2b": {"titan_mimo": {**cell, "mfu": 0.5}, "peer": None, "ratio": None, "run": "second"}}
+    results, rows = run.merged(path, now, {**env, "date": "2026-12-04", "commit": "b"})
+    assert [r.name for r in rows] == ["attn_1b", "hybrid_2b"]
+    assert results["attn_1b"]["run"] == "first" and results["hybrid_2b"]["titan_mimo"]["mfu"] == 0.5
+    text = run.table(rows, results, env, "second")
+    assert "    first\n    second\n" in text and "**50.0%**" in text
+    results, rows = run.merged(path, now, {**env, "gpu": "H100"})
+    assert [r.name for r in rows] == ["hybrid_2b"]
