@@ -1,5 +1,5 @@
-"""Build this rank's share of every module: meta-device model -> pipeline stage split ->
-TP / FSDP -> materialise -> layout-independent init.
+"""Build this rank's share of every module: meta-device model -> float8 linears (optional) ->
+pipeline stage split -> TP / FSDP -> materialise -> layout-independent init.
 
 Encoders are built whole; the language model is split into `pp * stages_per_rank` stages, each a
 `LanguageStage` holding its parts of one meta-device model under the model's names, which keeps
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from titan_mimo.compat import (composable_checkpoint, enable_coordinate_descent_tuning,
+from titan_mimo.compat import (composable_checkpoint, emulate_precision_casts, enable_coordinate_descent_tuning,
                                scope_activation_memory_budget)
 
 from titan_mimo.config import JobConfig
@@ -25,6 +25,7 @@ from titan_mimo.models.language import parallelize as lm_parallel
 from titan_mimo.models.vision import parallelize as vit_parallel
 from titan_mimo.stages import LanguageStage
 from titan_mimo.topology import Topology
+from titan_mimo.torchtitan_ext.float8 import convert_to_float8, needs_emulation
 
 if TYPE_CHECKING:
     from titan_mimo.embeddings import EncoderEmbeddings
@@ -144,6 +145,18 @@ def reshards_after_forward(mcfg, n_stages: int) -> bool:
     return mcfg.reshard_after_forward == "always"
 
 
+def apply_float8(model: nn.Module, mcfg, keep_bf16: tuple[str, ...], device: torch.device) -> list[str]:
+    """The module's `float8` option on its whole meta-device model, before TP, compile and FSDP
+    (torchtitan converts at the same point): the linears it picks become Float8Linears with the
+    same parameters, emulated on a CPU. Returns their FQNs (none for float8 = "none")."""
+    if mcfg.float8 == "none":
+        return []
+    if mcfg.float8 == "rowwise":
+        emulate_precision_casts()
+    return convert_to_float8(model, mcfg.float8, layers=mcfg.float8_filter, keep_fqns=keep_bf16,
+                             emulate=needs_emulation(device))
+
+
 def _checkpointed(mcfg, layer_kinds: str) -> set[int]:
     return checkpointed_layers(layer_kinds, mcfg.activation_checkpoint, mcfg.ac_layers, mcfg.ac_every)
 
@@ -172,6 +185,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
         if mcfg.feeds:
             with torch.device("meta"):
                 model = build_from_args(args[name])
+            apply_float8(model, mcfg, vit_parallel.FLOAT8_KEEP_BF16, device)
             if tp_mesh is not None:
                 vit_parallel.apply_tp(model, tp_mesh)
             blocks = model.encoder.layers
@@ -186,6 +200,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
             expert_mesh = topo.expert_meshes.get(name)
             with torch.device("meta"):
                 full = build_from_args(args[name])
+            apply_float8(full, mcfg, lm_parallel.FLOAT8_KEEP_BF16, device)
             ranges = stage_layers(len(full.layers), n_stages)
             parts = []
             for sid in stage_ids:

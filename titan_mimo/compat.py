@@ -14,7 +14,7 @@ from torch.distributed._composable import checkpoint as composable_checkpoint
 from torch.distributed.tensor import DTensor
 
 __all__ = ["TORCH_CHECKED", "LocalShardAdamW", "assert_on_device", "composable_checkpoint",
-           "enable_coordinate_descent_tuning", "first_stage_forwards_ahead", "foreach_mul_",
+           "emulate_precision_casts", "enable_coordinate_descent_tuning", "first_stage_forwards_ahead", "foreach_mul_",
            "scope_activation_memory_budget", "time_stage_work"]
 
 TORCH_CHECKED = ("2.11", "2.13")
@@ -54,6 +54,16 @@ def enable_coordinate_descent_tuning() -> None:
     import torch._inductor.config as inductor_config
 
     inductor_config.coordinate_descent_tuning = True
+
+
+def emulate_precision_casts() -> None:
+    """Inductor rounds low-precision intermediates as eager does (`torch._inductor.config.
+    emulate_precision_casts`), in this process from now on: torchtitan's workaround for float8
+    rowwise, whose recomputed casts could otherwise differ from the forward's
+    (pytorch/pytorch#150859, torchtitan#1108)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.emulate_precision_casts = True
 
 
 def assert_on_device(condition: Tensor, message: str) -> None:

@@ -8,6 +8,8 @@ world size or model shapes live in `titan_mimo.topology`.
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -75,6 +77,17 @@ class Module:
     model from its first such block (2 = half of them), so the choice is the same in any layout."""
     compile: bool = False
     """torch.compile each block."""
+    float8: Literal["none", "rowwise", "tensorwise"] = "none"
+    """FP8 training of the module's large block linears (torchao's Float8Linear, torchtitan's
+    recipes): "rowwise" (e4m3, a scale per row) or "tensorwise" (a scale per tensor, e5m2
+    gradients); "none" keeps bf16. Needs training.mixed_precision = "bf16" and tp = 1; meant with
+    compile = true (eager float8 is slower than bf16). Embeddings, the LM head, the projector,
+    the MoE router and experts always stay bf16 (docs/design.md); float8_filter picks among the rest.
+    Weights stay high precision, so checkpoints load across float8 settings."""
+    float8_filter: Literal["auto", "all"] = "auto"
+    """float8: which of the block linears whose dims divide by 16 convert: "auto" only those
+    torchao's size thresholds for the recipe expect to pay (torchtitan's auto_filter_small_kn),
+    "all" every one."""
     reshard_after_forward: Literal["default", "always", "never"] = "default"
     """FSDP: free each block's gathered parameters after its forward ("always"), or keep them
     through the step's micro-batches until its last backward ("never": one all-gather per block
@@ -111,6 +124,8 @@ class Module:
         if self.activation_checkpoint == "memory_budget" and not self.compile:
             raise ValueError("activation_checkpoint = 'memory_budget' needs compile = true: the budget "
                              "is how torch.compile splits each block into forward and backward")
+        if self.float8 != "none":
+            self._check_float8()
         if self.lr_scale < 0:
             raise ValueError(f"lr_scale = {self.lr_scale} must be >= 0")
         if self.pp > 1 and self.feeds:
@@ -120,6 +135,19 @@ class Module:
             )
         if self.feeds and self.model.startswith("hf:"):
             self._take_hf_placeholder()
+
+    def _check_float8(self) -> None:
+        if self.tp > 1:
+            raise ValueError(f"float8 = {self.float8!r} with tp = {self.tp}: float8 linears under tensor "
+                             "parallelism are not wired (torchtitan's Float8ColwiseParallel plans); "
+                             "set tp = 1 or float8 = 'none'")
+        if importlib.util.find_spec("torchao") is None:
+            raise ValueError(f"float8 = {self.float8!r} needs torchao (its Float8Linear): pip install "
+                             "torchao, or pip install 'titan_mimo[gpu]'")
+        if not self.compile:
+            warnings.warn(f"float8 = {self.float8!r} without compile = true: eager float8 linears run "
+                          "their scaling and casts as separate kernels and are slower than bf16 on GPUs "
+                          "(fine for CPU tests, where they are emulated)", stacklevel=2)
 
     def _take_hf_placeholder(self) -> None:
         """An encoder from a nemotron_h_omni folder: placeholder_id is the folder's image_token_id."""
@@ -536,6 +564,11 @@ class JobConfig:
         if late:
             raise ValueError(f"metrics.timeline_steps = {self.metrics.timeline_steps}: step {late[0]} is after "
                              f"the last step (training.steps = {self.training.steps}) and would never be recorded")
+        for name, m in self.modules.items():
+            if m.float8 != "none" and self.training.mixed_precision != "bf16":
+                raise ValueError(f"modules.{name}.float8 = {m.float8!r} needs training.mixed_precision = "
+                                 f"'bf16', not {self.training.mixed_precision!r} (float8 linears replace "
+                                 "bf16 matmuls)")
         if self.parallelism.stages_per_rank > 1 and self.parallelism.pipeline_schedule != "Interleaved1F1B":
             raise ValueError(
                 f"parallelism.stages_per_rank = {self.parallelism.stages_per_rank} needs "

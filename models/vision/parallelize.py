@@ -12,6 +12,13 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, 
 from .. import fsdp
 from .model import VisionModule
 
+FLOAT8_KEEP_BF16 = ("patch_embed", "projector")
+"""FQN substrings that stay bf16 when the trainer converts linears to float8 (torchtitan's
+`filter_fqns`): the patch embedding (the input layer, on raw pixels: K = 3 p^2, which need not
+divide by 16) and the projector into the language model (its linears run on the merged tokens
+only, 1/s^2 of the patches, and its output is what the language model reads). The blocks'
+attention and MLP projections are candidates, subject to the size filter."""
+
 
 def apply_tp(model: VisionModule, tp_mesh: DeviceMesh) -> None:
     for block in model.encoder.layers.values():
