@@ -215,6 +215,8 @@ BF16 = ["--training.mixed_precision=bf16"]
 COMMON = ["--config", str(REPO / "train_configs/debug_cpu.toml"), "--training.steps=4", "--metrics.log_freq=1",
           "--metrics.enable_tensorboard=false", "--checkpoint.enable=true", "--checkpoint.interval=2"]
 ONE_RANK = ["--parallelism.colocated=true", "--parallelism.fsdp_one_rank=true"]
+PP2_AC = ["--modules.language.pp=2", "--modules.vision.activation_checkpoint=full",
+          "--modules.language.activation_checkpoint=full"]
 
 
 def _case(out: Path, *extra: str, resume_from: Path | None = None) -> dict:
@@ -235,24 +237,31 @@ def _launch(nproc: int, cases: list[dict], tmp: Path) -> None:
 
 def test_float8_training_under_fsdp_and_checkpoints_across_precisions(tmp_path: Path):
     """Both debug modules rowwise float8 (emulated) on vision 2 | language 2 (FSDP over 2 ranks
-    each) and on one FSDP rank: the same losses. A bf16 run's losses are within 0.5% of them, and
-    checkpoints load both ways: a bf16 run resumed from the float8 run's step 2, a float8 run
-    from the bf16 run's, each continuing within 0.5% of the run it resumed."""
-    _launch(4, [_case(tmp_path / "fp8_dp2", *FP8)], tmp_path)
+    each), on vision 2 | language pp 2 with every block checkpointed (the float8 casts
+    recomputed), and on one FSDP rank: the same losses. A bf16 run's losses are within 0.5%, and
+    checkpoints load both ways: a bf16 run resumed (on one rank) from the float8 run's step 2, a
+    float8 run from the bf16 run's, each continuing where the run it resumed was."""
+    _launch(4, [_case(tmp_path / "fp8_dp2", *FP8),
+                _case(tmp_path / "fp8_pp2_ac", *FP8, *PP2_AC, "--checkpoint.enable=false")], tmp_path)
     _launch(1, [
         _case(tmp_path / "fp8_one", *FP8, *ONE_RANK),
         _case(tmp_path / "bf16_one", *BF16, *ONE_RANK),
         _case(tmp_path / "bf16_from_fp8", *BF16, *ONE_RANK, resume_from=tmp_path / "fp8_dp2"),
         _case(tmp_path / "fp8_from_bf16", *FP8, *ONE_RANK, resume_from=tmp_path / "bf16_one"),
     ], tmp_path)
-    fp8_dp2, fp8_one, bf16 = (_losses(tmp_path / n) for n in ("fp8_dp2", "fp8_one", "bf16_one"))
-    assert list(fp8_dp2) == list(fp8_one) == list(bf16) == [1, 2, 3, 4]
-    for step in fp8_dp2:
-        assert abs(fp8_dp2[step] - fp8_one[step]) < 1e-4 * fp8_one[step], (step, fp8_dp2, fp8_one)
+    fp8_dp2, fp8_pp2, fp8_one, bf16 = (_losses(tmp_path / n) for n in ("fp8_dp2", "fp8_pp2_ac", "fp8_one", "bf16_one"))
+    assert list(fp8_dp2) == list(fp8_pp2) == list(fp8_one) == list(bf16) == [1, 2, 3, 4]
+    # Measured: dp 2 gives the one-rank losses exactly; pp 2 with checkpointing within 4e-4 (bf16
+    # round-off at the stage boundary: the bf16 run on that layout is 1e-4 off its one-rank run).
+    for step in fp8_one:
+        assert abs(fp8_dp2[step] - fp8_one[step]) < 1e-5 * fp8_one[step], (step, fp8_dp2, fp8_one)
+        assert abs(fp8_pp2[step] - fp8_one[step]) < 1e-3 * fp8_one[step], (step, fp8_pp2, fp8_one)
         assert abs(fp8_one[step] - bf16[step]) < 5e-3 * bf16[step], (step, fp8_one, bf16)
     assert fp8_one != bf16
     for name, source in (("bf16_from_fp8", fp8_dp2), ("fp8_from_bf16", bf16)):
         resumed = _losses(tmp_path / name)
         assert list(resumed) == [3, 4], (name, resumed)
-        for step, loss in resumed.items():
-            assert abs(loss - source[step]) < 5e-3 * source[step], (name, step, resumed, source)
+        # Step 3 starts from the loaded weights, so it differs from the source's step 3 only by
+        # one forward's precision (a fresh start would be ~1% off); step 4 also by one update.
+        assert abs(resumed[3] - source[3]) < 1e-3 * source[3], (name, resumed, source)
+        assert abs(resumed[4] - source[4]) < 5e-3 * source[4], (name, resumed, source)
