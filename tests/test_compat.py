@@ -76,6 +76,10 @@ def test_private_apis_have_the_shape_compat_relies_on():
 
     assert isinstance(functorch_config.activation_memory_budget, float)
     assert isinstance(inductor_config.coordinate_descent_tuning, bool)
+    assert isinstance(inductor_config.emulate_precision_casts, bool)
+    with inductor_config.patch(emulate_precision_casts=False):
+        compat.emulate_precision_casts()
+        assert inductor_config.emulate_precision_casts is True
     assert callable(torch._foreach_mul_) and callable(torch._assert_async)
     # The stage work the schedules call (time_stage_work); at least forward and backward exist.
     assert {"forward_one_chunk", "backward_one_chunk"} <= set(dir(PipelineStage))

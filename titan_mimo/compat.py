@@ -14,8 +14,8 @@ from torch.distributed._composable import checkpoint as composable_checkpoint
 from torch.distributed.tensor import DTensor
 
 __all__ = ["TORCH_CHECKED", "LocalShardAdamW", "assert_on_device", "composable_checkpoint",
-           "emulate_precision_casts", "enable_coordinate_descent_tuning", "first_stage_forwards_ahead", "foreach_mul_",
-           "scope_activation_memory_budget", "time_stage_work"]
+           "emulate_precision_casts", "enable_coordinate_descent_tuning", "first_stage_forwards_ahead",
+           "foreach_mul_", "scope_activation_memory_budget", "time_stage_work"]
 
 TORCH_CHECKED = ("2.11", "2.13")
 """torch releases (major.minor) every function here was checked on."""

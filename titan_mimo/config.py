@@ -81,9 +81,10 @@ class Module:
     """FP8 training of the module's large block linears (torchao's Float8Linear, torchtitan's
     recipes): "rowwise" (e4m3, a scale per row) or "tensorwise" (a scale per tensor, e5m2
     gradients); "none" keeps bf16. Needs training.mixed_precision = "bf16" and tp = 1; meant with
-    compile = true (eager float8 is slower than bf16). Embeddings, the LM head, the projector,
-    the MoE router and experts always stay bf16 (docs/design.md); float8_filter picks among the rest.
-    Weights stay high precision, so checkpoints load across float8 settings."""
+    compile = true (eager float8 is slower than bf16). Embeddings, the LM head, the patch
+    embedding, the projector, the MoE router and experts and Mamba2's dt projection stay bf16
+    (docs/design.md); float8_filter picks among the rest. Weights keep their precision, so
+    checkpoints load across float8 settings."""
     float8_filter: Literal["auto", "all"] = "auto"
     """float8: which of the block linears whose dims divide by 16 convert: "auto" only those
     torchao's size thresholds for the recipe expect to pay (torchtitan's auto_filter_small_kn),
@@ -143,7 +144,7 @@ class Module:
                              "set tp = 1 or float8 = 'none'")
         if importlib.util.find_spec("torchao") is None:
             raise ValueError(f"float8 = {self.float8!r} needs torchao (its Float8Linear): pip install "
-                             "torchao, or pip install 'titan_mimo[gpu]'")
+                             "torchao (or the 'titan_mimo[float8]' or '[gpu]' extra)")
         if not self.compile:
             warnings.warn(f"float8 = {self.float8!r} without compile = true: eager float8 linears run "
                           "their scaling and casts as separate kernels and are slower than bf16 on GPUs "

@@ -28,8 +28,8 @@ from functools import partial
 import torch
 from torch import nn
 
-__all__ = ["FLOAT8_RECIPES", "FLOAT8_FILTERS", "TORCHAO_CHECKED", "TORCHAO_MISSING", "convert_to_float8",
-           "float8_layer_filter", "needs_emulation"]
+__all__ = ["FLOAT8_RECIPES", "FLOAT8_FILTERS", "TORCHAO_CHECKED", "convert_to_float8", "float8_layer_filter",
+           "needs_emulation"]
 
 TORCHAO_CHECKED = "0.18.0"
 """The torchao release this adapter was checked on (the `test` and `gpu` extras install it)."""
@@ -39,10 +39,6 @@ FLOAT8_RECIPES = ("rowwise", "tensorwise")
 
 FLOAT8_FILTERS = ("auto", "all")
 """Which eligible linears convert: "auto" (torchao's per-recipe size thresholds) or "all"."""
-
-TORCHAO_MISSING = ("float8 training needs torchao (its Float8Linear): pip install torchao, or "
-                   "pip install 'titan_mimo[gpu]'")
-
 
 def float8_layer_filter(recipe: str, layers: str, keep_fqns: Sequence[str]) -> Callable[[nn.Module, str], bool]:
     """`(module, fqn) -> convert it?`: an `nn.Linear` whose FQN contains none of `keep_fqns`, with

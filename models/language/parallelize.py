@@ -41,12 +41,12 @@ from .model import AttentionBlock, HybridLM, MambaBlock, MLPBlock, MoEBlock
 FLOAT8_KEEP_BF16 = ("tok_embeddings", "output", "moe.gate", "moe.experts", "mixer.in_proj_dt")
 """FQN substrings that stay bf16 when the trainer converts linears to float8 (torchtitan's
 `filter_fqns`): the embedding and the head (the head's [vocab, dim] GEMM feeds the loss, whose
-log-softmax is sensitive to its error; torchtitan's float8 configs filter `output` too), the MoE router
-(routing decisions in fp32, see `apply_fsdp`) and the routed experts (grouped [E, out, in]
+log-softmax is sensitive to its error; torchtitan's float8 configs filter `output` too), the MoE
+router (routing decisions in fp32, see `apply_fsdp`) and the routed experts (grouped [E, out, in]
 parameters, not nn.Linear; one expert's GEMM is too small for float8 to pay), and Mamba2's dt
 projection (N = mamba_n_heads: a tiny GEMM whose output goes through softplus and exp into the
-scan's decay). Blocks' attention,
-MLP, shared-expert and Mamba2 projections are candidates, subject to the size filter."""
+scan's decay). The blocks' attention, MLP, shared-expert and other Mamba2 projections are
+candidates, subject to the size filter (`float8_filter`)."""
 
 
 def _shard_params_dim0(module: nn.Module, tp_mesh: DeviceMesh) -> None:
