@@ -104,7 +104,7 @@ ROWS = [
         Result(bench("train_configs/hybrid_2b_1gpu.toml", "--no-bare", tiny=TINY_LM), "titan_mimo"), None),
     Row("mamba2_layer", "one Mamba2 layer at hybrid_2b's shape, 2 x 8192 tokens, fwd+bwd",
         Result(MAMBA2, "titan_mimo"), Result(MAMBA2, "mamba_ssm"), "mamba-ssm Mamba2 layer"),
-    Row("nemotron_moe_1gpu", "Nemotron-H MoE LM, 8 layers (3 MoE: 128 experts top-6), 3 x 8192 tokens, "
+    Row("nemotron_moe_1gpu", "Nemotron-H MoE LM, 8 layers (3 MoE: 128 experts top-6), 8 x 8192 tokens, "
         "grouped GEMM, compiled; MFU by active FLOPs",
         Result(bench("train_configs/nemotron_moe_1gpu.toml", "--no-bare", tiny=TINY_MOE), "titan_mimo"), None),
     Row("moe_layer", "one MoE block at the reference's widths (2688, 128 experts of 1856 top-6, shared 3712), "
