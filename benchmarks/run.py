@@ -183,7 +183,8 @@ def _cell(r: dict | None) -> str:
     rate = (f"{r['tokens_per_s'] / 1e3:.1f}k tok/s" if r.get("tokens_per_s")
             else f"{r['images_per_s']:.2f} img/s" if r.get("images_per_s") else f"{r['step_s'] * 1e3:.1f} ms")
     mfu = f"**{100 * r['mfu']:.1f}%**" if r.get("mfu") is not None else f"{r['tflops']:.2f} TFLOP/s"
-    return f"{rate}, {mfu}, {r['step_s'] * 1e3:.1f} ms/step, {r['peak_mem_gib']:.0f} GiB"
+    host = f" (host {r['host_s'] * 1e3:.0f})" if r.get("host_s") else ""
+    return f"{rate}, {mfu}, {r['step_s'] * 1e3:.1f} ms/step{host}, {r['peak_mem_gib']:.0f} GiB"
 
 
 def ratio(ours: dict | None, peer: dict | None) -> float | None:

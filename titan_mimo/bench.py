@@ -78,8 +78,8 @@ class BenchResult:
     """Mean time of the timed steps."""
     step_s_median: float
     host_s: float | None
-    """Host time to issue one step (bench loops only; the trainer does not record it): close to
-    `step_s`, the step is host-bound."""
+    """Host time to queue one step's work: the trainer's `host_issue_s`, or the bench loop's time
+    per step without waiting for the device. Close to `step_s`: the step is host-bound."""
     tokens_per_s: float
     images_per_s: float
     tflops: float
@@ -156,7 +156,8 @@ def trainer_result(setup: Setup, device, records: list[dict], warmup: int) -> tu
         tflops = flops / statistics.fmean(step_s) / 1e12
         modules[name] = {"tflops": tflops, "mfu": tflops * 1e12 / peak if peak else None}
     flops = statistics.fmean(sum(f.values()) for f in per_module)
-    result = _result("titan_mimo", cfg, device, step_s, None, flops, None, timed[-1]["loss"], modules)
+    host_s = statistics.fmean(r["host_issue_s"] for r in timed)
+    result = _result("titan_mimo", cfg, device, step_s, host_s, flops, None, timed[-1]["loss"], modules)
     result.peak_mem_gib = max(m["memory_gib"] for r in timed for m in r["modules"].values())
     return result, flops
 

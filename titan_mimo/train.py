@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,7 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
     records = []
     tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
     clock = StepClock(trainer.device, start)
+    issue_s: dict[int, float] = {}  # steps queued since the last logged one: host time to queue each
 
     def read_at_once(done: int, stopping: bool) -> bool:
         """Whether step `done` is read before the next one is queued (see the module docstring)."""
@@ -140,8 +143,9 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
         # A validation step is also a logged step, so its val_loss has a record to go in.
         if done % cfg.metrics.log_freq == 0 or done == cfg.training.steps or validate:
             step_time_s = clock.mean_step_s(done, result.end)
+            window = [issue_s.pop(s) for s in sorted(issue_s) if s <= done]
             with clock.excluded():
-                record = trainer.step_metrics(done - 1, result, step_time_s)
+                record = trainer.step_metrics(done - 1, result, step_time_s, statistics.fmean(window))
                 if validate:
                     record["val_loss"] = trainer.evaluate(done - 1)
                 if saved_s is not None:
@@ -159,11 +163,13 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
             stopping = False
             for step in range(start, cfg.training.steps):
                 done = step + 1
+                queued = time.perf_counter()
                 if done == cfg.metrics.profile_step:
                     result = profiled_step(trainer, step)
                 else:
                     result = trainer.train_step(step)
                 result.end = clock.mark()
+                issue_s[done] = time.perf_counter() - queued
                 trainer.tokens_seen += tokens_per_step
                 if collector is not None:
                     collector.run(done)

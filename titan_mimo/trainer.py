@@ -251,10 +251,12 @@ class Trainer:
 
     # ---- metrics -----------------------------------------------------------------------------
 
-    def step_metrics(self, step: int, result: StepResult, step_time_s: float) -> dict:
+    def step_metrics(self, step: int, result: StepResult, step_time_s: float, issue_s: float) -> dict:
         """The record of step `step` once `read_step` has read it: world reductions of host
         values (every rank calls this); rank 0 gets the record. `step_time_s`: this rank's mean
-        step time over the logging window (`StepClock`); the record has the world max."""
+        step time over the logging window (`StepClock`); `issue_s`: its mean host time to queue a
+        step's work over the same window (`host_issue_s`; near `step_time_s` on every rank: the
+        step is host-bound). The record has the world maxes."""
         cfg, topo = self.cfg, self.topo
         names = list(cfg.modules)
         flops_local = []
@@ -273,12 +275,13 @@ class Trainer:
         mem = [result.memory_gib if n in self.modules else 0.0 for n in names]
         retries = [float(result.alloc_retries) if n in self.modules else 0.0 for n in names]
         sums = world_sum(flops_local + bubble, self.host_group)
-        maxes = world_max(mem + retries + [timing.bridge_wait_s, step_time_s], self.host_group)
+        maxes = world_max(mem + retries + [issue_s, timing.bridge_wait_s, step_time_s], self.host_group)
         step_time = maxes[-1]
         peak = peak_flops(self.device, cfg.metrics.peak_tflops)
         tokens = cfg.training.global_batch_size * cfg.training.seq_len
         record = {"step": step + 1, "loss": result.loss, "grad_norm": result.grad_norm,
                   "lr": self.lr_at(step), "tokens_per_s": tokens / step_time, "step_time_s": step_time,
+                  "host_issue_s": maxes[-3],
                   "bridge_wait_s": maxes[-2], "loss_tokens": result.global_tokens,
                   # Mean over the language model's ranks; 0 without pipeline parallelism.
                   "bubble_s": sums[-2] / lm_place.size, "bubble_fraction": sums[-1] / lm_place.size,
