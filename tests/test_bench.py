@@ -158,3 +158,30 @@ def test_a_later_run_of_some_rows_adds_them_to_the_earlier_table(tmp_path):
     assert "    first\n    second\n" in text and "**50.0%**" in text
     results, rows = run.merged(path, now, {**env, "gpu": "H100"})
     assert [r.name for r in rows] == ["hybrid_2b"]
+
+
+def test_a_sweep_runs_the_bench_once_per_combination_and_tabulates_them(tmp_path):
+    """Two values of a key pair (micro and global batch together) times two of another: four
+    bench processes; a value the config rejects is a failed row, the others still run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sweep", "--config", "train_configs/debug_cpu.toml", "--out", str(tmp_path),
+         "--grid", "training.micro_batch_size,training.global_batch_size=4,8",
+         "--grid", "training.seq_len=16,-1", "--", "--warmup", "0", "--steps", "1",
+         "--metrics.enable_tensorboard=false"],
+        cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]  # the seq_len = -1 rows failed
+    rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert [r["overrides"] for r in rows] == [
+        ["--training.micro_batch_size=4", "--training.global_batch_size=4", "--training.seq_len=16"],
+        ["--training.micro_batch_size=4", "--training.global_batch_size=4", "--training.seq_len=-1"],
+        ["--training.micro_batch_size=8", "--training.global_batch_size=8", "--training.seq_len=16"],
+        ["--training.micro_batch_size=8", "--training.global_batch_size=8", "--training.seq_len=-1"]]
+    ok = [r["result"] for r in rows[::2]]
+    assert all(math.isclose(r["tokens_per_s"] * r["step_s"], b * 16) for r, b in zip(ok, (4, 8)))
+    assert all("error" in r["result"] for r in rows[1::2])
+    table = (tmp_path / "table.md").read_text()
+    assert table.count("| --training.micro_batch_size=") == 4 and table.count("failed: exit") == 2
