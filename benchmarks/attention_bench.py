@@ -3,7 +3,7 @@ flash-attn-4 package imports) is fastest at which head dim, and how much the ViT
 (16 heads x 80 = 1280 wide, 4097 tokens with the class token) loses to its head dim and its odd
 length.
 
-    python3 benchmarks/attention_bench.py [--batch 4] [--width 1280] [--causal]
+    python -m benchmarks.attention_bench [--batch 4] [--width 1280] [--causal]
 
 Rows keep the model width (heads x head dim = --width), so every row does the same FLOPs at a
 given length: fwd 4·B·T²·width, bwd 2.5x fwd (FlashAttention's count). "pad96"/"pad128" run
@@ -22,23 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from benchmarks.common import seconds_per_call
 from titan_mimo.models import attention_kernels
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
-
-
-def timed(fn, n_it: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n_it):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / n_it / 1e3
 
 
 def attention(q, k, v, pad_to: int | None, causal: bool):
@@ -64,8 +52,8 @@ def time_case(backend, q, k, v, grad, pad: int | None, causal: bool) -> tuple[fl
         def run():
             return attention(q, k, v, pad, causal)
     with context:
-        fwd = timed(run)
-        both = timed(lambda: torch.autograd.grad(run(), (q, k, v), grad))
+        fwd = seconds_per_call(run, q.device)
+        both = seconds_per_call(lambda: torch.autograd.grad(run(), (q, k, v), grad), q.device)
     return fwd, both
 
 

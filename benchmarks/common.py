@@ -45,6 +45,13 @@ def time_step(step: Callable[[], object], device: torch.device, warmup: int, ste
     return times.step_s, times.host_s
 
 
+def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int = 3, calls: int = 20) -> float:
+    """Mean device seconds of `fn` called back to back (`time_step`, its result dropped)."""
+    def call() -> None:
+        fn()
+    return statistics.fmean(time_step(call, device, warmup, calls)[0])
+
+
 def result(step_s: list[float], host_s: float, device: torch.device, *, flops: float,
            tokens: int = 0, images: int = 0) -> dict:
     """One run's result; `flops` per step (the program's own count), `tokens`/`images` per step."""

@@ -1,7 +1,7 @@
 """FlashAttention-4's Hopper backward at the ViT-H/16 head width (80): which head-dim tile and
 which tile configuration is fastest, and are their gradients right.
 
-    python3 benchmarks/fa4_bwd_tiles.py [--batch 4] [--seq 4097] [--heads 16] [--head-dim 80]
+    python -m benchmarks.fa4_bwd_tiles [--batch 4] [--seq 4097] [--heads 16] [--head-dim 80]
 
 FA4's SM90 backward kernel tiles the head dim in multiples of 16 (80 stays 80) while its
 interface lays out the fp32 dq accumulator in multiples of 32 (96): dq comes back wrong
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attention_bench import timed  # seconds per call (the script's folder is on sys.path)
+from benchmarks.common import seconds_per_call
 from titan_mimo.models import flash_attn4
 
 
@@ -96,8 +96,8 @@ def main() -> None:
 
     out, lse = fa4._flash_attn_fwd(q, k, v, softmax_scale=scale, causal=False,
                                    return_lse=True)[:2]
-    fwd_ms = 1e3 * timed(lambda: fa4._flash_attn_fwd(q, k, v, softmax_scale=scale, causal=False,
-                                                     return_lse=True))
+    fwd_ms = 1e3 * seconds_per_call(lambda: fa4._flash_attn_fwd(q, k, v, softmax_scale=scale, causal=False,
+                                                                return_lse=True), q.device)
     fwd_flop = 4 * b * h * s * s * e
     print(f"shape B={b} S={s} H={h} E={e}: forward {fwd_ms:.3f} ms "
           f"({fwd_flop / fwd_ms / 1e9:.0f} TFLOP/s)", flush=True)
@@ -113,7 +113,7 @@ def main() -> None:
             grads = run()
             err = [float((g[:1].float() - r).abs().max() / r.abs().max())
                    for g, r in zip(grads, ref)]
-            ms = 1e3 * timed(run)
+            ms = 1e3 * seconds_per_call(run, q.device)
         except Exception as exc:  # noqa: BLE001 - a config that does not compile is a result
             print(f"{name:11s} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
             continue

@@ -9,7 +9,6 @@ per image (fwd + bwd, the attention square in full).
 Needs timm (`pip install timm`).
 """
 
-import timm
 import torch
 
 from benchmarks import common
@@ -21,6 +20,7 @@ def main() -> None:
     p.add_argument("--image", type=int, default=1024, help="square image side in pixels")
     p.add_argument("--no-compile", action="store_true")
     opts = p.parse_args()
+    import timm  # a peer's package, on GPU hosts only (with torch pinned, it would replace it)
     device, dtype = common.device_and_dtype(opts.tiny)
     width, depth, heads = (64, 2, 4) if opts.tiny else (1280, 32, 16)
     image, batch = (32, 2) if opts.tiny else (opts.image, opts.batch)

@@ -7,7 +7,7 @@
 - whether `torch.compile(fullgraph=True)` can trace the scan (Triton kernels inside the graph
   launch through Inductor's own launcher), and its host and device time if it can.
 
-Run on a GPU: python3 benchmarks/scan_host_bench.py
+Run on a GPU: python -m benchmarks.scan_host_bench
 """
 
 import cProfile
@@ -19,6 +19,7 @@ import traceback
 
 import torch
 
+from benchmarks.common import seconds_per_call
 from titan_mimo.models.language.ssd_mamba_ssm import import_scan
 
 B, S, H, P, N, G, CHUNK = 2, 8192, 64, 64, 128, 8, 256
@@ -41,16 +42,7 @@ def measure(name, scan, args, dy, iters=20):
         y = scan(*args)
         y.backward(dy)
 
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        step()
-    end.record()
-    torch.cuda.synchronize()
-    device_ms = start.elapsed_time(end) / iters
+    device_ms = 1e3 * seconds_per_call(step, torch.device("cuda"), calls=iters)
     host = []
     for _ in range(iters):
         torch.cuda.synchronize()

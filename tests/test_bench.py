@@ -185,3 +185,13 @@ def test_a_sweep_runs_the_bench_once_per_combination_and_tabulates_them(tmp_path
     assert all("error" in r["result"] for r in rows[1::2])
     table = (tmp_path / "table.md").read_text()
     assert table.count("| --training.micro_batch_size=") == 4 and table.count("failed: exit") == 2
+
+
+@pytest.mark.parametrize("program", sorted(p.stem for p in (__import__("pathlib").Path(__file__).resolve().parents[1]
+                                                           / "benchmarks").glob("*.py") if p.stem != "__init__"))
+def test_every_benchmark_program_imports_on_cpu(program):
+    """The GPU programs run as `python -m benchmarks.NAME` from the repository root: each imports
+    (its GPU-only packages inside functions), so a renamed helper fails here, not on a GPU host."""
+    _benchmarks_run()  # the repository root on sys.path
+    import importlib
+    importlib.import_module(f"benchmarks.{program}")
