@@ -17,13 +17,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.run import CHILD_ENV
+from benchmarks.run import bench, run_command
 
 
 def parse_grid(text: str) -> list[list[str]]:
@@ -40,19 +37,9 @@ def combinations(grids: list[list[list[str]]]) -> list[list[str]]:
 
 
 def run_one(i: int, config: str, overrides: list[str], bench_args: list[str], out: Path, timeout_s: float) -> dict:
-    argv = [sys.executable, "-m", "titan_mimo.bench", "--config", config, "--no-bare", *overrides, *bench_args,
-            "--json", str(out / f"{i}.json"), f"--job.dump_folder={out / str(i)}"]
-    print(f"benchmarks.sweep: {i}: {shlex.join(argv[1:])}", flush=True)
-    env = {**CHILD_ENV, **os.environ}
-    with open(out / f"{i}.log", "w") as log:
-        try:
-            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, env=env).returncode
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout_s:.0f} s"}
-    if rc != 0:
-        tail = (out / f"{i}.log").read_text().strip().splitlines()[-1:] or [""]
-        return {"error": f"exit {rc}: {tail[0][:160]}"}
-    return json.loads((out / f"{i}.json").read_text())["titan_mimo"]
+    """Combination `i`: the bench's result, or {"error": why} (`benchmarks.run.run_command`)."""
+    got = run_command(bench(config, "--no-bare", *overrides, *bench_args), str(i), out, False, timeout_s)
+    return got if "error" in got else got["titan_mimo"]
 
 
 def table(config: str, rows: list[tuple[list[str], dict]]) -> str:

@@ -60,6 +60,7 @@ from titan_mimo.distributed import env_world_size, init_distributed, pick_device
 from titan_mimo.models import merge_embeddings
 from titan_mimo.models.language.loss import IGNORE_INDEX, linear_cross_entropy_sum
 from titan_mimo.profiling import print_profile, report_syncs
+from titan_mimo.timing import device_mark
 from titan_mimo.topology import build_topology, uses_fused_loss
 from titan_mimo.torchtitan_ext.garbage_collection import garbage_collection
 from titan_mimo.train import Setup, prepare, train
@@ -170,15 +171,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _mark(device: torch.device):
-    """The end of a step in the device's timeline: a CUDA event, or host time on CPU."""
-    if device.type == "cuda":
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-    return time.perf_counter()
-
-
 def _seconds(start, end) -> float:
     return start.elapsed_time(end) / 1e3 if isinstance(start, torch.cuda.Event) else end - start
 
@@ -195,11 +187,11 @@ def time_loop(one_step: Callable[[], Tensor | None], device: torch.device, *, wa
             if collector is not None:
                 collector.run(i + 1)
         _sync(device)
-        marks = [_mark(device)]
+        marks = [device_mark(device.type == "cuda")]
         start = time.perf_counter()
         for i in range(steps):
             loss = one_step()
-            marks.append(_mark(device))
+            marks.append(device_mark(device.type == "cuda"))
             if collector is not None:
                 collector.run(warmup + i + 1)
         host_s = (time.perf_counter() - start) / steps

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.utils.distributed import get_free_port
 
 
 def env_world_size() -> int:
@@ -46,7 +46,7 @@ def init_distributed(device: torch.device, timeout_seconds: int) -> dist.Process
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         # A port of its own for a run outside torchrun: two such runs on one machine (a test
         # suite, benchmarks side by side) must not collide on a fixed one.
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(get_free_port()))
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -58,12 +58,6 @@ def init_distributed(device: torch.device, timeout_seconds: int) -> dist.Process
     if dist.get_backend() == "gloo":
         return dist.group.WORLD
     return dist.new_group(backend="gloo", timeout=timeout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def world_sum_(t: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from titan_mimo.timing import device_mark
 from titan_mimo.torchtitan_ext.peak_flops import gpu_peak_flops
 from titan_mimo.torchtitan_ext.tensorboard import TensorBoardLogger
 
@@ -68,9 +69,7 @@ class StepClock:
         """A point in the device's timeline: a timed CUDA event recorded now, or on CPU (host
         time, excluded time so far)."""
         if self.is_cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
+            return device_mark(True)
         return (time.perf_counter(), self.excluded_s)
 
     def _between(self, start, end) -> float:

@@ -99,6 +99,16 @@ class SpanClock:
                 self._host_s += time.perf_counter() - t0
 
 
+def device_mark(is_cuda: bool):
+    """A point in the device's timeline: a timed CUDA event recorded now on the current stream
+    (when the work queued so far has run), or the host clock on CPU."""
+    if is_cuda:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    return time.perf_counter()
+
+
 class Timeline:
     """This rank's labelled spans of work on the steps it records (`metrics.timeline_steps`),
     for the step's timeline of every rank (`titan_mimo/timeline.py`).
@@ -125,17 +135,10 @@ class Timeline:
         self._window: tuple | None = None
         self._resolved: list[dict] | None = None
 
-    def _mark(self):
-        if self.is_cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
     def begin(self) -> None:
         """Start recording a step (forgetting a recorded step not taken)."""
         self.is_recording, self._marks, self._depth, self._resolved = True, [], 0, None
-        self._window = (self._mark(), None)
+        self._window = (device_mark(self.is_cuda), None)
 
     @contextmanager
     def span(self, kind: str, module: str, *, mb: int | None = None, stage: int | None = None,
@@ -146,18 +149,18 @@ class Timeline:
         if not self.is_recording:
             yield
             return
-        entry = [kind, module, mb, stage, what, self._depth, self._mark(), None]
+        entry = [kind, module, mb, stage, what, self._depth, device_mark(self.is_cuda), None]
         self._marks.append(entry)
         self._depth += 1
         try:
             yield
         finally:
             self._depth -= 1
-            entry[7] = self._mark()
+            entry[7] = device_mark(self.is_cuda)
 
     def end(self) -> None:
         """End the recorded step: wait for its last mark and place every mark on the host clock."""
-        end_mark = self._mark()
+        end_mark = device_mark(self.is_cuda)
         self.is_recording = False
         if self.is_cuda:
             end_mark.synchronize()

@@ -107,7 +107,7 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
     records = []
     tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
     clock = StepClock(trainer.device, start)
-    issue_s: dict[int, float] = {}  # steps queued since the last logged one: host time to queue each
+    issue_s: list[float] = []  # host time to queue each step read since the last logged one
 
     def read_at_once(done: int, stopping: bool) -> bool:
         """Whether step `done` is read before the next one is queued (see the module docstring)."""
@@ -121,6 +121,7 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
         """Read step `done` (1-based), then save, validate and log it as due; returns whether a
         stop was requested on any rank (the step's reduction carries every rank's flag)."""
         trainer.read_step(done - 1, result)  # raises NonFiniteError before anything of the step is saved
+        issue_s.append(result.issue_s)
         stop = stopping or result.stop
         if at_once:
             clock.pause(done, result.end)  # nothing else is queued: what follows is not step time
@@ -143,9 +144,10 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
         # A validation step is also a logged step, so its val_loss has a record to go in.
         if done % cfg.metrics.log_freq == 0 or done == cfg.training.steps or validate:
             step_time_s = clock.mean_step_s(done, result.end)
-            window = [issue_s.pop(s) for s in sorted(issue_s) if s <= done]
+            issue_mean_s = statistics.fmean(issue_s)
+            issue_s.clear()
             with clock.excluded():
-                record = trainer.step_metrics(done - 1, result, step_time_s, statistics.fmean(window))
+                record = trainer.step_metrics(done - 1, result, step_time_s, issue_mean_s)
                 if validate:
                     record["val_loss"] = trainer.evaluate(done - 1)
                 if saved_s is not None:
@@ -169,7 +171,7 @@ def train(trainer: Trainer, resume: ResumePoint | None = None, initial: dict | N
                 else:
                     result = trainer.train_step(step)
                 result.end = clock.mark()
-                issue_s[done] = time.perf_counter() - queued
+                result.issue_s = time.perf_counter() - queued
                 trainer.tokens_seen += tokens_per_step
                 if collector is not None:
                     collector.run(done)

@@ -90,6 +90,8 @@ class StepResult:
     """CUDA allocator retries so far, after the step was queued."""
     end: object = None
     """The step's end mark on the loop's `StepClock` (set by the loop)."""
+    issue_s: float = 0.0
+    """Host seconds the loop took to queue the step (set by the loop; `host_issue_s`)."""
     expert_counts: Tensor | None = None
     """MoE language model: the world sum of the step's tokens per expert [MoE layers, experts]
     (on the device), until the optimizer step has updated the correction biases from it."""
