@@ -88,15 +88,21 @@ MOE_LAYER = Command(("-m", "benchmarks.moe_layer"), TINY_PEER)
 TINY_MOE = TINY_LM[1:] + ("--modules.language.model=hybrid_lm/debug_moe",
                           "--modules.language.model_args.moe_backend=torch")
 COLOCATED = bench(VLM, tiny=TINY_VLM)
+ATTN_1B = Result(bench("train_configs/attn_1b_1gpu.toml", tiny=TINY_LM), "titan_mimo")
+VIT_H16 = Result(bench(VLM, *VIT, tiny=TINY_VLM), "titan_mimo")
+# FP8 rows: the same command with the module's block linears in float8 (every eligible one), their
+# peer the bf16 row's own result (one run serves both rows). At debug size the float8 linears run
+# emulated on a CPU under bf16 autocast.
+FP8_TINY = ("--training.mixed_precision=bf16",)
 
 ROWS = [
     Row("attn_1b", "attention-only LM at Llama-3-1B shape, 2 x 8192 tokens, compiled",
-        Result(bench("train_configs/attn_1b_1gpu.toml", tiny=TINY_LM), "titan_mimo"),
+        ATTN_1B,
         Result(Command(("-m", "benchmarks.peer_llama3", "--model", "1B", "--batch", "2", "--seq", "8192"),
                        TINY_PEER), "torchtitan"),
         "torchtitan 0.2.2 Llama-3 1B, compiled"),
     Row("vit_h16", "ViT-H/16 at 1024², batch 12, compiled, FlashAttention-4",
-        Result(bench(VLM, *VIT, tiny=TINY_VLM), "titan_mimo"), TIMM, "timm ViT-H/16, compiled"),
+        VIT_H16, TIMM, "timm ViT-H/16, compiled"),
     Row("vit_h16_sdpa", "ViT-H/16 at 1024², batch 12, compiled, SDPA",
         Result(bench(VLM, *VIT, "--modules.vision.model_args.attention_backend=sdpa", tiny=TINY_VLM),
                "titan_mimo"), TIMM, "timm ViT-H/16, compiled"),
@@ -111,6 +117,14 @@ ROWS = [
         "8192 tokens, fwd+bwd, compiled; TFLOP/s by active FLOPs",
         Result(MOE_LAYER, "titan_mimo"), Result(MOE_LAYER, "torchtitan"),
         "torchtitan 0.2.2 MoE layer (SwiGLU experts, grouped GEMM)"),
+    Row("attn_1b_fp8", "attn_1b with FP8 block linears (torchao rowwise, every eligible linear)",
+        Result(bench("train_configs/attn_1b_1gpu.toml", "--no-bare", "--modules.language.float8=rowwise",
+                     "--modules.language.float8_filter=all", tiny=TINY_LM + FP8_TINY), "titan_mimo"),
+        ATTN_1B, "attn_1b in bf16 (its row's run)"),
+    Row("vit_h16_fp8", "vit_h16 with FP8 block linears (torchao rowwise, every eligible linear)",
+        Result(bench(VLM, *VIT, "--no-bare", "--modules.vision.float8=rowwise", "--modules.vision.float8_filter=all",
+                     tiny=TINY_VLM + FP8_TINY), "titan_mimo"),
+        VIT_H16, "vit_h16 in bf16 (its row's run)"),
     Row("vlm_1gpu", "ViT-H/16 + hybrid_2b colocated on one GPU: the trainer (`vlm_hybrid_1gpu.toml`)",
         Result(COLOCATED, "titan_mimo"), Result(COLOCATED, "bare"), "the same modules in a bare loop"),
 ]
