@@ -149,22 +149,37 @@ def command_ids(rows: list[Row]) -> dict[Command, str]:
     return ids
 
 
+def run_logged(argv: list[str], log: Path, timeout_s: float, who: str = "benchmarks.run") -> int | str:
+    """Run a program (`CHILD_ENV` added), its stdout and stderr into `log`; its exit code, or
+    "timed out after N s". Prints the command and how it ended, prefixed by `who`."""
+    # One write per line: runs in threads (float8_convergence --parallel) print at once.
+    sys.stdout.write(f"{who}: {shlex.join(argv[1:])}\n")
+    sys.stdout.flush()
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        try:
+            rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s,
+                                env={**CHILD_ENV, **os.environ}).returncode
+        except subprocess.TimeoutExpired:
+            rc = f"timed out after {timeout_s:.0f} s"
+    sys.stdout.write(f"{who}: exit {rc} after {time.perf_counter() - start:.0f} s\n")
+    sys.stdout.flush()
+    return rc
+
+
+def log_tail(log: Path, lines: int) -> list[str]:
+    """The last `lines` lines of a log (what a failure report quotes)."""
+    return log.read_text(errors="replace").strip().splitlines()[-lines:] if log.exists() else []
+
+
 def run_command(command: Command, name: str, out: Path, tiny: bool, timeout_s: float) -> dict:
     """Run one command; its results ({label: result}), or {"error": why}."""
     argv = argv_of(command, tiny) + ["--json", str(out / f"{name}.json")]
     if command.is_bench:
         argv.append(f"--job.dump_folder={out / name}")
-    print(f"benchmarks.run: {name}: {shlex.join(argv[1:])}", flush=True)
-    start = time.perf_counter()
-    with open(out / f"{name}.log", "w") as log:
-        try:
-            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
-                                env={**CHILD_ENV, **os.environ}).returncode
-        except subprocess.TimeoutExpired:
-            rc = f"timed out after {timeout_s:.0f} s"
-    print(f"benchmarks.run: {name}: exit {rc} after {time.perf_counter() - start:.0f} s", flush=True)
+    rc = run_logged(argv, out / f"{name}.log", timeout_s, f"benchmarks.run: {name}")
     if rc != 0:
-        tail = (out / f"{name}.log").read_text().strip().splitlines()[-1:] or [""]
+        tail = log_tail(out / f"{name}.log", 1) or [""]
         return {"error": f"exit {rc}: {tail[0][:200]}"}
     return json.loads((out / f"{name}.json").read_text())
 

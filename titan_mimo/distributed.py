@@ -19,7 +19,6 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.distributed.elastic.utils.distributed import get_free_port
 
 
 def env_world_size() -> int:
@@ -43,14 +42,20 @@ def init_distributed(device: torch.device, timeout_seconds: int) -> dist.Process
     `dist.destroy_process_group()` destroys both."""
     timeout = timedelta(seconds=timeout_seconds)
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        # A port of its own for a run outside torchrun: two such runs on one machine (a test
-        # suite, benchmarks side by side) must not collide on a fixed one.
-        os.environ.setdefault("MASTER_PORT", str(get_free_port()))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        device_id = device if device.type == "cuda" else None
+        is_launched = "MASTER_PORT" in os.environ or env_world_size() > 1  # torchrun, or set by hand
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None)
+        if is_launched:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            dist.init_process_group(backend, timeout=timeout, device_id=device_id)
+        else:
+            # A world of one outside torchrun rendezvouses in-process: no TCP port, so runs side
+            # by side on one machine (a test suite, float8_convergence --parallel) cannot collide
+            # (a free port picked here, then bound by the store, raced: EADDRINUSE).
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout,
+                                    device_id=device_id)
         if device.type == "cpu" and env_world_size() > 1:
             # Several processes share the cores; more than one intra-op thread each was 6-9x
             # slower on small ops (research note, cpu-feasibility section 6).

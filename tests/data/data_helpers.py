@@ -21,13 +21,14 @@ def tokenizer(folder: Path, **kw) -> TextTokenizer:
 
 def dataset(folder: Path, sources: list[str], *, seq_len: int = 64, seed: int = 0, weights=(),
             min_pixels: int = 256, max_pixels: int = 1024, tokenizer_dir: Path | None = None,
-            **kw) -> ImageTextDataset:
-    """Sources relative to `folder`; the tokenizer from tokenizer_dir (default: folder)."""
-    policy = ImagePolicy(cell=CELL, min_pixels=min_pixels, max_pixels=max_pixels)
+            encoder: str | None = "vision", placeholder_id: int | None = 1, **kw) -> ImageTextDataset:
+    """Sources relative to `folder`; the tokenizer from tokenizer_dir (default: folder). No
+    encoder: `encoder=None, policy=None, placeholder_id=None` (text records)."""
+    policy = kw.pop("policy", ImagePolicy(cell=CELL, min_pixels=min_pixels, max_pixels=max_pixels))
     return ImageTextDataset(sources={"train": [str(folder / s) for s in sources]},
-                            weights={"train": list(weights)}, tokenizer=tokenizer(tokenizer_dir or folder),
-                            policy=policy,
-                            encoder="vision", seq_len=seq_len, seed=seed, **kw)
+                            weights={"train": list(weights)},
+                            tokenizer=tokenizer(tokenizer_dir or folder, placeholder_id=placeholder_id),
+                            policy=policy, encoder=encoder, seq_len=seq_len, seed=seed, **kw)
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

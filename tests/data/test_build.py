@@ -57,12 +57,26 @@ def test_config_errors_name_the_field(sample_dir: Path, overrides: list[str], me
         prepare(_args(sample_dir, *overrides))
 
 
-def test_local_data_needs_one_encoder(sample_dir: Path) -> None:
+def test_local_data_feeds_at_most_one_encoder(sample_dir: Path) -> None:
     two = REPO / "train_configs/debug_two_encoders_cpu.toml"
     args = _args(sample_dir, "--data.dataset=local", "--validation.enable=false")
     args[1] = str(two)
-    with pytest.raises(ValueError, match=r'data.dataset = "local" feeds exactly one image encoder; the config has 2'):
+    with pytest.raises(ValueError, match=r'data.dataset = "local" feeds at most one image encoder; the config has 2'):
         prepare(args)
+
+
+def test_a_language_model_alone_builds_a_text_dataset(sample_dir: Path, tmp_path: Path) -> None:
+    """attn_1b_1gpu.toml (no encoder) at debug size on local text records: no image policy, no
+    placeholder check, samples without images."""
+    (tmp_path / "text.jsonl").write_text(json.dumps({"text": "a red circle on blue"}) + "\n")
+    setup = prepare(["--config", str(REPO / "train_configs/attn_1b_1gpu.toml"),
+                     "--modules.language.model=hybrid_lm/debug", "--training.seq_len=64", "--data.dataset=local",
+                     f"--data.sources=['{tmp_path}/text.jsonl']", f"--data.tokenizer={sample_dir}/tokenizer.json",
+                     "--data.pack=true"])
+    ds = setup.dataset
+    assert ds.encoder is None and ds.policy is None and ds.tokenizer.pad_id == 0
+    batch = ds.batch([0, 1])
+    assert batch.tokens.shape == (2, 64) and batch.images == {}
 
 
 def test_mock_rejects_local_only_options() -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import dataset, write_jsonl
+from data_helpers import dataset, tokenizer, write_jsonl
 
 from titan_mimo.data.check import check
 from titan_mimo.data.mixture import BLOCK, Mixture, block_counts
+from titan_mimo.data.records import RecordError
 from titan_mimo.data.batch import IGNORE_INDEX
 
 PAD, IMAGE, BOS, EOS = 0, 1, 2, 3
@@ -125,6 +126,53 @@ def test_all_bad_stops_with_a_message(tmp_path: Path, sample_dir: Path) -> None:
     ds = dataset(tmp_path, ["bad.jsonl"], max_skips=5, tokenizer_dir=sample_dir)
     with pytest.raises(ValueError, match=r"bad.jsonl'?: 6 bad records in a row for sample 0"):
         ds.sample(0)
+
+
+def test_a_language_model_alone_reads_text_records(sample_dir: Path, tmp_path: Path) -> None:
+    """No encoder (encoder = policy = None): captions and conversations as text, packed; a record
+    with an image, or with the image token in its text, is bad; a tokenizer needs no image token."""
+    write_jsonl(tmp_path / "t.jsonl", [
+        {"text": "a red circle on blue"},                                                  # 1
+        {"conversations": [{"role": "user", "content": "What shape?"},
+                           {"role": "assistant", "content": "A circle."}]},                # 2
+        {"image": str(sample_dir / "images/00001.png"), "text": "a picture"},              # 3 bad: an image
+        {"text": "a marker <image> in text"},                                              # 4 bad: image token
+    ])
+    ds = dataset(tmp_path, ["t.jsonl"], seq_len=64, tokenizer_dir=sample_dir, encoder=None, policy=None,
+                 pack=True, pack_max_records=4, placeholder_id=None)
+    seen = Counter()
+    for i in range(8):
+        s, lay = ds.sample(i), ds.resolve(i, "train")
+        seen.update(w.rsplit(":", 1)[1] for w in lay.where)
+        assert s.images == {} and lay.images == [] and lay.n_image_tokens == 0
+        assert int((s.tokens == IMAGE).sum()) == 0 and s.tokens[0] == BOS and len(lay.where) >= 2
+    assert set(seen) == {"1", "2"}  # the bad records were redrawn
+    batch = ds.batch(list(range(8)))
+    assert batch.tokens.shape == (8, 64) and batch.images == {} and batch.skipped > 0
+    # The caption record alone: bos, its text and eos, loss on text and eos.
+    one = dataset(tmp_path, ["t.jsonl"], seq_len=64, tokenizer_dir=sample_dir, encoder=None, policy=None,
+                  placeholder_id=None)
+    lay = one.layout_record(one.sources["train"][0].record(0))
+    assert lay.tokens == [BOS, *one.tokenizer.encode("a red circle on blue"), EOS]
+    assert lay.targets == [False] + [True] * (len(lay.tokens) - 1)
+    for r, message in ((2, "1 images but the config has no image encoder"),
+                       (3, "contains the pad or image token outside an image marker")):
+        with pytest.raises(RecordError, match=message):
+            one.layout_record(one.sources["train"][0].record(r))
+
+
+def test_a_text_tokenizer_needs_no_image_token_without_an_encoder(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["some plain text"], trainers.BpeTrainer(
+        vocab_size=64, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], show_progress=False))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    text_only = tokenizer(tmp_path, placeholder_id=None)
+    assert text_only.image_id is None and text_only.reserved == {0}
+    with pytest.raises(ValueError, match=r"data.image_token = '<image>' is not a token of"):
+        tokenizer(tmp_path)  # with an encoder it is needed
 
 
 def test_packing_fills_rows_without_crossing_record_boundaries(sample_dir: Path) -> None:

@@ -1,5 +1,6 @@
 """Real image-text data behind the sample plan: global sample index -> `Sample`, the same objects
-the mock task produces.
+the mock task produces. A language model alone (no encoder: `encoder = policy = None`) trains on
+text records; a record with images is then bad.
 
 Sample i is a pure function of (seed, split, i): the mixture picks a dataset and a record
 (mixture.py); the record is laid out into tokens with image placeholders and loss targets; a
@@ -80,11 +81,13 @@ class Layout:
 
 
 class ImageTextDataset:
-    """Map-style: `sample(i)` / `batch(indices)` like MockImageCaption, for one image encoder."""
+    """Map-style: `sample(i)` / `batch(indices)` like MockImageCaption, for one image encoder or
+    none (`encoder = policy = None`: text records only)."""
 
     def __init__(self, *, sources: dict[str, list[str]], weights: dict[str, list[float]],
-                 tokenizer: TextTokenizer, policy: ImagePolicy, encoder: str, seq_len: int, seed: int,
-                 pack: bool = False, pack_max_records: int = 8, max_skips: int = 100) -> None:
+                 tokenizer: TextTokenizer, policy: ImagePolicy | None, encoder: str | None,
+                 seq_len: int, seed: int, pack: bool = False, pack_max_records: int = 8,
+                 max_skips: int = 100) -> None:
         self.tokenizer, self.policy, self.encoder = tokenizer, policy, encoder
         self.seq_len, self.seed, self.pack, self.pack_k = seq_len, seed, pack, pack_max_records
         self.max_skips = max_skips
@@ -146,7 +149,12 @@ class ImageTextDataset:
         """Tokens, loss targets and resized image sizes of one record; RecordError if unusable."""
         tok, marker = self.tokenizer, self.tokenizer.image_token
         turns = self._turns(raw)
-        markers = sum(content.count(marker) for _, content in turns)
+        if self.encoder is None:
+            if raw.images:
+                raise RecordError(f"{raw.where}: {len(raw.images)} images but the config has no image "
+                                  "encoder (a language model alone trains on text records)")
+            marker = ""  # nothing places images: the text is plain text
+        markers = sum(content.count(marker) for _, content in turns) if marker else 0
         if markers == 0 and raw.images:
             first = next(k for k, (role, _) in enumerate(turns) if role in ("caption", "user", "system"))
             role, content = turns[first]
@@ -166,7 +174,7 @@ class ImageTextDataset:
             trained = role in ("caption", "assistant")
             if role != "caption":
                 lay.add(tok.encode(ROLE_PREFIX[role]), False)
-            for k, piece in enumerate(content.split(marker)):
+            for k, piece in enumerate(content.split(marker) if marker else [content]):
                 if k:
                     n = self.policy.tokens(next(next_image))
                     lay.add([tok.image_id] * n, False)
@@ -257,9 +265,10 @@ class ImageTextDataset:
                                            "using a blank image"))
                     images.append(torch.zeros(self.policy.channels, *size))
                     blanks += 1
-        return Sample(tokens=tokens, labels=labels, images={self.encoder: images},
+        return Sample(tokens=tokens, labels=labels,
+                      images={} if self.encoder is None else {self.encoder: images},
                       skipped=lay.skipped, blank_images=blanks)
 
     def batch(self, indices, split: str = "train", with_images: bool = True) -> Batch:
         samples = [self.sample(i, split, with_images) for i in indices]
-        return Batch.of(samples, [self.encoder])
+        return Batch.of(samples, [] if self.encoder is None else [self.encoder])

@@ -1,6 +1,7 @@
 """A Hugging Face `tokenizers` tokenizer from a local tokenizer.json, with the special tokens the
 data path needs (image placeholder, pad, optional bos/eos) resolved to ids and checked against
-the model config once, before any process-group work."""
+the model config once, before any process-group work. Without an image encoder
+(`placeholder_id = None`) the image token is optional: text records need none."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tokenizers import Tokenizer
 
 class TextTokenizer:
     def __init__(self, path: str, *, image_token: str, pad_token: str, bos_token: str, eos_token: str,
-                 placeholder_id: int, pad_id: int, vocab_size: int, placeholder_field: str) -> None:
+                 placeholder_id: int | None, pad_id: int, vocab_size: int, placeholder_field: str) -> None:
         if not Path(path).is_file():
             raise ValueError(f"data.tokenizer = {path!r}: no such file (a Hugging Face tokenizer.json)")
         try:
@@ -20,22 +21,22 @@ class TextTokenizer:
             raise ValueError(f"data.tokenizer = {path!r}: cannot load: {e}") from None
         self.path = path
 
-        def token_id(field: str, token: str) -> int | None:
+        def token_id(field: str, token: str, required: bool = True) -> int | None:
             if not token:
                 return None
             tid = self.tok.token_to_id(token)
-            if tid is None:
+            if tid is None and required:
                 raise ValueError(f"data.{field} = {token!r} is not a token of {path}; add it as a "
                                  "special token when training the tokenizer, or set the field to "
                                  "one it has")
             return tid
 
         self.image_token = image_token
-        self.image_id = token_id("image_token", image_token)
+        self.image_id = token_id("image_token", image_token, required=placeholder_id is not None)
         self.pad_id = token_id("pad_token", pad_token)
         self.bos_id = token_id("bos_token", bos_token)
         self.eos_id = token_id("eos_token", eos_token)
-        if self.image_id != placeholder_id:
+        if placeholder_id is not None and self.image_id != placeholder_id:
             raise ValueError(f"{placeholder_field} = {placeholder_id} but {path} maps data.image_token "
                              f"{image_token!r} to {self.image_id}; set {placeholder_field} = {self.image_id}")
         if self.pad_id != pad_id:
@@ -45,7 +46,8 @@ class TextTokenizer:
         if n > vocab_size:
             raise ValueError(f"{path} has {n} tokens but the language model's vocab_size is {vocab_size}; "
                              "use a smaller tokenizer or a language model flavor with a larger vocabulary")
-        self.reserved = {self.image_id, self.pad_id}
+        self.reserved = {self.image_id, self.pad_id} - {None}
+        """Ids plain text must not contain (they would read as an image or as padding)."""
 
     def encode(self, text: str) -> list[int]:
         """Token ids of plain text, no special tokens added (bos/eos are placed by the caller)."""
