@@ -33,15 +33,6 @@ def test_pipeline_stages_checkpoint_what_the_whole_model_would():
     assert per_stage == whole == {1, 6}
 
 
-def test_blocks_compile_in_the_configured_mode(monkeypatch):
-    """compile_mode reaches each block's torch.compile (reduce-overhead: CUDA graphs)."""
-    modes = []
-    monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: modes.append(kw))
-    apply_block_options({"0": nn.Linear(2, 2), "1": nn.Linear(2, 2)}, set(), compile_blocks=True,
-                        compile_mode="reduce-overhead")
-    assert modes == [{"mode": "reduce-overhead"}] * 2
-
-
 def test_unknown_mode():
     with pytest.raises(ValueError, match="not one of 'none', 'full', 'selective', 'memory_budget'"):
         checkpointed_layers(PATTERN, "partial")

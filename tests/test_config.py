@@ -183,10 +183,6 @@ BAD_DICTS = [
      r"'memory_budget'"),
     ("memory_budget_needs_compile", _with_module("language", activation_checkpoint="memory_budget"),
      r"modules.language: activation_checkpoint = 'memory_budget' needs compile = true"),
-    ("compile_mode_needs_compile", _with_module("language", compile_mode="reduce-overhead"),
-     r"modules.language: compile_mode = 'reduce-overhead' needs compile = true"),
-    ("compile_mode_unknown", _with_module("language", compile=True, compile_mode="max-autotune"),
-     r"modules.language.compile_mode = 'max-autotune' is not one of 'default', 'reduce-overhead'"),
     ("coordinate_descent_tuning_needs_compile", base(training={"coordinate_descent_tuning": True}),
      r"training.coordinate_descent_tuning tunes the kernels of compiled blocks; set compile = true "
      r"on a module, or leave it false"),

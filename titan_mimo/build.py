@@ -119,10 +119,9 @@ def checkpointed_layers(layer_kinds: str, mode: str, kinds: str = "", every: int
     return set(picked[::every])
 
 
-def apply_block_options(blocks: dict[str, nn.Module], checkpointed: set[int], compile_blocks: bool,
-                        compile_mode: str = "default") -> None:
+def apply_block_options(blocks: dict[str, nn.Module], checkpointed: set[int], compile_blocks: bool) -> None:
     """Per-block activation checkpointing (blocks whose global index is in `checkpointed`) and
-    torch.compile (every block, in `compile_mode`), in place: the composable `checkpoint` and `Module.compile` keep
+    torch.compile (every block), in place: the composable `checkpoint` and `Module.compile` keep
     parameter names unchanged (init seeds and checkpoint keys depend on them), unlike wrapper
     modules. Checkpointing goes on before compile on each block, and both before FSDP, as
     torchtitan does."""
@@ -130,7 +129,7 @@ def apply_block_options(blocks: dict[str, nn.Module], checkpointed: set[int], co
         if int(idx) in checkpointed:
             composable_checkpoint(block)
         if compile_blocks:
-            block.compile(mode=compile_mode)
+            block.compile()
 
 
 def reshards_after_forward(mcfg, n_stages: int) -> bool:
@@ -190,7 +189,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
             if tp_mesh is not None:
                 vit_parallel.apply_tp(model, tp_mesh)
             blocks = model.encoder.layers
-            apply_block_options(blocks, _checkpointed(mcfg, "B" * len(blocks)), mcfg.compile, mcfg.compile_mode)
+            apply_block_options(blocks, _checkpointed(mcfg, "B" * len(blocks)), mcfg.compile)
             if sharded:
                 vit_parallel.apply_fsdp(model, dp_mesh, compute_dtype, reshard_after_forward=reshard)
             else:
@@ -215,8 +214,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                     lm_parallel.apply_tp(stage, tp_mesh, loss_parallel=n_stages == 1)
                 if place.ep > 1:
                     lm_parallel.apply_ep(stage, expert_mesh["ep"])
-                apply_block_options(stage.layers, _checkpointed(mcfg, full.args.layer_pattern), mcfg.compile,
-                                    mcfg.compile_mode)
+                apply_block_options(stage.layers, _checkpointed(mcfg, full.args.layer_pattern), mcfg.compile)
                 if sharded:
                     lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=reshard,
                                            expert_dp_mesh=None if expert_mesh is None else expert_mesh["expert_dp"])

@@ -77,12 +77,6 @@ class Module:
     model from its first such block (2 = half of them), so the choice is the same in any layout."""
     compile: bool = False
     """torch.compile each block."""
-    compile_mode: Literal["default", "reduce-overhead"] = "default"
-    """torch.compile's mode for the blocks: "reduce-overhead" replays each compiled block's
-    forward and backward as CUDA graphs (torch.compile's cudagraph trees), so the host no longer
-    launches their kernels one by one: for a host-bound step (a fast GPU, many small kernels).
-    Needs compile = true and a CUDA device (elsewhere torch.compile runs the graphs uncaptured);
-    costs memory (the graphs' own pool) and a capture per new shape."""
     float8: Literal["none", "rowwise", "tensorwise"] = "none"
     """FP8 training of the module's large block linears (torchao's Float8Linear, torchtitan's
     recipes): "rowwise" (e4m3, a scale per row) or "tensorwise" (a scale per tensor, e5m2
@@ -131,9 +125,6 @@ class Module:
         if self.activation_checkpoint == "memory_budget" and not self.compile:
             raise ValueError("activation_checkpoint = 'memory_budget' needs compile = true: the budget "
                              "is how torch.compile splits each block into forward and backward")
-        if self.compile_mode != "default" and not self.compile:
-            raise ValueError(f"compile_mode = {self.compile_mode!r} needs compile = true (it is the mode of "
-                             "the blocks' torch.compile)")
         if self.float8 != "none":
             self._check_float8()
         if self.lr_scale < 0:
