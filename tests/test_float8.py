@@ -171,6 +171,45 @@ def test_build_converts_before_fsdp_and_stays_close_to_bf16(one_rank_group, reci
     assert cos > 0.99, cos
 
 
+def test_encoders_pad_the_token_dim_and_language_models_where_their_sequence_needs_it(one_rank_group):
+    """torch._scaled_mm needs each inner dim divisible by 16, and a weight gradient's inner dim is
+    the micro-batch's tokens: an encoder's follow its images (ViT-H/16: 4097 per 1024^2 image; at
+    batch 12 the H200 run failed without padding), so its float8 matmuls zero-pad them; a language
+    model's are micro-batch x seq_len, padded only where seq_len does not divide by 16."""
+    for seq_len, lm_pads in ((64, False), (72, True)):
+        built = _build(_cfg("tensorwise", seq_len=seq_len))
+        pads = {name: {c.pad_inner_dim for m in b.parts[0].modules() if isinstance(m, Float8Linear)
+                       for c in m.linear_mm_config} for name, b in built.items()}
+        assert pads == {"vision": {True}, "language": {lm_pads}}
+
+
+@pytest.mark.parametrize("recipe", ["rowwise", "tensorwise"])
+def test_padding_the_inner_dim_changes_no_value(recipe, monkeypatch):
+    """A float8 linear over 3 x 13 tokens (not a multiple of 16) with the padding gives the
+    unpadded output and gradients: the pads are zeros. (Emulated matmuls need no padding; on a
+    GPU _scaled_mm rejects the unpadded weight gradient.)"""
+    import torchao.float8.float8_ops as ops
+    padded = []
+    monkeypatch.setattr(ops, "pad_tensor_for_matmul", lambda t, dims: padded.append(t.shape) or
+                        torch.nn.functional.pad(t, (0, -t.shape[1] % 16, 0, 0) if dims == 1 else
+                                                (0, 0, 0, -t.shape[0] % 16)))
+    results = []
+    for pad in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(32, 48), nn.GELU(), nn.Linear(48, 32))
+        convert_to_float8(model, recipe, layers="all", keep_fqns=(), emulate=True, pad_inner_dim=pad)
+        x = torch.randn(3, 13, 32, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x)
+        y.float().square().mean().backward()
+        results.append([y.detach(), x.grad, *(p.grad for p in model.parameters())])
+        # Padded: both operands of all three matmuls of both linears, the 39 tokens among them.
+        assert len(padded) == (12 if pad else 0)
+        assert not pad or torch.Size([32, 39]) in padded  # the second linear's weight gradient
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"training": {"mixed_precision": "fp32"}},
      "modules.vision.float8 = 'rowwise' needs training.mixed_precision = 'bf16', not 'fp32'"),

@@ -145,16 +145,19 @@ def reshards_after_forward(mcfg, n_stages: int) -> bool:
     return mcfg.reshard_after_forward == "always"
 
 
-def apply_float8(model: nn.Module, mcfg, keep_bf16: tuple[str, ...], device: torch.device) -> list[str]:
+def apply_float8(model: nn.Module, mcfg, keep_bf16: tuple[str, ...], device: torch.device, *,
+                 tokens_align: bool) -> list[str]:
     """The module's `float8` option on its whole meta-device model, before TP, compile and FSDP
     (torchtitan converts at the same point): the linears it picks become Float8Linears with the
-    same parameters, emulated on a CPU. Returns their FQNs (none for float8 = "none")."""
+    same parameters, emulated on a CPU. `tokens_align`: the module's tokens per micro-batch always
+    divide by 16 (else its float8 matmuls zero-pad the weight gradients' inner dimension, the
+    tokens, as torch._scaled_mm needs). Returns their FQNs (none for float8 = "none")."""
     if mcfg.float8 == "none":
         return []
     if mcfg.float8 == "rowwise":
         emulate_precision_casts()
     return convert_to_float8(model, mcfg.float8, layers=mcfg.float8_filter, keep_fqns=keep_bf16,
-                             emulate=needs_emulation(device))
+                             emulate=needs_emulation(device), pad_inner_dim=not tokens_align)
 
 
 def _checkpointed(mcfg, layer_kinds: str) -> set[int]:
@@ -185,7 +188,8 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
         if mcfg.feeds:
             with torch.device("meta"):
                 model = build_from_args(args[name])
-            apply_float8(model, mcfg, vit_parallel.FLOAT8_KEEP_BF16, device)
+            # An encoder's tokens per micro-batch follow its images (ViT-H/16: 4097 per 1024^2 image).
+            apply_float8(model, mcfg, vit_parallel.FLOAT8_KEEP_BF16, device, tokens_align=False)
             if tp_mesh is not None:
                 vit_parallel.apply_tp(model, tp_mesh)
             blocks = model.encoder.layers
@@ -200,7 +204,8 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
             expert_mesh = topo.expert_meshes.get(name)
             with torch.device("meta"):
                 full = build_from_args(args[name])
-            apply_float8(full, mcfg, lm_parallel.FLOAT8_KEEP_BF16, device)
+            apply_float8(full, mcfg, lm_parallel.FLOAT8_KEEP_BF16, device,
+                         tokens_align=cfg.training.seq_len % 16 == 0)
             ranges = stage_layers(len(full.layers), n_stages)
             parts = []
             for sid in stage_ids:

@@ -72,14 +72,21 @@ def needs_emulation(device: torch.device) -> bool:
 
 
 def convert_to_float8(model: nn.Module, recipe: str, *, layers: str, keep_fqns: Sequence[str],
-                      emulate: bool) -> list[str]:
+                      emulate: bool, pad_inner_dim: bool = False) -> list[str]:
     """Swap the linears of `model` that `float8_layer_filter(recipe, layers, keep_fqns)` picks for
     torchao `Float8Linear`s (dynamic scaling by `recipe`), in place, keeping their parameters;
-    works on a meta-device model. Returns the FQNs swapped, in module order."""
+    works on a meta-device model. Returns the FQNs swapped, in module order.
+
+    `pad_inner_dim` (torchao's option): zero-pad each float8 matmul's inner dimension to a
+    multiple of 16, which `torch._scaled_mm` needs. A linear's feature dims pass the filter only if
+    they divide by 16, but its weight gradient's inner dimension is the number of tokens in the
+    micro-batch: set it where that need not divide by 16 (a ViT with a class token, 4097 tokens
+    per 1024^2 image)."""
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     from torchao.float8.float8_linear import Float8Linear
 
-    config = dataclasses.replace(Float8LinearConfig.from_recipe_name(recipe), emulate=emulate)
+    config = dataclasses.replace(Float8LinearConfig.from_recipe_name(recipe), emulate=emulate,
+                                 pad_inner_dim=pad_inner_dim)
     convert_to_float8_training(model, config=config,
                                module_filter_fn=float8_layer_filter(recipe, layers, keep_fqns))
     return [fqn for fqn, mod in model.named_modules() if isinstance(mod, Float8Linear)]
