@@ -4,11 +4,11 @@ side by side.
 
     python -m benchmarks.code_corpus --out /tmp/corpus       # real text without internet
     python -m benchmarks.float8_convergence --config train_configs/attn_1b_1gpu.toml \\
-        --module language --recipe rowwise --filter all --steps 300 --out /tmp/conv --parallel \\
+        --module language --recipe tensorwise --filter all --steps 300 --out /tmp/conv --parallel \\
         -- --data.dataset=local '--data.sources=["/tmp/corpus/train.jsonl"]' \\
         --data.tokenizer=/tmp/corpus/tokenizer.json --data.pack=true --data.pack_max_records=16
     python -m benchmarks.float8_convergence --config train_configs/vlm_hybrid_1gpu.toml \\
-        --module vision --recipe rowwise --filter all --steps 300 --out /tmp/conv_vlm   # mock data
+        --module vision --recipe tensorwise --filter all --steps 300 --out /tmp/conv_vlm   # mock data
 
 Each run is `python -m titan_mimo.train --config X` with `--training.steps`, checkpointing off, a
 record every step, its own dump folder (--out/bf16, --out/fp8) and log (--out/bf16.log, ...), and
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--config", required=True)
     p.add_argument("--module", default="language", help="the module(s) whose linears become float8 (a,b)")
-    p.add_argument("--recipe", choices=("rowwise", "tensorwise"), default="rowwise")
+    p.add_argument("--recipe", choices=("rowwise", "tensorwise"), default="tensorwise")
     p.add_argument("--filter", choices=("auto", "all"), default="auto", help="modules.<module>.float8_filter")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--out", required=True)
