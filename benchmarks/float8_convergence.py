@@ -36,7 +36,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.run import environment, log_tail, run_logged
+from benchmarks.run import environment, log_tail, run_logged, split_passthrough
 
 RUNS = ("bf16", "fp8")
 SET_HERE = ("--training.steps", "--metrics.log_freq", "--checkpoint.enable", "--job.dump_folder")
@@ -111,8 +111,7 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
+    own, overrides = split_passthrough(argv)
     p = argparse.ArgumentParser(prog="python -m benchmarks.float8_convergence",
                                 description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--config", required=True)

@@ -65,6 +65,14 @@ class Row:
     peer_what: str = ""
 
 
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """A program's own arguments and those after `--`, which it passes on to what it runs."""
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]
+
+
 def bench(config: str, *overrides: str, tiny: tuple[str, ...] = ()) -> Command:
     return Command(("-m", "titan_mimo.bench", "--config", config, *overrides), tiny, is_bench=True)
 

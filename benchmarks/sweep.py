@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.run import bench, run_command
+from benchmarks.run import bench, run_command, split_passthrough
 
 
 def parse_grid(text: str) -> list[list[str]]:
@@ -58,8 +58,7 @@ def table(config: str, rows: list[tuple[list[str], dict]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    bench_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
+    own, bench_args = split_passthrough(argv)
     p = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False)
     p.add_argument("--config", required=True)
