@@ -17,6 +17,7 @@ from titan_mimo.compat import (composable_checkpoint, emulate_precision_casts, e
                                scope_activation_memory_budget)
 
 from titan_mimo.config import JobConfig
+from titan_mimo.cuda_graphs import graph_on_first_call
 from titan_mimo.init import init_module_weights
 from titan_mimo.hf import training as hf_training
 from titan_mimo.models import build_from_args, model_args
@@ -132,6 +133,21 @@ def apply_block_options(blocks: dict[str, nn.Module], checkpointed: set[int], co
             block.compile()
 
 
+def check_cuda_graphs(name: str, layer_pattern: str, sharded: bool, device: torch.device) -> None:
+    """What `cuda_graphs` needs beyond what the config checks alone: a CUDA device, a module that
+    is not sharded, and no MoE blocks."""
+    where = f"modules.{name}.cuda_graphs"
+    if device.type != "cuda":
+        raise ValueError(f"{where} captures CUDA graphs; this run is on {device.type!r}: set it false")
+    if sharded:
+        raise ValueError(f"{where} needs the module on one rank without FSDP (its hooks and collectives "
+                         "run on the host between blocks): one rank, tp = pp = 1 and "
+                         "parallelism.fsdp_one_rank = false, or cuda_graphs = false")
+    if "E" in layer_pattern:
+        raise ValueError(f"{where}: MoE blocks are not captured yet (their auxiliary loss scale changes "
+                         "every step on the host); set it false for a model with MoE blocks")
+
+
 def reshards_after_forward(mcfg, n_stages: int) -> bool:
     """The module's `reshard_after_forward`: by default yes, except on pipelined stages, whose
     parameters every in-flight micro-batch's backward needs again (resharding would re-gather
@@ -220,6 +236,9 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                 if place.ep > 1:
                     lm_parallel.apply_ep(stage, expert_mesh["ep"])
                 apply_block_options(stage.layers, _checkpointed(mcfg, full.args.layer_pattern), mcfg.compile)
+                if mcfg.cuda_graphs:
+                    check_cuda_graphs(name, full.args.layer_pattern, sharded, device)
+                    graph_on_first_call(stage.layers, topo.n_microbatches)
                 if sharded:
                     lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=reshard,
                                            expert_dp_mesh=None if expert_mesh is None else expert_mesh["expert_dp"])

@@ -77,6 +77,14 @@ class Module:
     model from its first such block (2 = half of them), so the choice is the same in any layout."""
     compile: bool = False
     """torch.compile each block."""
+    cuda_graphs: bool = False
+    """Language module: capture its blocks as CUDA graphs (torch's make_graphed_callables), one
+    for the forward through all of them and one for their backward, on the first training
+    micro-batch; a step then queues two graph launches instead of thousands of kernels, for a
+    host-bound model (docs/benchmarks.md). Needs a CUDA device and the module on one rank without
+    FSDP (tp = pp = ep = 1, parallelism.fsdp_one_rank = false), no block checkpointing
+    ("none" or "memory_budget"), no MoE blocks. A batch of another shape (evaluation's) runs
+    uncaptured. Costs the graphs' static gradients of the blocks' parameters (fp32) in memory."""
     float8: Literal["none", "rowwise", "tensorwise"] = "none"
     """FP8 training of the module's large block linears (torchao's Float8Linear, torchtitan's
     recipes): "rowwise" (e4m3, a scale per row) or "tensorwise" (a scale per tensor, e5m2
@@ -127,6 +135,8 @@ class Module:
                              "is how torch.compile splits each block into forward and backward")
         if self.float8 != "none":
             self._check_float8()
+        if self.cuda_graphs:
+            self._check_cuda_graphs()
         if self.lr_scale < 0:
             raise ValueError(f"lr_scale = {self.lr_scale} must be >= 0")
         if self.pp > 1 and self.feeds:
@@ -149,6 +159,20 @@ class Module:
             warnings.warn(f"float8 = {self.float8!r} without compile = true: eager float8 linears run "
                           "their scaling and casts as separate kernels and are slower than bf16 on GPUs "
                           "(fine for CPU tests, where they are emulated)", stacklevel=2)
+
+    def _check_cuda_graphs(self) -> None:
+        if self.feeds:
+            raise ValueError("cuda_graphs captures the language module's blocks; an encoder's are not "
+                             "captured (set it on the language module)")
+        if self.activation_checkpoint in ("full", "selective"):
+            raise ValueError(f"cuda_graphs with activation_checkpoint = {self.activation_checkpoint!r}: a "
+                             "checkpointed block saves and restores the RNG state on the host, which a "
+                             "CUDA graph cannot capture; use 'memory_budget' (with compile) or 'none'")
+        parallel = {k: getattr(self, k) for k in ("tp", "pp", "ep") if getattr(self, k) > 1}
+        if parallel:
+            raise ValueError(f"cuda_graphs with {', '.join(f'{k} = {v}' for k, v in parallel.items())}: "
+                             "captured blocks run on one rank without parallelism; set them to 1 or "
+                             "cuda_graphs = false")
 
     def _take_hf_placeholder(self) -> None:
         """An encoder from a nemotron_h_omni folder: placeholder_id is the folder's image_token_id."""
@@ -570,6 +594,10 @@ class JobConfig:
                 raise ValueError(f"modules.{name}.float8 = {m.float8!r} needs training.mixed_precision = "
                                  f"'bf16', not {self.training.mixed_precision!r} (float8 linears replace "
                                  "bf16 matmuls)")
+        if self.parallelism.fsdp_one_rank and any(m.cuda_graphs for m in self.modules.values()):
+            raise ValueError("cuda_graphs with parallelism.fsdp_one_rank = true: FSDP's hooks and "
+                             "collectives run on the host between the blocks a graph would capture; "
+                             "set one of them false")
         if self.parallelism.stages_per_rank > 1 and self.parallelism.pipeline_schedule != "Interleaved1F1B":
             raise ValueError(
                 f"parallelism.stages_per_rank = {self.parallelism.stages_per_rank} needs "

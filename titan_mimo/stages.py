@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from titan_mimo.models import merge_embeddings
-from titan_mimo.models.language.model import HybridLM, fused_loss_sum
+from titan_mimo.models.language.model import BlockStack, HybridLM, fused_loss_sum
 from titan_mimo.models.language.parallelize import scatter_sequence
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class LanguageStage(nn.Module):
                  embeddings: EncoderEmbeddings | None = None, tp_mesh: DeviceMesh | None = None):
         super().__init__()
         self.tok_embeddings = model.tok_embeddings if is_first else None
-        self.layers = nn.ModuleDict({key: block for key, block in model.layers.items() if int(key) in layers})
+        self.layers = BlockStack({key: block for key, block in model.layers.items() if int(key) in layers})
         self.norm = model.norm if is_last else None
         self.output = model.output if is_last else None
         # Plain attributes, not submodules: the encoders' parameters are theirs, not the stage's.
@@ -53,9 +53,7 @@ class LanguageStage(nn.Module):
 
         `labels_BS` is keyword-only because torch.distributed.pipelining hands a rank's keyword
         inputs to each stage it holds: a stage that is not last ignores them."""
-        h_BSD = self._embed(x, mb_B) if self.tok_embeddings is not None else x
-        for layer in self.layers.values():
-            h_BSD = layer(h_BSD)
+        h_BSD = self.layers(self._embed(x, mb_B) if self.tok_embeddings is not None else x)
         if self.norm is None:
             return h_BSD
         h_BSD = self.norm(h_BSD)

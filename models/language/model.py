@@ -1,8 +1,9 @@
 """Hybrid language model: a stack of pre-norm residual Mamba2 / attention / MLP blocks.
 
-Layers live in an nn.ModuleDict keyed by the *global* layer index ("0", "1", ...). A pipeline
-stage (titan_mimo/stages.py) takes the parts it runs under these names, so parameter names (and
-thus init seeds and checkpoint keys) stay global on every stage.
+Layers live in a `BlockStack` (an nn.ModuleDict that runs its blocks in order) keyed by the
+*global* layer index ("0", "1", ...). A pipeline stage (titan_mimo/stages.py) takes the parts it
+runs under these names, so parameter names (and thus init seeds and checkpoint keys) stay global
+on every stage.
 
 Shape legend: B batch, S sequence, D model dim, V vocab size.
 """
@@ -17,7 +18,7 @@ from .mamba2 import Mamba2Mixer
 from .mlp import MLP
 from .moe import MoE
 
-__all__ = ["AttentionBlock", "HybridLM", "MLPBlock", "MambaBlock", "MoEBlock", "build_block", "fused_loss_sum"]
+__all__ = ["AttentionBlock", "BlockStack", "HybridLM", "MLPBlock", "MambaBlock", "MoEBlock", "build_block", "fused_loss_sum"]
 
 
 class MambaBlock(nn.Module):
@@ -84,6 +85,17 @@ def build_block(kind: str, args: HybridLMArgs) -> nn.Module:
     return _BLOCKS[kind](args)
 
 
+class BlockStack(nn.ModuleDict):
+    """Blocks keyed by global layer index, run in insertion order: one module whose forward is
+    the whole stack [B, S, D] -> [B, S, D] (what a trainer may capture as one CUDA graph), with
+    the parameter names of a plain ModuleDict."""
+
+    def forward(self, h_BSD: Tensor) -> Tensor:
+        for layer in self.values():
+            h_BSD = layer(h_BSD)
+        return h_BSD
+
+
 class HybridLM(nn.Module):
     """Token embedding → blocks in layer_pattern order → RMSNorm → untied output head."""
 
@@ -91,7 +103,7 @@ class HybridLM(nn.Module):
         super().__init__()
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleDict(
+        self.layers = BlockStack(
             {str(i): build_block(kind, args) for i, kind in enumerate(args.layer_pattern)}
         )
         self.norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
@@ -102,9 +114,7 @@ class HybridLM(nn.Module):
 
     def forward_hidden(self, h_BSD: Tensor) -> Tensor:
         """Run this model's layers (in global index order), then norm and head."""
-        for layer in self.layers.values():
-            h_BSD = layer(h_BSD)
-        return self.output(self.norm(h_BSD))
+        return self.output(self.norm(self.layers(h_BSD)))
 
     def forward(self, tokens_BS: Tensor, labels: Tensor | None = None) -> Tensor:
         """Tokens [B, S] → logits [B, S, V].
@@ -115,9 +125,7 @@ class HybridLM(nn.Module):
         """
         if labels is None:
             return self.forward_hidden(self.embed(tokens_BS))
-        h_BSD = self.embed(tokens_BS)
-        for layer in self.layers.values():
-            h_BSD = layer(h_BSD)
+        h_BSD = self.layers(self.embed(tokens_BS))
         return fused_loss_sum(self.norm(h_BSD), self.output, labels)
 
     def num_params(self) -> int:

@@ -1,0 +1,133 @@
+"""`modules.<name>.cuda_graphs` (titan_mimo/cuda_graphs.py): what the config and the build refuse,
+everywhere; on a GPU, that captured blocks give the gradients of the uncaptured ones (two
+accumulated micro-batches), fall back for another shape, refuse a second forward before the
+first one's backward, and that a run of the trainer with them repeats the run without."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+from titan_mimo.build import check_cuda_graphs
+from titan_mimo.config_loader import config_from_dict
+from titan_mimo.cuda_graphs import graph_on_first_call
+from titan_mimo.models import build_model
+from titan_mimo.models.language.model import BlockStack
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _cfg(**language) -> dict:
+    return {"modules": {"language": {"model": "hybrid_lm/debug", "ranks": 1, "cuda_graphs": True, **language}}}
+
+
+@pytest.mark.parametrize("language, match", [
+    ({"activation_checkpoint": "full"}, "checkpointed block saves and restores the RNG state"),
+    ({"activation_checkpoint": "selective"}, "use 'memory_budget'"),
+    ({"tp": 2}, "tp = 2: captured blocks run on one rank"),
+    ({"pp": 2, "ranks": 2}, "pp = 2"),
+])
+def test_config_refuses_what_a_graph_cannot_capture(language, match):
+    with pytest.raises(ValueError, match=match):
+        config_from_dict(_cfg(**language))
+
+
+def test_config_refuses_an_encoder_and_fsdp_on_one_rank():
+    data = _cfg()
+    data["modules"]["vision"] = {"model": "vit/debug", "feeds": "language", "placeholder_id": 1,
+                                 "cuda_graphs": True}
+    with pytest.raises(ValueError, match="an encoder's are not captured"):
+        config_from_dict(data)
+    with pytest.raises(ValueError, match="fsdp_one_rank = true: FSDP's hooks"):
+        config_from_dict({**_cfg(), "parallelism": {"fsdp_one_rank": True}})
+    config_from_dict(_cfg(activation_checkpoint="memory_budget", compile=True))
+
+
+def test_build_refuses_a_cpu_a_sharded_module_and_moe_blocks():
+    with pytest.raises(ValueError, match="captures CUDA graphs; this run is on 'cpu'"):
+        check_cuda_graphs("language", "M*-", False, torch.device("cpu"))
+    cuda = torch.device("cuda")
+    with pytest.raises(ValueError, match="one rank without FSDP"):
+        check_cuda_graphs("language", "M*-", True, cuda)
+    with pytest.raises(ValueError, match="MoE blocks are not captured yet"):
+        check_cuda_graphs("language", "M*E", False, cuda)
+    check_cuda_graphs("language", "M*-", False, cuda)
+
+
+def test_block_stack_runs_its_blocks_in_order_under_plain_names():
+    torch.manual_seed(0)
+    blocks = {str(i): nn.Linear(4, 4) for i in range(3)}
+    stack = BlockStack(blocks)
+    x = torch.randn(2, 4)
+    assert torch.equal(stack(x), blocks["2"](blocks["1"](blocks["0"](x))))
+    assert list(stack.state_dict()) == list(nn.ModuleDict(blocks).state_dict())
+
+
+def test_uncaptured_off_the_gpu():
+    """A CPU input never captures: the stack runs as before."""
+    model = build_model("hybrid_lm/debug", ssd_backend="torch")
+    reference = model.layers.forward
+    graph_on_first_call(model.layers, microbatches_per_step=1)
+    h = torch.randn(2, 16, model.args.dim)
+    assert torch.equal(model.layers(h), reference(h))
+
+
+def _stack_and_grads(graphed: bool, inputs: list[torch.Tensor]):
+    torch.manual_seed(0)
+    model = build_model("hybrid_lm/debug", ssd_backend="torch").cuda()
+    if graphed:
+        graph_on_first_call(model.layers, microbatches_per_step=len(inputs))
+    outs = []
+    for h in inputs:  # accumulate over micro-batches, as a step does
+        h = h.clone().requires_grad_()
+        out = model.layers(h)
+        out.square().mean().backward()
+        outs.append((out.detach().clone(), h.grad))
+    return model, outs, {n: p.grad.clone() for n, p in model.layers.named_parameters()}
+
+
+@CUDA
+def test_captured_blocks_give_the_uncaptured_gradients():
+    g = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(2, 64, 64, generator=g).cuda() for _ in range(3)]
+    _, outs, grads = _stack_and_grads(False, inputs)
+    model, outs_g, grads_g = _stack_and_grads(True, inputs)
+    for (o, gi), (o_g, gi_g) in zip(outs, outs_g):
+        torch.testing.assert_close(o_g, o, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gi_g, gi, rtol=1e-5, atol=1e-6)
+    for name in grads:  # 3 micro-batches accumulated: none overwritten by a later replay
+        torch.testing.assert_close(grads_g[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    # Another shape runs uncaptured; no gradient: replays without a pending backward.
+    other = torch.randn(1, 32, 64, device="cuda")
+    with torch.no_grad():
+        assert model.layers(other).shape == other.shape
+        model.layers(inputs[0])
+    out = model.layers(inputs[0].clone().requires_grad_())
+    with pytest.raises(RuntimeError, match="before the backward of the previous one"):
+        model.layers(inputs[1].clone().requires_grad_())
+    out.sum().backward()
+    model.layers(inputs[1].clone().requires_grad_()).sum().backward()
+
+
+@CUDA
+def test_a_trainer_run_with_captured_blocks_repeats_the_run_without(tmp_path):
+    """The real path: bf16 autocast, compiled blocks under a memory budget, two micro-batches per
+    step; mamba-ssm's scan where it is installed."""
+    from titan_mimo.train import main
+    backend = "mamba_ssm" if importlib.util.find_spec("mamba_ssm") else "torch"
+    runs = {}
+    for graphs in (False, True):
+        runs[graphs] = main(["--config", "train_configs/hybrid_2b_1gpu.toml",
+                             f"--job.dump_folder={tmp_path / str(graphs)}",
+                             "--modules.language.model=hybrid_lm/debug",
+                             f"--modules.language.model_args.ssd_backend={backend}",
+                             f"--modules.language.cuda_graphs={str(graphs).lower()}",
+                             "--training.steps=6", "--training.global_batch_size=4",
+                             "--training.micro_batch_size=2", "--training.seq_len=512",
+                             "--metrics.enable_tensorboard=false"])
+    eager, graphed = ([r["loss"] for r in runs[g]] for g in (False, True))
+    assert len(eager) == 6 and eager[-1] < eager[0]
+    assert graphed == pytest.approx(eager, rel=2e-3)
