@@ -290,10 +290,14 @@ def test_float8_training_under_fsdp_and_checkpoints_across_precisions(tmp_path: 
     ], tmp_path)
     fp8_dp2, fp8_pp2, fp8_one, bf16 = (_losses(tmp_path / n) for n in ("fp8_dp2", "fp8_pp2_ac", "fp8_one", "bf16_one"))
     assert list(fp8_dp2) == list(fp8_pp2) == list(fp8_one) == list(bf16) == [1, 2, 3, 4]
-    # Measured: dp 2 gives the one-rank losses exactly; pp 2 with checkpointing within 4e-4 (bf16
-    # round-off at the stage boundary: the bf16 run on that layout is 1e-4 off its one-rank run).
+    # The first step (the same weights and data) is exact on dp 2. Later steps differ by float8
+    # rounding of last-bit differences: dp 2 sums its micro-batches' gradients in another order
+    # than one rank (3e-4 at step 4 on one CPU, exact on another). pp 2 with checkpointing: within
+    # 4e-4 (bf16 round-off at the stage boundary: the bf16 run on that layout is 1e-4 off its
+    # one-rank run).
+    assert fp8_dp2[1] == fp8_one[1], (fp8_dp2, fp8_one)
     for step in fp8_one:
-        assert abs(fp8_dp2[step] - fp8_one[step]) < 1e-5 * fp8_one[step], (step, fp8_dp2, fp8_one)
+        assert abs(fp8_dp2[step] - fp8_one[step]) < 1e-3 * fp8_one[step], (step, fp8_dp2, fp8_one)
         assert abs(fp8_pp2[step] - fp8_one[step]) < 1e-3 * fp8_one[step], (step, fp8_pp2, fp8_one)
         assert abs(fp8_one[step] - bf16[step]) < 5e-3 * bf16[step], (step, fp8_one, bf16)
     assert fp8_one != bf16
