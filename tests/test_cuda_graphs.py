@@ -5,6 +5,10 @@ first one's backward, and that a run of the trainer with them repeats the run wi
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -117,17 +121,16 @@ def test_a_trainer_run_with_captured_blocks_repeats_the_run_without(tmp_path):
     """The trainer's path: bf16 autocast, compiled blocks under a memory budget, two micro-batches
     per step (the PyTorch scan: mamba-ssm's autotunes for minutes on every new shape; the bench
     compares the two on hybrid_2b with it, docs/benchmarks.md)."""
-    from titan_mimo.train import main
-    runs = {}
+    losses = {}
     for graphs in (False, True):
-        runs[graphs] = main(["--config", "train_configs/hybrid_2b_1gpu.toml",
-                             f"--job.dump_folder={tmp_path / str(graphs)}",
-                             "--modules.language.model=hybrid_lm/debug",
-                             "--modules.language.model_args.ssd_backend=torch",
-                             f"--modules.language.cuda_graphs={str(graphs).lower()}",
-                             "--training.steps=4", "--training.global_batch_size=4",
-                             "--training.micro_batch_size=2", "--training.seq_len=256",
-                             "--metrics.enable_tensorboard=false"])
-    eager, graphed = ([r["loss"] for r in runs[g]] for g in (False, True))
-    assert len(eager) == 4 and eager[-1] < eager[0]
-    assert graphed == pytest.approx(eager, rel=2e-3)
+        out = tmp_path / str(graphs)
+        subprocess.run([sys.executable, "-m", "titan_mimo.train", "--config", "train_configs/hybrid_2b_1gpu.toml",
+                        f"--job.dump_folder={out}", "--modules.language.model=hybrid_lm/debug",
+                        "--modules.language.model_args.ssd_backend=torch",
+                        f"--modules.language.cuda_graphs={str(graphs).lower()}",
+                        "--training.steps=4", "--training.global_batch_size=4",
+                        "--training.micro_batch_size=2", "--training.seq_len=256",
+                        "--metrics.enable_tensorboard=false"], check=True, timeout=600)
+        losses[graphs] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses[False]) == 4
+    assert losses[True] == pytest.approx(losses[False], rel=2e-3)
