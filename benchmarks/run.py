@@ -98,6 +98,7 @@ TINY_MOE = TINY_LM[1:] + ("--modules.language.model=hybrid_lm/debug_moe",
 COLOCATED = bench(VLM, tiny=TINY_VLM)
 ATTN_1B = Result(bench("train_configs/attn_1b_1gpu.toml", tiny=TINY_LM), "titan_mimo")
 VIT_H16 = Result(bench(VLM, *VIT, tiny=TINY_VLM), "titan_mimo")
+HYBRID_2B = Result(bench("train_configs/hybrid_2b_1gpu.toml", "--no-bare", tiny=TINY_LM), "titan_mimo")
 # FP8 rows: the same command with the module's block linears in float8 (every eligible one), their
 # peer the bf16 row's own result (one run serves both rows). At debug size the float8 linears run
 # emulated on a CPU under bf16 autocast.
@@ -115,7 +116,12 @@ ROWS = [
         Result(bench(VLM, *VIT, "--modules.vision.model_args.attention_backend=sdpa", tiny=TINY_VLM),
                "titan_mimo"), TIMM, "timm ViT-H/16, compiled"),
     Row("hybrid_2b", "hybrid Mamba2/attention LM 2B, 3 x 8192 tokens, mamba-ssm scan, compiled",
-        Result(bench("train_configs/hybrid_2b_1gpu.toml", "--no-bare", tiny=TINY_LM), "titan_mimo"), None),
+        HYBRID_2B, None),
+    # At debug size on a CPU the blocks cannot be captured: the tiny run is the plain one.
+    Row("hybrid_2b_graphs", "hybrid_2b with its blocks as two CUDA graphs per micro-batch (`cuda_graphs`)",
+        Result(bench("train_configs/hybrid_2b_1gpu.toml", "--no-bare", "--modules.language.cuda_graphs=true",
+                     tiny=TINY_LM + ("--modules.language.cuda_graphs=false",)), "titan_mimo"),
+        HYBRID_2B, "hybrid_2b kernel by kernel (its row's run)"),
     Row("mamba2_layer", "one Mamba2 layer at hybrid_2b's shape, 2 x 8192 tokens, fwd+bwd",
         Result(MAMBA2, "titan_mimo"), Result(MAMBA2, "mamba_ssm"), "mamba-ssm Mamba2 layer"),
     Row("nemotron_moe_1gpu", "Nemotron-H MoE LM, 8 layers (3 MoE: 128 experts top-6), 8 x 8192 tokens, "
