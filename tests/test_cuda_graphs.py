@@ -18,6 +18,7 @@ from titan_mimo.config_loader import config_from_dict
 from titan_mimo.cuda_graphs import graph_on_first_call
 from titan_mimo.models import build_model
 from titan_mimo.models.language.model import BlockStack
+from titan_mimo.models.language.moe import moe_layers, set_aux_loss_scale
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -48,15 +49,16 @@ def test_config_refuses_an_encoder_and_fsdp_on_one_rank():
     config_from_dict(_cfg(activation_checkpoint="memory_budget", compile=True))
 
 
-def test_build_refuses_a_cpu_a_sharded_module_and_moe_blocks():
+def test_build_refuses_a_cpu_a_sharded_module_and_host_read_moe_counts():
     with pytest.raises(ValueError, match="captures CUDA graphs; this run is on 'cpu'"):
-        check_cuda_graphs("language", "M*-", False, torch.device("cpu"))
+        check_cuda_graphs("language", "M*-", "torch", False, torch.device("cpu"))
     cuda = torch.device("cuda")
     with pytest.raises(ValueError, match="one rank without FSDP"):
-        check_cuda_graphs("language", "M*-", True, cuda)
-    with pytest.raises(ValueError, match="MoE blocks are not captured yet"):
-        check_cuda_graphs("language", "M*E", False, cuda)
-    check_cuda_graphs("language", "M*-", False, cuda)
+        check_cuda_graphs("language", "M*-", "torch", True, cuda)
+    with pytest.raises(ValueError, match="moe_backend = 'torch' read their experts' token counts on the host"):
+        check_cuda_graphs("language", "M*E", "torch", False, cuda)
+    check_cuda_graphs("language", "M*-", "torch", False, cuda)
+    check_cuda_graphs("language", "M*E", "grouped_mm", False, cuda)
 
 
 def test_block_stack_runs_its_blocks_in_order_under_plain_names():
@@ -77,16 +79,20 @@ def test_uncaptured_off_the_gpu():
     assert torch.equal(model.layers(h), reference(h))
 
 
-def _stack_and_grads(graphed: bool, inputs: list[torch.Tensor]):
+def _stack_and_grads(graphed: bool, inputs: list[torch.Tensor], flavor: str = "hybrid_lm/debug", **args):
     torch.manual_seed(0)
-    model = build_model("hybrid_lm/debug", ssd_backend="torch").cuda()
+    model = build_model(flavor, ssd_backend="torch", **args).cuda()
     if graphed:
         graph_on_first_call(model.layers, microbatches_per_step=len(inputs))
+    moes = moe_layers(model).values()
     outs = []
-    for h in inputs:  # accumulate over micro-batches, as a step does
+    for i, h in enumerate(inputs):  # accumulate over micro-batches, as a step does
+        # A new auxiliary-loss scale each micro-batch: a replay reads the buffer, not the capture's.
+        set_aux_loss_scale(moes, 0.01 * (i + 1))
         h = h.clone().requires_grad_()
-        out = model.layers(h)
-        out.square().mean().backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=flavor.endswith("moe")):
+            out = model.layers(h)
+        out.float().square().mean().backward()
         # A leaf input's .grad is the graph's static buffer (autograd keeps the tensor it is
         # handed), which the next replay overwrites: read it before the next micro-batch.
         outs.append((out.detach().clone(), h.grad.clone()))
@@ -104,16 +110,39 @@ def test_captured_blocks_give_the_uncaptured_gradients():
         torch.testing.assert_close(gi_g, gi, rtol=1e-5, atol=1e-6)
     for name in grads:  # 3 micro-batches accumulated: none overwritten by a later replay
         torch.testing.assert_close(grads_g[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
-    # Another shape runs uncaptured; no gradient: replays without a pending backward.
+    # Another shape, or no gradient (evaluation), runs uncaptured.
     other = torch.randn(1, 32, 64, device="cuda")
+    assert model.layers(other.requires_grad_()).shape == other.shape
     with torch.no_grad():
-        assert model.layers(other).shape == other.shape
-        model.layers(inputs[0])
+        torch.testing.assert_close(model.layers(inputs[0]), outs[0][0], rtol=1e-5, atol=1e-6)
     out = model.layers(inputs[0].clone().requires_grad_())
     with pytest.raises(RuntimeError, match="before the backward of the previous one"):
         model.layers(inputs[1].clone().requires_grad_())
     out.sum().backward()
     model.layers(inputs[1].clone().requires_grad_()).sum().backward()
+
+
+@CUDA
+def test_captured_moe_blocks_route_count_and_balance_as_uncaptured():
+    """MoE blocks (grouped GEMM experts, the auxiliary loss's gradient scale and the routers'
+    token counts in device buffers) under bf16 autocast, over two micro-batches with different
+    auxiliary-loss scales: the same outputs, gradients and token counts (the capture's warm-up
+    counts nothing); an evaluation forward counts nothing."""
+    g = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(2, 32, 64, generator=g).cuda() for _ in range(2)]
+    eager, outs, grads = _stack_and_grads(False, inputs, "hybrid_lm/debug_moe", moe_backend="grouped_mm")
+    model, outs_g, grads_g = _stack_and_grads(True, inputs, "hybrid_lm/debug_moe", moe_backend="grouped_mm")
+    for (o, gi), (o_g, gi_g) in zip(outs, outs_g):
+        torch.testing.assert_close(o_g, o, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gi_g, gi, rtol=1e-5, atol=1e-5)
+    for name in grads:
+        torch.testing.assert_close(grads_g[name], grads[name], rtol=1e-5, atol=1e-5, msg=name)
+    counts = {n: b.clone() for n, b in model.named_buffers() if n.endswith("tokens_per_expert")}
+    assert counts and all(c.sum() > 0 for c in counts.values())
+    assert all(torch.equal(counts[n], b) for n, b in eager.named_buffers() if n in counts)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model.layers(inputs[0])
+    assert all(torch.equal(counts[n], b) for n, b in model.named_buffers() if n in counts)
 
 
 @CUDA

@@ -133,9 +133,9 @@ def apply_block_options(blocks: dict[str, nn.Module], checkpointed: set[int], co
             block.compile()
 
 
-def check_cuda_graphs(name: str, layer_pattern: str, sharded: bool, device: torch.device) -> None:
+def check_cuda_graphs(name: str, layer_pattern: str, moe_backend: str, sharded: bool, device: torch.device) -> None:
     """What `cuda_graphs` needs beyond what the config checks alone: a CUDA device, a module that
-    is not sharded, and no MoE blocks."""
+    is not sharded, and MoE blocks (if any) whose experts never read their counts on the host."""
     where = f"modules.{name}.cuda_graphs"
     if device.type != "cuda":
         raise ValueError(f"{where} captures CUDA graphs; this run is on {device.type!r}: set it false")
@@ -143,9 +143,10 @@ def check_cuda_graphs(name: str, layer_pattern: str, sharded: bool, device: torc
         raise ValueError(f"{where} needs the module on one rank without FSDP (its hooks and collectives "
                          "run on the host between blocks): one rank, tp = pp = 1 and "
                          "parallelism.fsdp_one_rank = false, or cuda_graphs = false")
-    if "E" in layer_pattern:
-        raise ValueError(f"{where}: MoE blocks are not captured yet (their auxiliary loss scale changes "
-                         "every step on the host); set it false for a model with MoE blocks")
+    if "E" in layer_pattern and moe_backend != "grouped_mm":
+        raise ValueError(f"{where}: MoE blocks with moe_backend = {moe_backend!r} read their experts' "
+                         "token counts on the host, which a CUDA graph cannot capture; use "
+                         "moe_backend = 'grouped_mm' or cuda_graphs = false")
 
 
 def reshards_after_forward(mcfg, n_stages: int) -> bool:
@@ -237,7 +238,7 @@ def build_modules(cfg: JobConfig, args: dict, topo: Topology, device: torch.devi
                     lm_parallel.apply_ep(stage, expert_mesh["ep"])
                 apply_block_options(stage.layers, _checkpointed(mcfg, full.args.layer_pattern), mcfg.compile)
                 if mcfg.cuda_graphs:
-                    check_cuda_graphs(name, full.args.layer_pattern, sharded, device)
+                    check_cuda_graphs(name, full.args.layer_pattern, full.args.moe_backend, sharded, device)
                     graph_on_first_call(stage.layers, topo.n_microbatches)
                 if sharded:
                     lm_parallel.apply_fsdp(stage, dp_mesh, compute_dtype, reshard_after_forward=reshard,

@@ -83,8 +83,8 @@ class Module:
     micro-batch; a step then queues two graph launches instead of thousands of kernels, for a
     host-bound model (docs/benchmarks.md). Needs a CUDA device and the module on one rank without
     FSDP (tp = pp = ep = 1, parallelism.fsdp_one_rank = false), no block checkpointing
-    ("none" or "memory_budget"), no MoE blocks. A batch of another shape (evaluation's) runs
-    uncaptured. Costs the graphs' static gradients of the blocks' parameters (fp32) in memory."""
+    ("none" or "memory_budget"), MoE blocks only with moe_backend = "grouped_mm". A forward
+    without gradients (evaluation) or of another shape runs uncaptured."""
     float8: Literal["none", "rowwise", "tensorwise"] = "none"
     """FP8 training of the module's large block linears (torchao's Float8Linear, torchtitan's
     recipes): "rowwise" (e4m3, a scale per row) or "tensorwise" (a scale per tensor, e5m2

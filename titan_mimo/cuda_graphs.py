@@ -10,8 +10,9 @@ compiled blocks' activation memory budget, the micro-batch's shape. Its warm-up 
 compile the blocks and tune their kernels before anything is recorded.
 
 What replaying a graph assumes, and how each assumption is kept:
-- One input shape: a call with another shape or dtype (an evaluation batch, say) runs the blocks
-  as before, uncaptured.
+- A training forward: a call without gradients (evaluation), in eval mode, or with another
+  shape or dtype runs the blocks as before, uncaptured (the graph also holds what only training
+  does, e.g. an MoE router counting its tokens).
 - A graph's saved activations are overwritten by the next replay: a forward with gradients
   before the previous one's backward raises instead of computing wrong gradients (the one-rank
   language loop runs each micro-batch's forward and backward back to back).
@@ -42,9 +43,10 @@ def graph_on_first_call(stack: nn.Module, microbatches_per_step: int) -> None:
             if not torch.is_grad_enabled() or not h.is_cuda:
                 return eager(h)
             _capture(stack, eager, h, state, microbatches_per_step)
-        if (h.shape, h.dtype, h.device) != state["shape"] or not stack.training:
+        if (not torch.is_grad_enabled() or not stack.training
+                or (h.shape, h.dtype, h.device) != state["shape"]):
             return eager(h)
-        if state["pending"] and torch.is_grad_enabled():
+        if state["pending"]:
             raise RuntimeError("cuda_graphs: a forward of the captured blocks ran before the backward of "
                                "the previous one; a replay would overwrite the activations that backward "
                                "needs. Captured blocks need each micro-batch's backward before the next "
@@ -70,10 +72,16 @@ def _capture(stack: nn.Module, eager, h: Tensor, state: dict, microbatches_per_s
     # own forward, then hands its replacement to the dispatch above.
     dispatch = stack.forward
     stack.forward = eager
-    sample = torch.empty_like(h).requires_grad_(h.requires_grad)
+    # The warm-up and capture run the forward four times on the sample (the real micro-batch's
+    # values): buffers the forward updates (an MoE router's token counts) are put back after.
+    sample = h.detach().clone().requires_grad_(h.requires_grad)
+    buffers = [(b, b.clone()) for b in stack.buffers()]
     with torch.autocast("cuda", enabled=torch.is_autocast_enabled("cuda"),
                         dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False):
         torch.cuda.make_graphed_callables(stack, (sample,))
+    with torch.no_grad():
+        for b, value in buffers:
+            b.copy_(value)
     state["graphed"], state["shape"] = stack.forward, (h.shape, h.dtype, h.device)
     stack.forward = dispatch
     if microbatches_per_step > 1:
