@@ -80,7 +80,8 @@ class BenchResult:
     step_s_median: float
     host_s: float | None
     """Host time to queue one step's work: the trainer's `host_issue_s`, or the bench loop's time
-    per step without waiting for the device. Close to `step_s`: the step is host-bound."""
+    per step without waiting for the device. Close to `step_s`: host-bound, or the host waited on
+    a full launch queue behind a busy device (a profile's device-busy share tells which)."""
     tokens_per_s: float
     images_per_s: float
     tflops: float

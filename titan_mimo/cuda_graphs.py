@@ -1,7 +1,8 @@
 """A module's block stack as CUDA graphs (`modules.<name>.cuda_graphs`): the language model's
 forward through all its blocks is one graph and its backward another, so a step queues two graph
-launches instead of the thousands of kernels a host-bound model (a hybrid whose scan launches
-Triton kernels from Python) otherwise issues one by one.
+launches instead of the thousands of kernels it otherwise issues one by one: what a host-bound
+model needs (hybrid_2b on an H200 turned out device-bound: the same step time, 9.6 GiB less
+memory; docs/benchmarks.md).
 
 The capture is torch's `make_graphed_callables` (Megatron captures its layers the same way), done
 on the stack's first call with gradients, where the forward's real context is in place: the

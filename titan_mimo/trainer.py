@@ -257,8 +257,8 @@ class Trainer:
         """The record of step `step` once `read_step` has read it: world reductions of host
         values (every rank calls this); rank 0 gets the record. `step_time_s`: this rank's mean
         step time over the logging window (`StepClock`); `issue_s`: its mean host time to queue a
-        step's work over the same window (`host_issue_s`; near `step_time_s` on every rank: the
-        step is host-bound). The record has the world maxes."""
+        step's work over the same window (`host_issue_s`; near `step_time_s`: host-bound, or
+        waiting on a full launch queue behind a busy device). The record has the world maxes."""
         cfg, topo = self.cfg, self.topo
         names = list(cfg.modules)
         flops_local = []
