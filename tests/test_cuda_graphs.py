@@ -84,13 +84,14 @@ def _stack_and_grads(graphed: bool, inputs: list[torch.Tensor], flavor: str = "h
     model = build_model(flavor, ssd_backend="torch", **args).cuda()
     if graphed:
         graph_on_first_call(model.layers, microbatches_per_step=len(inputs))
-    moes = moe_layers(model).values()
+    moes = list(moe_layers(model).values())
     outs = []
     for i, h in enumerate(inputs):  # accumulate over micro-batches, as a step does
         # A new auxiliary-loss scale each micro-batch: a replay reads the buffer, not the capture's.
         set_aux_loss_scale(moes, 0.01 * (i + 1))
         h = h.clone().requires_grad_()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=flavor.endswith("moe")):
+        # grouped GEMM experts compute in bf16: MoE blocks run under autocast.
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(moes)):
             out = model.layers(h)
         out.float().square().mean().backward()
         # A leaf input's .grad is the graph's static buffer (autograd keeps the tensor it is

@@ -248,9 +248,7 @@ class BareLanguageLoss(nn.Module):
         self.lm, self.fused_loss = lm, fused_loss
 
     def forward(self, tokens_BS: Tensor, embeds: dict[int, Tensor], labels_BS: Tensor) -> Tensor:
-        h_BSD = merge_embeddings(self.lm.tok_embeddings(tokens_BS), tokens_BS, embeds)
-        for layer in self.lm.layers.values():
-            h_BSD = layer(h_BSD)
+        h_BSD = self.lm.layers(merge_embeddings(self.lm.tok_embeddings(tokens_BS), tokens_BS, embeds))
         h_BSD = self.lm.norm(h_BSD)
         if self.fused_loss:
             return linear_cross_entropy_sum(h_BSD.flatten(0, 1), self.lm.output.weight, labels_BS.flatten())
