@@ -1,6 +1,7 @@
 """One Mamba2 layer, forward + backward: titan_mimo's `Mamba2Mixer` (compiled, mamba-ssm's Triton
 scan as its custom ops: what `ssd_backend = "mamba_ssm"` trains with) against mamba-ssm's own
-`Mamba2` layer (`use_mem_eff_path=False`: its fused path needs causal-conv1d's CUDA extension), at
+`Mamba2` layer (`use_mem_eff_path=False`: its fused path needs causal-conv1d's CUDA extension), ours
+twice on CUDA: with `mamba_kernels = "torch"` (the compiled conv) and "triton" (`conv_triton`), at
 hybrid_2b's layer shape (d_model 2048, 64 heads x 64, state 128, 8 groups, chunk 256), bf16
 parameters and input, 2 x 8192 tokens. Both run in one process, so mamba-ssm's Triton autotuning
 (~2 min on first use) is paid once.
@@ -50,14 +51,16 @@ def main() -> None:
         results[label] = common.result(step_s, host_s, device, flops=flops, tokens=batch * seq)
         common.report(label, results[label])
 
-    args = HybridLMArgs(dim=d, mamba_n_heads=h, mamba_head_dim=hd, mamba_d_state=n, mamba_n_groups=g,
-                        mamba_chunk_size=chunk, ssd_backend=backend, layer_pattern="M")
-    ours = Mamba2Mixer(args)
-    init_model_for_testing(ours, 0)
-    ours = ours.to(device, dtype)
-    if not (opts.eager or opts.tiny):
-        ours.compile()
-    measure("titan_mimo", ours)
+    # Our mixer with each conv kernel (the Triton one on CUDA only), same weights.
+    for kernels in ("torch", "triton") if device.type == "cuda" else ("torch",):
+        args = HybridLMArgs(dim=d, mamba_n_heads=h, mamba_head_dim=hd, mamba_d_state=n, mamba_n_groups=g,
+                            mamba_chunk_size=chunk, ssd_backend=backend, mamba_kernels=kernels, layer_pattern="M")
+        ours = Mamba2Mixer(args)
+        init_model_for_testing(ours, 0)
+        ours = ours.to(device, dtype)
+        if not (opts.eager or opts.tiny):
+            ours.compile()
+        measure("titan_mimo" if kernels == "torch" else f"titan_mimo_{kernels}", ours)
     if device.type == "cuda" and not opts.tiny:
         # Imported after our mixer was built: its ssd_backend import made mamba-ssm importable
         # without the CUDA extension the package's __init__ asks for.

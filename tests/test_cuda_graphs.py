@@ -17,6 +17,7 @@ from titan_mimo.build import check_cuda_graphs
 from titan_mimo.config_loader import config_from_dict
 from titan_mimo.cuda_graphs import graph_on_first_call
 from titan_mimo.models import build_model
+from titan_mimo.models.common import init_model_for_testing
 from titan_mimo.models.language.model import BlockStack
 from titan_mimo.models.language.moe import moe_layers, set_aux_loss_scale
 
@@ -80,8 +81,10 @@ def test_uncaptured_off_the_gpu():
 
 
 def _stack_and_grads(graphed: bool, inputs: list[torch.Tensor], flavor: str = "hybrid_lm/debug", **args):
-    torch.manual_seed(0)
-    model = build_model(flavor, ssd_backend="torch", **args).cuda()
+    model = build_model(flavor, ssd_backend="torch", **args)
+    # build_model leaves some parameters uninitialised (torch.empty: the MoE's experts and router).
+    init_model_for_testing(model, 0)
+    model = model.cuda()
     if graphed:
         graph_on_first_call(model.layers, microbatches_per_step=len(inputs))
     moes = list(moe_layers(model).values())

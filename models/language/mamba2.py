@@ -1,4 +1,5 @@
-"""Mamba2 mixer in pure PyTorch (the reference path; GPU kernels replace only the SSD scan).
+"""Mamba2 mixer in pure PyTorch (the reference path; GPU kernels replace the SSD scan,
+`ssd_backend`, and the causal conv + SiLU, `mamba_kernels`).
 
 Projections are separate Linear layers (z, x, B, C, dt) rather than mamba-ssm's single fused
 in_proj, so tensor parallelism can shard heads and groups by plain column sharding; without
@@ -12,6 +13,7 @@ Shape legend:
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +112,20 @@ class GatedRMSNorm(nn.Module):
             t.fill_(1.0)
 
 
+def conv_kernel(kind: str) -> Callable[[Tensor, Tensor, Tensor], Tensor] | None:
+    """SiLU(causal conv) as one kernel for `HybridLMArgs.mamba_kernels`: None for "torch" (the
+    module's conv, then SiLU), `conv_triton.causal_conv1d` for "triton" (imported here, so a
+    missing Triton fails at build time)."""
+    if kind == "torch":
+        return None
+    try:
+        from .conv_triton import causal_conv1d
+    except ImportError as e:
+        raise ImportError(f"mamba_kernels='triton' needs Triton (installed with PyTorch's CUDA builds): {e}; "
+                          "or use mamba_kernels='torch'") from e
+    return causal_conv1d
+
+
 class Mamba2Mixer(nn.Module):
     """Mamba-2 token mixer: projections → causal conv + SiLU → SSD scan → gated norm → out_proj."""
 
@@ -122,6 +138,7 @@ class Mamba2Mixer(nn.Module):
         self.chunk_size = args.mamba_chunk_size
         # Resolved at build time so a missing optional kernel fails before any training work.
         self.ssd = ssd_function(args.ssd_backend, args.ssd_keep_states)
+        self.conv_kernel = conv_kernel(args.mamba_kernels)
         self.in_proj_z = nn.Linear(args.dim, d_inner, bias=False)
         self.in_proj_x = nn.Linear(args.dim, d_inner, bias=False)
         self.in_proj_B = nn.Linear(args.dim, d_bc, bias=False)
@@ -139,9 +156,9 @@ class Mamba2Mixer(nn.Module):
     def forward(self, u_BSD: Tensor) -> Tensor:
         z_BSI, x_BSI, B_BSC, C_BSC, dt_BSH = fused_linears(
             u_BSD, [self.in_proj_z, self.in_proj_x, self.in_proj_B, self.in_proj_C, self.in_proj_dt])
-        x_BSI = F.silu(self.conv_x(x_BSI))
-        B_BSC = F.silu(self.conv_B(B_BSC))
-        C_BSC = F.silu(self.conv_C(C_BSC))
+        x_BSI = self._conv_silu(self.conv_x, x_BSI)
+        B_BSC = self._conv_silu(self.conv_B, B_BSC)
+        C_BSC = self._conv_silu(self.conv_C, C_BSC)
         # softplus in float32: dt spans 1e-3..1e-1 and feeds exp(dt * A) in the scan.
         dt_BSH = F.softplus((dt_BSH + local_tensor(self.dt_bias)).float())
         # Local head/group counts come from the projected shapes: under tensor parallelism this
@@ -160,6 +177,11 @@ class Mamba2Mixer(nn.Module):
         )
         y_BSI = self.norm(y_BSHP.reshape(b, s, h * self.head_dim), z_BSI, n_groups=g)
         return self.out_proj(y_BSI)
+
+    def _conv_silu(self, conv: DepthwiseCausalConv1d, x_BSC: Tensor) -> Tensor:
+        if self.conv_kernel is None:
+            return F.silu(conv(x_BSC))
+        return self.conv_kernel(x_BSC, local_tensor(conv.weight)[:, 0, :], local_tensor(conv.bias))
 
     def init_param(self, name: str, t: Tensor, g: torch.Generator) -> None:
         with torch.no_grad():

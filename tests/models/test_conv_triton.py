@@ -1,0 +1,91 @@
+"""`mamba_kernels = "triton"` (models/language/conv_triton.py): the causal conv + SiLU kernels
+against PyTorch's conv, on CPU under Triton's interpreter (tests/workers/conv_interpreter_worker.py:
+the op, and a Mamba2 mixer eager and compiled against the same mixer on "torch"), and in bf16 on a
+GPU; the config checks everywhere."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from titan_mimo.models.common import init_model_for_testing
+from titan_mimo.models.language.args import HybridLMArgs
+from titan_mimo.models.language.mamba2 import Mamba2Mixer
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = REPO / "tests" / "workers" / "conv_interpreter_worker.py"
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("conv") / "out.pt"
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(WORKER), str(out)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return torch.load(out)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton (its interpreter)")
+def test_op_equals_pytorch_conv_forward_and_backward(results):
+    cases = [k for k in results if k.startswith("op_")]
+    assert len(cases) == 4
+    for case in cases:
+        ref, ours = results[case]["ref"], results[case]["triton"]
+        for name in ("y", "dx", "dw", "db"):
+            assert _rel(ours[name], ref[name]) < 1e-6, (case, name, _rel(ours[name], ref[name]))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton (its interpreter)")
+@pytest.mark.parametrize("case", ["mixer_eager", "mixer_compiled"])
+def test_mixer_on_triton_kernels_equals_mixer_on_torch(results, case):
+    torch_run, triton_run = results[case]["torch"], results[case]["triton"]
+    assert set(torch_run) == set(triton_run) and "conv_x.weight" in torch_run
+    for name in torch_run:
+        assert _rel(triton_run[name], torch_run[name]) < 1e-5, (case, name, _rel(triton_run[name], torch_run[name]))
+
+
+def test_args_refuse_an_unknown_kernel_and_another_width():
+    with pytest.raises(ValueError, match="mamba_kernels='cuda' is unknown"):
+        HybridLMArgs(mamba_kernels="cuda")
+    with pytest.raises(ValueError, match="takes mamba_d_conv = 4"):
+        HybridLMArgs(mamba_kernels="triton", mamba_d_conv=3)
+    HybridLMArgs(mamba_kernels="triton", mamba_d_conv=3, layer_pattern="*-")  # no Mamba2 layer
+
+
+@pytest.mark.skipif(not HAS_TRITON or os.environ.get("TRITON_INTERPRET") == "1", reason="needs Triton")
+def test_op_refuses_cpu_tensors_outside_the_interpreter():
+    args = HybridLMArgs(mamba_kernels="triton", layer_pattern="M")
+    mixer = Mamba2Mixer(args)
+    with pytest.raises(ValueError, match="runs on CUDA tensors"):
+        mixer(torch.randn(1, 8, args.dim))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_mixer_on_triton_kernels_matches_torch_on_gpu():
+    """hybrid_2b's mixer width at 2 x 1000 tokens, bf16 weights and input, both compiled: the
+    Triton conv computes in float32 and rounds once (the torch conv rounds its output before the
+    SiLU), so they agree to bf16 round-off."""
+    u = torch.randn(2, 1000, 2048, device="cuda", dtype=torch.bfloat16)
+    runs = {}
+    for kernels in ("torch", "triton"):
+        args = HybridLMArgs(dim=2048, mamba_n_heads=64, mamba_head_dim=64, mamba_d_state=128, mamba_n_groups=8,
+                            mamba_chunk_size=256, mamba_kernels=kernels, layer_pattern="M")
+        mixer = Mamba2Mixer(args)
+        init_model_for_testing(mixer, 0)
+        mixer = mixer.cuda().bfloat16()
+        u_ = u.clone().requires_grad_()
+        y = torch.compile(mixer)(u_)
+        y.float().square().mean().backward()
+        runs[kernels] = {"y": y.detach(), "du": u_.grad, **{n: p.grad for n, p in mixer.named_parameters()}}
+    for name, ref in runs["torch"].items():
+        assert _rel(runs["triton"][name], ref) < 2e-2, (name, _rel(runs["triton"][name], ref))
