@@ -91,7 +91,8 @@ def _stack_and_grads(graphed: bool, inputs: list[torch.Tensor], flavor: str = "h
     outs = []
     for i, h in enumerate(inputs):  # accumulate over micro-batches, as a step does
         # A new auxiliary-loss scale each micro-batch: a replay reads the buffer, not the capture's.
-        set_aux_loss_scale(moes, 0.01 * (i + 1))
+        # Large enough that the routers' gradients would show a replay reading the capture's scale.
+        set_aux_loss_scale(moes, 10.0 * (i + 1))
         h = h.clone().requires_grad_()
         # grouped GEMM experts compute in bf16: MoE blocks run under autocast.
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(moes)):
@@ -139,8 +140,11 @@ def test_captured_moe_blocks_route_count_and_balance_as_uncaptured():
     for (o, gi), (o_g, gi_g) in zip(outs, outs_g):
         torch.testing.assert_close(o_g, o, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(gi_g, gi, rtol=1e-5, atol=1e-5)
+    # The expert gathers' backward accumulates with atomics, so gradients upstream of an MoE block
+    # differ in the last bits between any two runs, captured or not: compared by relative norm.
     for name in grads:
-        torch.testing.assert_close(grads_g[name], grads[name], rtol=1e-5, atol=1e-5, msg=name)
+        rel = ((grads_g[name] - grads[name]).norm() / grads[name].norm().clamp_min(1e-30)).item()
+        assert rel < 1e-4, (name, rel)
     counts = {n: b.clone() for n, b in model.named_buffers() if n.endswith("tokens_per_expert")}
     assert counts and all(c.sum() > 0 for c in counts.values())
     assert all(torch.equal(counts[n], b) for n, b in eager.named_buffers() if n in counts)

@@ -20,22 +20,34 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["KERNEL_WIDTH", "causal_conv1d"]
+__all__ = ["BWD_TILES", "FWD_TILES", "KERNEL_WIDTH", "Tiles", "causal_conv1d"]
 
 KERNEL_WIDTH = 4
 """The only kernel width these kernels take."""
 
-_BLOCK_S, _BLOCK_C = 32, 128
-"""Rows and channels of one tile (a warp reads 32 x 2 contiguous channels per row)."""
-_ROWS_PER_PROGRAM = 256
-"""Rows one backward program walks (in tiles of _BLOCK_S), summing its weight gradient in
-registers: fewer partial sums than one program per tile."""
+@dataclass(frozen=True)
+class Tiles:
+    """How a kernel splits its work: tiles of `rows` x `channels`, `warps` per program; the
+    backward's programs walk `rows_per_program` rows each (fewer partial weight gradients) and
+    sum them per tile or, `sum_at_end`, once. The backward's tiles set the order in which its
+    weight gradient is summed, so they are fixed, not autotuned: a run repeats bitwise."""
+
+    rows: int
+    channels: int
+    warps: int
+    rows_per_program: int = 0
+    sum_at_end: bool = False
+
+
+FWD_TILES = Tiles(rows=32, channels=128, warps=4)
+BWD_TILES = Tiles(rows=32, channels=128, warps=8, rows_per_program=256)
 
 
 @triton.jit
@@ -84,7 +96,7 @@ def _grad_pre_activation(dy_ptr, rows, cols, S, C, stride_dy_s, a, SILU: tl.cons
 def _causal_conv1d_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, S, C,
                               stride_x_b, stride_x_s, stride_dy_b, stride_dy_s, stride_dx_b,
                               stride_dx_s, SILU: tl.constexpr, BLOCK_S: tl.constexpr,
-                              BLOCK_C: tl.constexpr, ROWS: tl.constexpr):
+                              BLOCK_C: tl.constexpr, ROWS: tl.constexpr, SUM_AT_END: tl.constexpr):
     pid_s, pid_c, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < C
@@ -96,48 +108,61 @@ def _causal_conv1d_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_pt
     w2 = tl.load(w_ptr + cols * 4 + 2, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     w3 = tl.load(w_ptr + cols * 4 + 3, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     bias = tl.load(b_ptr + cols, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    dw0 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    dw1 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    dw2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    dw3 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    db = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for start in tl.range(pid_s * ROWS, pid_s * ROWS + ROWS, BLOCK_S):
-        rows = start + tl.arange(0, BLOCK_S)
+    # The weight and bias gradients of this program's rows: summed over each tile's rows as it
+    # goes, or (SUM_AT_END) kept per row and summed once (more registers, fewer reductions).
+    acc_rows: tl.constexpr = BLOCK_S if SUM_AT_END else 1
+    dw0 = tl.zeros([acc_rows, BLOCK_C], dtype=tl.float32)
+    dw1 = tl.zeros([acc_rows, BLOCK_C], dtype=tl.float32)
+    dw2 = tl.zeros([acc_rows, BLOCK_C], dtype=tl.float32)
+    dw3 = tl.zeros([acc_rows, BLOCK_C], dtype=tl.float32)
+    db = tl.zeros([acc_rows, BLOCK_C], dtype=tl.float32)
+    # Constant loop bounds (the program's offset added inside): Triton's interpreter cannot take
+    # a bound that depends on the program id with numpy >= 2.4.
+    for i in tl.range(0, ROWS // BLOCK_S):
+        rows = pid_s * ROWS + i * BLOCK_S + tl.arange(0, BLOCK_S)
+        # g_m: the gradient at the conv output of row t+m, which reads x[t+m-3 .. t+m] (zero
+        # past the sequence: dy is masked there). Each x tile is loaded where it is first needed,
+        # so at most five are live.
         xm3 = _load_rows(x_ptr, rows - 3, cols, S, C, stride_x_s)
         xm2 = _load_rows(x_ptr, rows - 2, cols, S, C, stride_x_s)
         xm1 = _load_rows(x_ptr, rows - 1, cols, S, C, stride_x_s)
         x0 = _load_rows(x_ptr, rows, cols, S, C, stride_x_s)
-        xp1 = _load_rows(x_ptr, rows + 1, cols, S, C, stride_x_s)
-        xp2 = _load_rows(x_ptr, rows + 2, cols, S, C, stride_x_s)
-        xp3 = _load_rows(x_ptr, rows + 3, cols, S, C, stride_x_s)
-        # g_m: the gradient at the conv output of row t+m, which reads x[t+m-3 .. t+m]
-        # (zero past the sequence: dy is masked there).
-        g0 = _grad_pre_activation(dy_ptr, rows, cols, S, C, stride_dy_s,
-                                  bias + w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0, SILU)
-        g1 = _grad_pre_activation(dy_ptr, rows + 1, cols, S, C, stride_dy_s,
-                                  bias + w0 * xm2 + w1 * xm1 + w2 * x0 + w3 * xp1, SILU)
-        g2 = _grad_pre_activation(dy_ptr, rows + 2, cols, S, C, stride_dy_s,
-                                  bias + w0 * xm1 + w1 * x0 + w2 * xp1 + w3 * xp2, SILU)
-        g3 = _grad_pre_activation(dy_ptr, rows + 3, cols, S, C, stride_dy_s,
-                                  bias + w0 * x0 + w1 * xp1 + w2 * xp2 + w3 * xp3, SILU)
+        g = _grad_pre_activation(dy_ptr, rows, cols, S, C, stride_dy_s,
+                                 bias + w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0, SILU)
+        if SUM_AT_END:
+            dw0 += g * xm3
+            dw1 += g * xm2
+            dw2 += g * xm1
+            dw3 += g * x0
+            db += g
+        else:
+            dw0 += tl.sum(g * xm3, axis=0)[None, :]
+            dw1 += tl.sum(g * xm2, axis=0)[None, :]
+            dw2 += tl.sum(g * xm1, axis=0)[None, :]
+            dw3 += tl.sum(g * x0, axis=0)[None, :]
+            db += tl.sum(g, axis=0)[None, :]
         # x[t] reaches the outputs t..t+3 through w3..w0.
-        dx = g0 * w3 + g1 * w2 + g2 * w1 + g3 * w0
+        dx = g * w3
+        xp1 = _load_rows(x_ptr, rows + 1, cols, S, C, stride_x_s)
+        dx += w2 * _grad_pre_activation(dy_ptr, rows + 1, cols, S, C, stride_dy_s,
+                                        bias + w0 * xm2 + w1 * xm1 + w2 * x0 + w3 * xp1, SILU)
+        xp2 = _load_rows(x_ptr, rows + 2, cols, S, C, stride_x_s)
+        dx += w1 * _grad_pre_activation(dy_ptr, rows + 2, cols, S, C, stride_dy_s,
+                                        bias + w0 * xm1 + w1 * x0 + w2 * xp1 + w3 * xp2, SILU)
+        xp3 = _load_rows(x_ptr, rows + 3, cols, S, C, stride_x_s)
+        dx += w0 * _grad_pre_activation(dy_ptr, rows + 3, cols, S, C, stride_dy_s,
+                                        bias + w0 * x0 + w1 * xp1 + w2 * xp2 + w3 * xp3, SILU)
         mask = (rows < S)[:, None] & c_ok[None, :]
         tl.store(dx_ptr + rows[:, None] * stride_dx_s + cols[None, :], dx.to(dx_ptr.dtype.element_ty),
                  mask=mask)
-        dw0 += tl.sum(g0 * xm3, axis=0)
-        dw1 += tl.sum(g0 * xm2, axis=0)
-        dw2 += tl.sum(g0 * xm1, axis=0)
-        dw3 += tl.sum(g0 * x0, axis=0)
-        db += tl.sum(g0, axis=0)
     # Partial sums of this program: dw [P, 4, C], db [P, C], P = B x programs along S.
     part = b * tl.num_programs(0) + pid_s
     dw_ptr += part.to(tl.int64) * 4 * C
-    tl.store(dw_ptr + 0 * C + cols, dw0, mask=c_ok)
-    tl.store(dw_ptr + 1 * C + cols, dw1, mask=c_ok)
-    tl.store(dw_ptr + 2 * C + cols, dw2, mask=c_ok)
-    tl.store(dw_ptr + 3 * C + cols, dw3, mask=c_ok)
-    tl.store(db_ptr + part.to(tl.int64) * C + cols, db, mask=c_ok)
+    tl.store(dw_ptr + 0 * C + cols, tl.sum(dw0, axis=0), mask=c_ok)
+    tl.store(dw_ptr + 1 * C + cols, tl.sum(dw1, axis=0), mask=c_ok)
+    tl.store(dw_ptr + 2 * C + cols, tl.sum(dw2, axis=0), mask=c_ok)
+    tl.store(dw_ptr + 3 * C + cols, tl.sum(dw3, axis=0), mask=c_ok)
+    tl.store(db_ptr + part.to(tl.int64) * C + cols, tl.sum(db, axis=0), mask=c_ok)
 
 
 def _check(x: Tensor, weight: Tensor, bias: Tensor) -> None:
@@ -165,10 +190,12 @@ def _conv_fwd(x: Tensor, weight: Tensor, bias: Tensor, silu: bool) -> Tensor:
     x, weight, bias = _channels_last(x), weight.contiguous(), bias.contiguous()
     batch, seq, channels = x.shape
     y = torch.empty(batch, seq, channels, dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(seq, _BLOCK_S), triton.cdiv(channels, _BLOCK_C), batch)
+    t = FWD_TILES
+    grid = (triton.cdiv(seq, t.rows), triton.cdiv(channels, t.channels), batch)
     with _on(x.device):
-        _causal_conv1d_fwd_kernel[grid](x, weight, bias, y, seq, channels, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-                  SILU=silu, BLOCK_S=_BLOCK_S, BLOCK_C=_BLOCK_C, num_warps=4)
+        _causal_conv1d_fwd_kernel[grid](x, weight, bias, y, seq, channels, x.stride(0), x.stride(1), y.stride(0),
+                                        y.stride(1), SILU=silu, BLOCK_S=t.rows, BLOCK_C=t.channels,
+                                        num_warps=t.warps)
     return y
 
 
@@ -184,14 +211,16 @@ def _conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor, silu: bool) -
     x, dy, w = _channels_last(x), _channels_last(dy), weight.contiguous()
     batch, seq, channels = x.shape
     dx = torch.empty(batch, seq, channels, dtype=x.dtype, device=x.device)
-    programs_s = triton.cdiv(seq, _ROWS_PER_PROGRAM)
+    t = BWD_TILES
+    programs_s = triton.cdiv(seq, t.rows_per_program)
     dw_parts = torch.empty(batch * programs_s, KERNEL_WIDTH, channels, dtype=torch.float32, device=x.device)
     db_parts = torch.empty(batch * programs_s, channels, dtype=torch.float32, device=x.device)
-    grid = (programs_s, triton.cdiv(channels, _BLOCK_C), batch)
+    grid = (programs_s, triton.cdiv(channels, t.channels), batch)
     with _on(x.device):
-        _causal_conv1d_bwd_kernel[grid](x, w, bias.contiguous(), dy, dx, dw_parts, db_parts, seq, channels, x.stride(0), x.stride(1),
-                  dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1), SILU=silu, BLOCK_S=_BLOCK_S,
-                  BLOCK_C=_BLOCK_C, ROWS=_ROWS_PER_PROGRAM, num_warps=4)
+        _causal_conv1d_bwd_kernel[grid](x, w, bias.contiguous(), dy, dx, dw_parts, db_parts, seq, channels,
+                                        x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dx.stride(0),
+                                        dx.stride(1), SILU=silu, BLOCK_S=t.rows, BLOCK_C=t.channels,
+                                        ROWS=t.rows_per_program, SUM_AT_END=t.sum_at_end, num_warps=t.warps)
     dw = dw_parts.sum(0).t().contiguous().to(weight.dtype)
     return dx, dw, db_parts.sum(0).to(bias.dtype)
 

@@ -1,0 +1,100 @@
+"""The Mamba2 mixer's three causal convs + SiLU (x, B and C: slices of the fused in-projection's
+output), forward + backward, at hybrid_2b's layer shape (4096 + 1024 + 1024 channels, rows of
+10304, 3 x 8192 tokens, bf16): `mamba_kernels = "torch"` (the shifted-sum conv, compiled, as a
+compiled block runs it) against "triton" (`models/language/conv_triton.py`), same process.
+
+    python -m benchmarks.conv_kernels [--batch 3] [--seq 8192] [--sweep] [--json PATH]
+
+`--sweep` also times the Triton kernels at other tile shapes (`conv_triton.Tiles`) and prints
+each one's forward and backward device time: how the defaults were chosen. Bytes moved by the
+ideal kernels (read x, write y; read x and dy, write dx) over the time give the GB/s printed.
+FLOPs are not counted (the convs are memory-bound): MFU is n/a.
+"""
+
+import itertools
+import statistics
+
+import torch
+import torch.nn.functional as F
+from triton.runtime.errors import OutOfResources
+
+from benchmarks import common
+from titan_mimo.models.language import conv_triton
+from titan_mimo.models.language.mamba2 import DepthwiseCausalConv1d
+
+WIDTHS = (4096, 1024, 1024)
+"""hybrid_2b's x, B and C channels (64 heads x 64; 8 groups x state 128)."""
+Z_WIDTH, DT_WIDTH = 4096, 64
+
+
+def main() -> None:
+    p = common.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=3)
+    p.add_argument("--seq", type=int, default=8192)
+    p.add_argument("--sweep", action="store_true", help="also time other tile shapes of the Triton kernels")
+    opts = p.parse_args()
+    device, dtype = common.device_and_dtype(opts.tiny)
+    batch, seq, widths = (opts.batch, opts.seq, WIDTHS) if not opts.tiny else (2, 64, (32, 16, 16))
+    convs = [DepthwiseCausalConv1d(c, 4) for c in widths]
+    g = torch.Generator().manual_seed(0)
+    for conv in convs:
+        conv.init_param("weight", conv.weight.data, g)
+        conv.init_param("bias", conv.bias.data, g)
+    convs = [conv.to(device) for conv in convs]  # fp32 weights under autocast, as on one rank
+    wide = torch.randn(batch, seq, Z_WIDTH + sum(widths) + DT_WIDTH, device=device, dtype=dtype, requires_grad=True)
+    offsets = list(itertools.accumulate((Z_WIDTH, *widths)))[:-1]
+    dys = [torch.randn(batch, seq, c, device=device, dtype=dtype) for c in widths]
+    moved = sum(2 * batch * seq * c * wide.element_size() for c in widths)  # forward's ideal bytes
+
+    def torch_convs(t):
+        return [F.silu(conv._shifted_sum(t[..., o:o + conv.weight.shape[0]])) for conv, o in zip(convs, offsets)]
+
+    def triton_convs(t):
+        return [conv_triton.causal_conv1d(t[..., o:o + conv.weight.shape[0]], conv.weight[:, 0, :], conv.bias)
+                for conv, o in zip(convs, offsets)]
+
+    results = {}
+    runs = {"torch": torch.compile(torch_convs) if not opts.tiny else torch_convs}
+    if device.type == "cuda":
+        runs["triton"] = triton_convs
+    for label, fn in runs.items():
+        def step():
+            torch.autograd.backward(fn(wide), dys)
+        step_s, host_s = common.time_step(step, device, opts.warmup, opts.steps)
+        results[label] = common.result(step_s, host_s, device, flops=0, tokens=batch * seq)
+        results[label]["mfu"] = None
+        gbs = 2.5 * moved / statistics.fmean(step_s) / 1e9  # fwd: 2 passes, bwd: 3
+        print(f"[{label}] fwd+bwd {statistics.fmean(step_s) * 1e3:.3f} ms ({gbs:,.0f} GB/s of the ideal traffic)",
+              flush=True)
+    common.write(results, opts.json)
+    if opts.sweep and device.type == "cuda":
+        sweep(wide, offsets, convs, dys, device)
+
+
+def sweep(wide, offsets, convs, dys, device) -> None:
+    """Forward and backward device time of the Triton convs at each tile shape."""
+    defaults = conv_triton.FWD_TILES, conv_triton.BWD_TILES
+    xs = [wide.detach()[..., o:o + conv.weight.shape[0]] for conv, o in zip(convs, offsets)]
+    ws = [(conv.weight.detach()[:, 0, :], conv.bias.detach()) for conv in convs]
+    fwd_op, bwd_op = torch.ops.titan_mimo.causal_conv1d_fwd, torch.ops.titan_mimo.causal_conv1d_bwd
+    for rows, channels, warps in itertools.product((16, 32, 64), (64, 128, 256), (4, 8)):
+        conv_triton.FWD_TILES = conv_triton.Tiles(rows=rows, channels=channels, warps=warps)
+        ms = 1e3 * common.seconds_per_call(lambda: [fwd_op(x, w, b, True) for x, (w, b) in zip(xs, ws)], device)
+        print(f"  fwd {conv_triton.FWD_TILES}: {ms:.3f} ms", flush=True)
+    conv_triton.FWD_TILES = defaults[0]
+    for rows, channels, warps, per_program, at_end in itertools.product(
+            (16, 32), (64, 128, 256), (4, 8), (256,), (False, True)):
+        conv_triton.BWD_TILES = conv_triton.Tiles(rows=rows, channels=channels, warps=warps,
+                                                  rows_per_program=per_program, sum_at_end=at_end)
+        try:
+            ms = 1e3 * common.seconds_per_call(
+                lambda: [bwd_op(dy, x, w, b, True) for dy, x, (w, b) in zip(dys, xs, ws)], device)
+        except OutOfResources as e:  # a tile shape that does not fit the SM
+            print(f"  bwd {conv_triton.BWD_TILES}: does not fit ({e})", flush=True)
+            continue
+        print(f"  bwd {conv_triton.BWD_TILES}: {ms:.3f} ms", flush=True)
+    conv_triton.FWD_TILES, conv_triton.BWD_TILES = defaults
+
+
+if __name__ == "__main__":
+    main()
