@@ -6,11 +6,13 @@ compiled block runs it) against "triton" (`models/language/conv_triton.py`), sam
     python -m benchmarks.conv_kernels [--batch 3] [--seq 8192] [--sweep] [--json PATH]
 
 `--sweep` also times the Triton kernels at other tile shapes (`conv_triton.Tiles`) and prints
-each one's forward and backward device time: how the defaults were chosen. Bytes moved by the
+each one's forward and backward device time (and writes them under "sweep" in the JSON): how the
+defaults were chosen. Bytes moved by the
 ideal kernels (read x, write y; read x and dy, write dx) over the time give the GB/s printed.
 FLOPs are not counted (the convs are memory-bound): MFU is n/a.
 """
 
+import dataclasses
 import itertools
 import statistics
 
@@ -66,26 +68,37 @@ def main() -> None:
         gbs = 2.5 * moved / statistics.fmean(step_s) / 1e9  # fwd: 2 passes, bwd: 3
         print(f"[{label}] fwd+bwd {statistics.fmean(step_s) * 1e3:.3f} ms ({gbs:,.0f} GB/s of the ideal traffic)",
               flush=True)
-    common.write(results, opts.json)
     if opts.sweep and device.type == "cuda":
-        sweep(wide, offsets, convs, dys, device)
+        results["sweep"] = sweep(wide, offsets, convs, dys, device)
+    common.write(results, opts.json)
 
 
-def sweep(wide, offsets, convs, dys, device) -> None:
-    """Forward and backward device time of the Triton convs at each tile shape."""
+FWD_SWEEP = [(8, 256, 4), (16, 128, 4), (16, 256, 2), (16, 256, 4), (16, 512, 4), (32, 128, 4)]
+"""(rows, channels, warps) of the forward tiles `--sweep` times."""
+BWD_SWEEP = [
+    *(dict(rows=16, channels=c, warps=w, sum_at_end=True) for c, w in ((64, 8), (128, 4))),
+    *(dict(rows=r, channels=c, warps=w, shift="gather") for r in (16, 32) for c in (64, 128) for w in (4, 8)),
+    dict(rows=64, channels=64, warps=8, shift="gather"),
+]
+"""Backward tiles `--sweep` times (256 rows per program); an earlier sweep over rows 16/32,
+channels 64/128/256, warps 4/8 and both ways of summing found the two "recompute" ones best."""
+
+
+def sweep(wide, offsets, convs, dys, device) -> dict[str, list]:
+    """Forward and backward device time (ms) of the Triton convs at each tile shape:
+    {"fwd": [[tiles, ms], ...], "bwd": [...]}, tiles as `conv_triton.Tiles` fields."""
     defaults = conv_triton.FWD_TILES, conv_triton.BWD_TILES
     xs = [wide.detach()[..., o:o + conv.weight.shape[0]] for conv, o in zip(convs, offsets)]
     ws = [(conv.weight.detach()[:, 0, :], conv.bias.detach()) for conv in convs]
     fwd_op, bwd_op = torch.ops.titan_mimo.causal_conv1d_fwd, torch.ops.titan_mimo.causal_conv1d_bwd
-    for rows, channels, warps in itertools.product((16, 32, 64), (64, 128, 256), (4, 8)):
+    out = {"fwd": [], "bwd": []}
+    for rows, channels, warps in FWD_SWEEP:
         conv_triton.FWD_TILES = conv_triton.Tiles(rows=rows, channels=channels, warps=warps)
         ms = 1e3 * common.seconds_per_call(lambda: [fwd_op(x, w, b, True) for x, (w, b) in zip(xs, ws)], device)
         print(f"  fwd {conv_triton.FWD_TILES}: {ms:.3f} ms", flush=True)
-    conv_triton.FWD_TILES = defaults[0]
-    for rows, channels, warps, per_program, at_end in itertools.product(
-            (16, 32), (64, 128, 256), (4, 8), (256,), (False, True)):
-        conv_triton.BWD_TILES = conv_triton.Tiles(rows=rows, channels=channels, warps=warps,
-                                                  rows_per_program=per_program, sum_at_end=at_end)
+        out["fwd"].append([dataclasses.asdict(conv_triton.FWD_TILES), ms])
+    for fields in BWD_SWEEP:
+        conv_triton.BWD_TILES = conv_triton.Tiles(rows_per_program=256, **fields)
         try:
             ms = 1e3 * common.seconds_per_call(
                 lambda: [bwd_op(dy, x, w, b, True) for dy, x, (w, b) in zip(dys, xs, ws)], device)
@@ -93,7 +106,9 @@ def sweep(wide, offsets, convs, dys, device) -> None:
             print(f"  bwd {conv_triton.BWD_TILES}: does not fit ({e})", flush=True)
             continue
         print(f"  bwd {conv_triton.BWD_TILES}: {ms:.3f} ms", flush=True)
+        out["bwd"].append([dataclasses.asdict(conv_triton.BWD_TILES), ms])
     conv_triton.FWD_TILES, conv_triton.BWD_TILES = defaults
+    return out
 
 
 if __name__ == "__main__":

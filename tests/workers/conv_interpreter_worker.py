@@ -75,6 +75,10 @@ def main(path):
     # The backward's other way of summing the weight gradient, on other tiles.
     conv_triton.BWD_TILES = conv_triton.Tiles(rows=16, channels=64, warps=4, rows_per_program=64, sum_at_end=True)
     results["op_2x70x200_silu_tiles"] = op_case(2, 70, 200, True)
+    # The backward that shifts the SiLU gradient within a tile (tiles overlapping by 3 rows).
+    conv_triton.BWD_TILES = conv_triton.Tiles(rows=16, channels=64, warps=4, rows_per_program=64, shift="gather")
+    results["op_1x600x130_conv_gather"] = op_case(1, 600, 130, False)
+    results["op_2x70x200_silu_gather"] = op_case(2, 70, 200, True)
     conv_triton.BWD_TILES = DEFAULT_TILES
     results["mixer_eager"] = mixer_case(False)
     results["mixer_compiled"] = mixer_case(True)
