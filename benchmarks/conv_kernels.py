@@ -18,6 +18,7 @@ import statistics
 
 import torch
 import torch.nn.functional as F
+from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
 from benchmarks import common
@@ -102,8 +103,8 @@ def sweep(wide, offsets, convs, dys, device) -> dict[str, list]:
         try:
             ms = 1e3 * common.seconds_per_call(
                 lambda: [bwd_op(dy, x, w, b, True) for dy, x, (w, b) in zip(dys, xs, ws)], device)
-        except OutOfResources as e:  # a tile shape that does not fit the SM
-            print(f"  bwd {conv_triton.BWD_TILES}: does not fit ({e})", flush=True)
+        except (OutOfResources, CompilationError) as e:  # a tile shape this Triton cannot build
+            print(f"  bwd {conv_triton.BWD_TILES}: not built ({type(e).__name__}: {str(e)[:300]})", flush=True)
             continue
         print(f"  bwd {conv_triton.BWD_TILES}: {ms:.3f} ms", flush=True)
         out["bwd"].append([dataclasses.asdict(conv_triton.BWD_TILES), ms])

@@ -196,10 +196,9 @@ def _causal_conv1d_bwd_gather_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr
     dw3 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     db = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     local = tl.arange(0, BLOCK_S)
-    shape: tl.constexpr = (BLOCK_S, BLOCK_C)
-    up1 = tl.broadcast_to(tl.minimum(local + 1, BLOCK_S - 1)[:, None], shape)
-    up2 = tl.broadcast_to(tl.minimum(local + 2, BLOCK_S - 1)[:, None], shape)
-    up3 = tl.broadcast_to(tl.minimum(local + 3, BLOCK_S - 1)[:, None], shape)
+    up1 = tl.broadcast_to(tl.minimum(local + 1, BLOCK_S - 1)[:, None], (BLOCK_S, BLOCK_C))
+    up2 = tl.broadcast_to(tl.minimum(local + 2, BLOCK_S - 1)[:, None], (BLOCK_S, BLOCK_C))
+    up3 = tl.broadcast_to(tl.minimum(local + 3, BLOCK_S - 1)[:, None], (BLOCK_S, BLOCK_C))
     end = pid_s * ROWS + ROWS
     for i in tl.range(0, tl.cdiv(ROWS, BLOCK_S - 3)):
         rows = pid_s * ROWS + i * (BLOCK_S - 3) + local
