@@ -136,15 +136,19 @@ def test_captured_moe_blocks_route_count_and_balance_as_uncaptured():
     g = torch.Generator().manual_seed(2)
     inputs = [torch.randn(2, 32, 64, generator=g).cuda() for _ in range(2)]
     eager, outs, grads = _stack_and_grads(False, inputs, "hybrid_lm/debug_moe", moe_backend="grouped_mm")
+    _, _, grads_again = _stack_and_grads(False, inputs, "hybrid_lm/debug_moe", moe_backend="grouped_mm")
     model, outs_g, grads_g = _stack_and_grads(True, inputs, "hybrid_lm/debug_moe", moe_backend="grouped_mm")
     for (o, gi), (o_g, gi_g) in zip(outs, outs_g):
         torch.testing.assert_close(o_g, o, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(gi_g, gi, rtol=1e-5, atol=1e-5)
-    # The expert gathers' backward accumulates with atomics, so gradients upstream of an MoE block
-    # differ in the last bits between any two runs, captured or not: compared by relative norm.
+    # The expert gathers' backward accumulates with atomics: two uncaptured runs may differ in the
+    # last bits, which bf16 matmuls upstream can round apart. The captured run may differ from
+    # the uncaptured one by ten times that (a replay reading the first scale would put the routers'
+    # gradients off by tens of percent).
+    rel = lambda a, b: ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
     for name in grads:
-        rel = ((grads_g[name] - grads[name]).norm() / grads[name].norm().clamp_min(1e-30)).item()
-        assert rel < 1e-4, (name, rel)
+        noise = rel(grads_again[name], grads[name])
+        assert rel(grads_g[name], grads[name]) <= max(10 * noise, 1e-5), (name, rel(grads_g[name], grads[name]), noise)
     counts = {n: b.clone() for n, b in model.named_buffers() if n.endswith("tokens_per_expert")}
     assert counts and all(c.sum() > 0 for c in counts.values())
     assert all(torch.equal(counts[n], b) for n, b in eager.named_buffers() if n in counts)
