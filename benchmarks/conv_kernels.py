@@ -80,13 +80,12 @@ def main() -> None:
 
 FWD_SWEEP = [(8, 256, 4), (16, 128, 4), (16, 256, 2), (16, 256, 4), (16, 512, 4), (32, 128, 4)]
 """(rows, channels, warps) of the forward tiles `--sweep` times."""
-BWD_SWEEP = [
-    *(dict(rows=16, channels=c, warps=w, sum_at_end=True) for c, w in ((64, 8), (128, 4))),
-    *(dict(rows=r, channels=c, warps=w, shift="gather") for r in (16, 32) for c in (64, 128) for w in (4, 8)),
-    dict(rows=64, channels=64, warps=8, shift="gather"),
-]
-"""Backward tiles `--sweep` times (256 rows per program); an earlier sweep over rows 16/32,
-channels 64/128/256, warps 4/8 and both ways of summing found the two "recompute" ones best."""
+BWD_SWEEP = [(16, 64, 8), (16, 128, 4), (16, 128, 8), (32, 64, 4), (32, 128, 4), (32, 128, 8)]
+"""(rows, channels, warps) of the backward tiles `--sweep` times (256 rows per program). On an
+H200 16 x 128 x 4 and 16 x 64 x 8 were best (1.0 ms); 32 x 256 with 4 warps spills (8 ms). Two
+other backward kernels lost there and were removed: summing the weight gradient over each
+tile's rows as it goes (2-2.5x slower: a cross-warp reduction per tile), and computing each
+row's SiLU gradient once and shifting it within the tile with `tl.gather` (1.02-1.40 ms)."""
 
 
 def sweep(xs, convs, dys, device) -> dict[str, list]:
@@ -102,8 +101,8 @@ def sweep(xs, convs, dys, device) -> dict[str, list]:
         ms = 1e3 * common.seconds_per_call(lambda: [fwd_op(x, w, b, True) for x, (w, b) in zip(xs, ws)], device)
         print(f"  fwd {conv_triton.FWD_TILES}: {ms:.3f} ms", flush=True)
         out["fwd"].append([dataclasses.asdict(conv_triton.FWD_TILES), ms])
-    for fields in BWD_SWEEP:
-        conv_triton.BWD_TILES = conv_triton.Tiles(rows_per_program=256, **fields)
+    for rows, channels, warps in BWD_SWEEP:
+        conv_triton.BWD_TILES = conv_triton.Tiles(rows=rows, channels=channels, warps=warps, rows_per_program=256)
         try:
             ms = 1e3 * common.seconds_per_call(
                 lambda: [bwd_op(dy, x, w, b, True) for dy, x, (w, b) in zip(dys, xs, ws)], device)

@@ -80,6 +80,7 @@ def bench(config: str, *overrides: str, tiny: tuple[str, ...] = ()) -> Command:
 # Debug sizes of the configs' modules: no compile, fp32, the pure-PyTorch kernels.
 TINY_LM = ("--modules.language.model=hybrid_lm/debug", "--modules.language.compile=false",
            "--modules.language.activation_checkpoint=none", "--modules.language.model_args.ssd_backend=torch",
+           "--modules.language.model_args.mamba_kernels=torch",
            "--training.seq_len=64", "--training.mixed_precision=fp32", "--warmup", "1", "--steps", "2")
 TINY_VLM = TINY_LM + ("--modules.vision.model=vit/debug", "--modules.vision.compile=false",
                       "--modules.vision.activation_checkpoint=none",

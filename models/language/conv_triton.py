@@ -35,25 +35,21 @@ KERNEL_WIDTH = 4
 @dataclass(frozen=True)
 class Tiles:
     """How a kernel splits its work: tiles of `rows` x `channels`, `warps` per program; the
-    backward's programs walk `rows_per_program` rows each (fewer partial weight gradients) and
-    sum them per tile or, `sum_at_end`, once. The backward's tiles set the order in which its
-    weight gradient is summed, so they are fixed, not autotuned: a run repeats bitwise."""
+    backward's programs walk `rows_per_program` rows each (fewer partial weight gradients). The
+    backward's tiles set the order in which its weight gradient is summed, so they are fixed, not
+    autotuned: a run repeats bitwise."""
 
     rows: int
     channels: int
     warps: int
     rows_per_program: int = 0
-    sum_at_end: bool = False
-    shift: str = "recompute"
-    """How the backward gets the gradient at rows t+1..t+3 for dx[t]: "recompute" the conv
-    there (four SiLU gradients per row), or "gather" it from the tile's own rows (one per row:
-    tiles overlap by 3 rows, each writes the rows it owns)."""
 
 
 FWD_TILES = Tiles(rows=16, channels=256, warps=4)
-BWD_TILES = Tiles(rows=16, channels=128, warps=4, rows_per_program=256, sum_at_end=True)
+BWD_TILES = Tiles(rows=16, channels=128, warps=4, rows_per_program=256)
 """The fastest tiles of `python -m benchmarks.conv_kernels --sweep` on an H200 at hybrid_2b's
-shape: forward 0.24 ms, backward 0.99 ms for its three convs per layer and step (3 x 8192)."""
+shape: forward 0.24-0.30 ms, backward 1.0 ms for a layer's three convs per step (3 x 8192
+tokens), against ~3 ms of the compiled torch conv (docs/benchmarks.md)."""
 
 
 @triton.jit
@@ -102,7 +98,7 @@ def _grad_pre_activation(dy_ptr, rows, cols, S, C, stride_dy_s, a, SILU: tl.cons
 def _causal_conv1d_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, S, C,
                               stride_x_b, stride_x_s, stride_dy_b, stride_dy_s, stride_dx_b,
                               stride_dx_s, SILU: tl.constexpr, BLOCK_S: tl.constexpr,
-                              BLOCK_C: tl.constexpr, ROWS: tl.constexpr, SUM_AT_END: tl.constexpr):
+                              BLOCK_C: tl.constexpr, ROWS: tl.constexpr):
     pid_s, pid_c, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < C
@@ -114,14 +110,14 @@ def _causal_conv1d_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_pt
     w2 = tl.load(w_ptr + cols * 4 + 2, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     w3 = tl.load(w_ptr + cols * 4 + 3, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     bias = tl.load(b_ptr + cols, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    # The weight and bias gradients of this program's rows: summed over each tile's rows as it
-    # goes, or (SUM_AT_END) kept per row and summed once (more registers, fewer reductions).
-    acc_rows: tl.constexpr = BLOCK_S if SUM_AT_END else 1
-    dw0 = tl.zeros([acc_rows, BLOCK_C], dtype=tl.float32)
-    dw1 = tl.zeros([acc_rows, BLOCK_C], dtype=tl.float32)
-    dw2 = tl.zeros([acc_rows, BLOCK_C], dtype=tl.float32)
-    dw3 = tl.zeros([acc_rows, BLOCK_C], dtype=tl.float32)
-    db = tl.zeros([acc_rows, BLOCK_C], dtype=tl.float32)
+    # The weight and bias gradients of this program's rows, kept per tile row and summed once at
+    # the end: a sum over each tile's rows as it goes (a cross-warp reduction per tile) made the
+    # kernel 2-2.5x slower on an H200.
+    dw0 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+    dw1 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+    dw2 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+    dw3 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
+    db = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     # Constant loop bounds (the program's offset added inside): Triton's interpreter cannot take
     # a bound that depends on the program id with numpy >= 2.4.
     for i in tl.range(0, ROWS // BLOCK_S):
@@ -135,18 +131,11 @@ def _causal_conv1d_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_pt
         x0 = _load_rows(x_ptr, rows, cols, S, C, stride_x_s)
         g = _grad_pre_activation(dy_ptr, rows, cols, S, C, stride_dy_s,
                                  bias + w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0, SILU)
-        if SUM_AT_END:
-            dw0 += g * xm3
-            dw1 += g * xm2
-            dw2 += g * xm1
-            dw3 += g * x0
-            db += g
-        else:
-            dw0 += tl.sum(g * xm3, axis=0)[None, :]
-            dw1 += tl.sum(g * xm2, axis=0)[None, :]
-            dw2 += tl.sum(g * xm1, axis=0)[None, :]
-            dw3 += tl.sum(g * x0, axis=0)[None, :]
-            db += tl.sum(g, axis=0)[None, :]
+        dw0 += g * xm3
+        dw1 += g * xm2
+        dw2 += g * xm1
+        dw3 += g * x0
+        db += g
         # x[t] reaches the outputs t..t+3 through w3..w0.
         dx = g * w3
         xp1 = _load_rows(x_ptr, rows + 1, cols, S, C, stride_x_s)
@@ -162,64 +151,6 @@ def _causal_conv1d_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_pt
         tl.store(dx_ptr + rows[:, None] * stride_dx_s + cols[None, :], dx.to(dx_ptr.dtype.element_ty),
                  mask=mask)
     # Partial sums of this program: dw [P, 4, C], db [P, C], P = B x programs along S.
-    part = b * tl.num_programs(0) + pid_s
-    dw_ptr += part.to(tl.int64) * 4 * C
-    tl.store(dw_ptr + 0 * C + cols, tl.sum(dw0, axis=0), mask=c_ok)
-    tl.store(dw_ptr + 1 * C + cols, tl.sum(dw1, axis=0), mask=c_ok)
-    tl.store(dw_ptr + 2 * C + cols, tl.sum(dw2, axis=0), mask=c_ok)
-    tl.store(dw_ptr + 3 * C + cols, tl.sum(dw3, axis=0), mask=c_ok)
-    tl.store(db_ptr + part.to(tl.int64) * C + cols, tl.sum(db, axis=0), mask=c_ok)
-
-
-@triton.jit
-def _causal_conv1d_bwd_gather_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, S, C,
-                                     stride_x_b, stride_x_s, stride_dy_b, stride_dy_s, stride_dx_b,
-                                     stride_dx_s, SILU: tl.constexpr, BLOCK_S: tl.constexpr,
-                                     BLOCK_C: tl.constexpr, ROWS: tl.constexpr):
-    """The backward with one SiLU gradient per row: a tile computes g on its BLOCK_S rows and
-    shifts it by 1..3 rows within the tile (tl.gather) for dx; it owns (writes dx and sums dw
-    for) its first BLOCK_S - 3 rows, the next tile starts there."""
-    pid_s, pid_c, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = cols < C
-    x_ptr += b.to(tl.int64) * stride_x_b
-    dy_ptr += b.to(tl.int64) * stride_dy_b
-    dx_ptr += b.to(tl.int64) * stride_dx_b
-    w0 = tl.load(w_ptr + cols * 4 + 0, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    w1 = tl.load(w_ptr + cols * 4 + 1, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    w2 = tl.load(w_ptr + cols * 4 + 2, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    w3 = tl.load(w_ptr + cols * 4 + 3, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    bias = tl.load(b_ptr + cols, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    dw0 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    dw1 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    dw2 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    dw3 = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    db = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
-    local = tl.arange(0, BLOCK_S)
-    up1 = tl.broadcast_to(tl.minimum(local + 1, BLOCK_S - 1)[:, None], (BLOCK_S, BLOCK_C))
-    up2 = tl.broadcast_to(tl.minimum(local + 2, BLOCK_S - 1)[:, None], (BLOCK_S, BLOCK_C))
-    up3 = tl.broadcast_to(tl.minimum(local + 3, BLOCK_S - 1)[:, None], (BLOCK_S, BLOCK_C))
-    end = pid_s * ROWS + ROWS
-    for i in tl.range(0, tl.cdiv(ROWS, BLOCK_S - 3)):
-        rows = pid_s * ROWS + i * (BLOCK_S - 3) + local
-        xm3 = _load_rows(x_ptr, rows - 3, cols, S, C, stride_x_s)
-        xm2 = _load_rows(x_ptr, rows - 2, cols, S, C, stride_x_s)
-        xm1 = _load_rows(x_ptr, rows - 1, cols, S, C, stride_x_s)
-        x0 = _load_rows(x_ptr, rows, cols, S, C, stride_x_s)
-        g = _grad_pre_activation(dy_ptr, rows, cols, S, C, stride_dy_s,
-                                 bias + w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0, SILU)
-        owned = ((local < BLOCK_S - 3) & (rows < end) & (rows < S))[:, None]
-        g_owned = tl.where(owned, g, 0.0)
-        dw0 += g_owned * xm3
-        dw1 += g_owned * xm2
-        dw2 += g_owned * xm1
-        dw3 += g_owned * x0
-        db += g_owned
-        # x[t] reaches the outputs t..t+3 through w3..w0.
-        dx = g * w3 + tl.gather(g, up1, axis=0) * w2 + tl.gather(g, up2, axis=0) * w1 \
-            + tl.gather(g, up3, axis=0) * w0
-        tl.store(dx_ptr + rows[:, None] * stride_dx_s + cols[None, :], dx.to(dx_ptr.dtype.element_ty),
-                 mask=owned & c_ok[None, :])
     part = b * tl.num_programs(0) + pid_s
     dw_ptr += part.to(tl.int64) * 4 * C
     tl.store(dw_ptr + 0 * C + cols, tl.sum(dw0, axis=0), mask=c_ok)
@@ -280,15 +211,11 @@ def _conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor, silu: bool) -
     dw_parts = torch.empty(batch * programs_s, KERNEL_WIDTH, channels, dtype=torch.float32, device=x.device)
     db_parts = torch.empty(batch * programs_s, channels, dtype=torch.float32, device=x.device)
     grid = (programs_s, triton.cdiv(channels, t.channels), batch)
-    args = (x, w, bias.contiguous(), dy, dx, dw_parts, db_parts, seq, channels, x.stride(0), x.stride(1),
-            dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1))
     with _on(x.device):
-        if t.shift == "gather":
-            _causal_conv1d_bwd_gather_kernel[grid](*args, SILU=silu, BLOCK_S=t.rows, BLOCK_C=t.channels,
-                                                   ROWS=t.rows_per_program, num_warps=t.warps)
-        else:
-            _causal_conv1d_bwd_kernel[grid](*args, SILU=silu, BLOCK_S=t.rows, BLOCK_C=t.channels,
-                                            ROWS=t.rows_per_program, SUM_AT_END=t.sum_at_end, num_warps=t.warps)
+        _causal_conv1d_bwd_kernel[grid](x, w, bias.contiguous(), dy, dx, dw_parts, db_parts, seq, channels,
+                                        x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dx.stride(0),
+                                        dx.stride(1), SILU=silu, BLOCK_S=t.rows, BLOCK_C=t.channels,
+                                        ROWS=t.rows_per_program, num_warps=t.warps)
     dw = dw_parts.sum(0).t().contiguous().to(weight.dtype)
     return dx, dw, db_parts.sum(0).to(bias.dtype)
 

@@ -26,7 +26,7 @@ from titan_mimo.models.language.mamba2 import Mamba2Mixer
 
 # (batch, sequence, channels, SiLU): sequences shorter than the kernel, than a tile, across
 # several backward programs (256 rows each); channels not a multiple of the 128-wide tile.
-DEFAULT_TILES = conv_triton.BWD_TILES
+DEFAULT_TILES = conv_triton.FWD_TILES, conv_triton.BWD_TILES
 OP_CASES = [(2, 70, 200, True), (1, 600, 130, False), (3, 3, 7, True), (1, 257, 128, True)]
 
 
@@ -72,14 +72,12 @@ def mixer_case(compiled):
 
 def main(path):
     results = {f"op_{b}x{s}x{c}_{'silu' if a else 'conv'}": op_case(b, s, c, a) for b, s, c, a in OP_CASES}
-    # The backward's other way of summing the weight gradient, on other tiles.
-    conv_triton.BWD_TILES = conv_triton.Tiles(rows=16, channels=64, warps=4, rows_per_program=64, sum_at_end=True)
+    # Other tiles: more programs along the sequence, each summing its own weight gradient.
+    conv_triton.FWD_TILES = conv_triton.Tiles(rows=32, channels=64, warps=4)
+    conv_triton.BWD_TILES = conv_triton.Tiles(rows=32, channels=64, warps=4, rows_per_program=64)
     results["op_2x70x200_silu_tiles"] = op_case(2, 70, 200, True)
-    # The backward that shifts the SiLU gradient within a tile (tiles overlapping by 3 rows).
-    conv_triton.BWD_TILES = conv_triton.Tiles(rows=16, channels=64, warps=4, rows_per_program=64, shift="gather")
-    results["op_1x600x130_conv_gather"] = op_case(1, 600, 130, False)
-    results["op_2x70x200_silu_gather"] = op_case(2, 70, 200, True)
-    conv_triton.BWD_TILES = DEFAULT_TILES
+    results["op_1x600x130_conv_tiles"] = op_case(1, 600, 130, False)
+    conv_triton.FWD_TILES, conv_triton.BWD_TILES = DEFAULT_TILES
     results["mixer_eager"] = mixer_case(False)
     results["mixer_compiled"] = mixer_case(True)
     torch.save(results, path)
