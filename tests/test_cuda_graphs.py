@@ -58,8 +58,9 @@ def test_build_refuses_a_cpu_a_sharded_module_and_host_read_moe_counts():
         check_cuda_graphs("language", "M*-", "torch", True, cuda)
     with pytest.raises(ValueError, match="moe_backend = 'torch' read their experts' token counts on the host"):
         check_cuda_graphs("language", "M*E", "torch", False, cuda)
+    with pytest.raises(ValueError, match="MoE blocks are not verified under CUDA graphs"):
+        check_cuda_graphs("language", "M*E", "grouped_mm", False, cuda)
     check_cuda_graphs("language", "M*-", "torch", False, cuda)
-    check_cuda_graphs("language", "M*E", "grouped_mm", False, cuda)
 
 
 def test_block_stack_runs_its_blocks_in_order_under_plain_names():
@@ -129,7 +130,9 @@ def test_captured_blocks_give_the_uncaptured_gradients():
 
 @CUDA
 def test_captured_moe_blocks_route_count_and_balance_as_uncaptured():
-    """MoE blocks (grouped GEMM experts, the auxiliary loss's gradient scale and the routers'
+    """(The build refuses cuda_graphs with MoE blocks until this passes on a GPU: its last run, before
+    the control by a second uncaptured run, found 0.norm.weight's gradient 2.9e-3 off.)
+    MoE blocks (grouped GEMM experts, the auxiliary loss's gradient scale and the routers'
     token counts in device buffers) under bf16 autocast, over two micro-batches with different
     auxiliary-loss scales: the same outputs, gradients and token counts (the capture's warm-up
     counts nothing); an evaluation forward counts nothing."""

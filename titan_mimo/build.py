@@ -135,7 +135,7 @@ def apply_block_options(blocks: dict[str, nn.Module], checkpointed: set[int], co
 
 def check_cuda_graphs(name: str, layer_pattern: str, moe_backend: str, sharded: bool, device: torch.device) -> None:
     """What `cuda_graphs` needs beyond what the config checks alone: a CUDA device, a module that
-    is not sharded, and MoE blocks (if any) whose experts never read their counts on the host."""
+    is not sharded, and no MoE blocks (their captured gradients are not verified yet)."""
     where = f"modules.{name}.cuda_graphs"
     if device.type != "cuda":
         raise ValueError(f"{where} captures CUDA graphs; this run is on {device.type!r}: set it false")
@@ -147,6 +147,12 @@ def check_cuda_graphs(name: str, layer_pattern: str, moe_backend: str, sharded: 
         raise ValueError(f"{where}: MoE blocks with moe_backend = {moe_backend!r} read their experts' "
                          "token counts on the host, which a CUDA graph cannot capture; use "
                          "moe_backend = 'grouped_mm' or cuda_graphs = false")
+    if "E" in layer_pattern:
+        # Not a limit of capture itself: the GPU test of captured MoE blocks
+        # (tests/test_cuda_graphs.py) has not passed yet, so no run trusts it.
+        raise ValueError(f"{where}: MoE blocks are not verified under CUDA graphs (on an H200 the captured "
+                         "blocks' parameter gradients differed from the uncaptured ones by 3e-3 relative, "
+                         "cause not yet known); set cuda_graphs = false")
 
 
 def reshards_after_forward(mcfg, n_stages: int) -> bool:
