@@ -19,6 +19,8 @@ from titan_mimo.models.language.mamba2 import Mamba2Mixer
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "tests" / "workers" / "conv_interpreter_worker.py"
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+_OLD_INTERPRETER = "only 0-dimensional arrays can be converted to Python scalars"
+"""numpy's refusal inside Triton 3.6's interpreter (as in test_ssd_mamba_ssm.py)."""
 
 
 def _rel(a, b) -> float:
@@ -31,6 +33,10 @@ def results(tmp_path_factory) -> dict:
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(WORKER), str(out)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600, check=False)
+    if proc.returncode != 0 and _OLD_INTERPRETER in proc.stderr:
+        import triton
+        pytest.skip(f"Triton {triton.__version__}'s interpreter takes int() of one-element arrays, which "
+                    "numpy >= 2.4 refuses (Triton 3.9 does not); the GPU test covers the compiled kernels")
     assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     return torch.load(out)
 
