@@ -47,7 +47,7 @@ class Tiles:
 
 FWD_TILES = Tiles(rows=16, channels=256, warps=4)
 BWD_TILES = Tiles(rows=16, channels=128, warps=4, rows_per_program=256)
-"""The fastest tiles of `python -m benchmarks.conv_kernels --sweep` on an H200 at hybrid_2b's
+"""The fastest tiles of `python -m benchmarks.mamba_kernels --sweep` on an H200 at hybrid_2b's
 shape: forward 0.24-0.30 ms, backward 1.0 ms for a layer's three convs per step (3 x 8192
 tokens), against ~3 ms of the compiled torch conv (docs/benchmarks.md)."""
 

@@ -1,5 +1,6 @@
 """Mamba2 mixer in pure PyTorch (the reference path; GPU kernels replace the SSD scan,
-`ssd_backend`, and the causal conv + SiLU, `mamba_kernels`).
+`ssd_backend`, the causal conv + SiLU, `mamba_kernels`, and the gated RMSNorm,
+`mamba_norm_kernel`).
 
 Projections are separate Linear layers (z, x, B, C, dt) rather than mamba-ssm's single fused
 in_proj, so tensor parallelism can shard heads and groups by plain column sharding; without
@@ -126,6 +127,19 @@ def conv_kernel(kind: str) -> Callable[[Tensor, Tensor, Tensor], Tensor] | None:
     return causal_conv1d
 
 
+def norm_kernel(kind: str) -> Callable[[Tensor, Tensor, Tensor, int, float], Tensor] | None:
+    """The gated RMSNorm as one kernel for `HybridLMArgs.mamba_norm_kernel`: None for "torch" (the
+    module), `gated_norm_triton.gated_rms_norm` for "triton"."""
+    if kind == "torch":
+        return None
+    try:
+        from .gated_norm_triton import gated_rms_norm
+    except ImportError as e:
+        raise ImportError(f"mamba_norm_kernel='triton' needs Triton (installed with PyTorch's CUDA builds): "
+                          f"{e}; or use mamba_norm_kernel='torch'") from e
+    return gated_rms_norm
+
+
 class Mamba2Mixer(nn.Module):
     """Mamba-2 token mixer: projections → causal conv + SiLU → SSD scan → gated norm → out_proj."""
 
@@ -139,6 +153,7 @@ class Mamba2Mixer(nn.Module):
         # Resolved at build time so a missing optional kernel fails before any training work.
         self.ssd = ssd_function(args.ssd_backend, args.ssd_keep_states)
         self.conv_kernel = conv_kernel(args.mamba_kernels)
+        self.norm_kernel = norm_kernel(args.mamba_norm_kernel)
         self.in_proj_z = nn.Linear(args.dim, d_inner, bias=False)
         self.in_proj_x = nn.Linear(args.dim, d_inner, bias=False)
         self.in_proj_B = nn.Linear(args.dim, d_bc, bias=False)
@@ -175,7 +190,11 @@ class Mamba2Mixer(nn.Module):
             self.chunk_size,
             local_tensor(self.D),
         )
-        y_BSI = self.norm(y_BSHP.reshape(b, s, h * self.head_dim), z_BSI, n_groups=g)
+        y_BSI = y_BSHP.reshape(b, s, h * self.head_dim)
+        if self.norm_kernel is None:
+            y_BSI = self.norm(y_BSI, z_BSI, n_groups=g)
+        else:
+            y_BSI = self.norm_kernel(y_BSI, z_BSI, local_tensor(self.norm.weight), g, self.norm.eps)
         return self.out_proj(y_BSI)
 
     def _conv_silu(self, conv: DepthwiseCausalConv1d, x_BSC: Tensor) -> Tensor:

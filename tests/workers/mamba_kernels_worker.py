@@ -1,14 +1,15 @@
-"""Runs `conv_triton`'s kernels on CPU under Triton's interpreter and saves, for
-tests/models/test_conv_triton.py, each case's outputs and gradients next to the pure-PyTorch
-reference's: the op against `F.conv1d` (+ SiLU), and a Mamba2 mixer with mamba_kernels="triton"
-against the same mixer with "torch", eager and compiled (the compiled one runs the ops' fake
-versions, so their shapes and strides are checked too). Float32 (the interpreter's bf16 is not
-meaningful; bf16 is checked on the GPU).
+"""Runs the Mamba2 mixer's Triton kernels (`conv_triton`, `gated_norm_triton`) on CPU under
+Triton's interpreter and saves, for tests/models/test_mamba_kernels.py, each case's outputs and
+gradients next to the pure-PyTorch reference's: the conv op against `F.conv1d` (+ SiLU), the norm
+op against `GatedRMSNorm`, and a Mamba2 mixer on both Triton kernels against the same mixer on
+"torch", eager and compiled (the compiled one runs the ops' fake versions, so their shapes and
+strides are checked too). Float32 (the interpreter's bf16 is not meaningful; bf16 is checked on
+the GPU).
 
 TRITON_INTERPRET=1 must be set before triton is imported (@triton.jit reads it), hence a separate
 process.
 
-Usage: TRITON_INTERPRET=1 python tests/workers/conv_interpreter_worker.py OUT.pt
+Usage: TRITON_INTERPRET=1 python tests/workers/mamba_kernels_worker.py OUT.pt
 """
 
 import os
@@ -22,7 +23,8 @@ from titan_mimo.models.common import init_model_for_testing
 from titan_mimo.models.language.args import HybridLMArgs
 from titan_mimo.models.language import conv_triton
 from titan_mimo.models.language.conv_triton import causal_conv1d
-from titan_mimo.models.language.mamba2 import Mamba2Mixer
+from titan_mimo.models.language.gated_norm_triton import gated_rms_norm
+from titan_mimo.models.language.mamba2 import GatedRMSNorm, Mamba2Mixer
 
 # (batch, sequence, channels, SiLU): sequences shorter than the kernel, than a tile, across
 # several backward programs (256 rows each); channels not a multiple of the 128-wide tile.
@@ -53,12 +55,37 @@ def op_case(batch, seq, channels, silu):
     return out
 
 
+# (batch, sequence, width, groups): a power-of-two group width, others, one group; sequences
+# across several backward programs (64 rows each) and shorter than a tile.
+NORM_CASES = [(2, 37, 64, 2), (1, 130, 96, 3), (3, 3, 40, 1)]
+
+
+def norm_case(batch, seq, width, groups):
+    g = torch.Generator().manual_seed(seq * width)
+    y = torch.randn(batch, seq, width, generator=g)
+    wide = torch.randn(batch, seq, width + 20, generator=g)  # z: a slice of a wider last dim
+    dout = torch.randn(batch, seq, width, generator=g)
+    norm = GatedRMSNorm(width, 1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(width, generator=g))
+    out = {}
+    for name in ("ref", "triton"):
+        y_, wide_ = y.clone().requires_grad_(), wide.clone().requires_grad_()
+        norm.weight.grad = None
+        z = wide_[..., 5:5 + width]
+        o = norm(y_, z, n_groups=groups) if name == "ref" else gated_rms_norm(y_, z, norm.weight, groups, 1e-5)
+        (o * dout).sum().backward()
+        out[name] = {"out": o.detach(), "dy": y_.grad, "dz": wide_.grad, "dw": norm.weight.grad.clone()}
+    return out
+
+
 def mixer_case(compiled):
     u = torch.randn(2, 40, 32, generator=torch.Generator().manual_seed(3))
     out = {}
     for kernels in ("torch", "triton"):
         args = HybridLMArgs(dim=32, mamba_n_heads=4, mamba_head_dim=16, mamba_d_state=8, mamba_n_groups=2,
-                            mamba_chunk_size=16, mamba_kernels=kernels, layer_pattern="M")
+                            mamba_chunk_size=16, mamba_kernels=kernels, mamba_norm_kernel=kernels,
+                            layer_pattern="M")
         mixer = Mamba2Mixer(args)
         init_model_for_testing(mixer, 0)
         run = torch.compile(mixer) if compiled else mixer
@@ -78,6 +105,7 @@ def main(path):
     results["op_2x70x200_silu_tiles"] = op_case(2, 70, 200, True)
     results["op_1x600x130_conv_tiles"] = op_case(1, 600, 130, False)
     conv_triton.FWD_TILES, conv_triton.BWD_TILES = DEFAULT_TILES
+    results.update({f"norm_{b}x{s}x{w}_g{g}": norm_case(b, s, w, g) for b, s, w, g in NORM_CASES})
     results["mixer_eager"] = mixer_case(False)
     results["mixer_compiled"] = mixer_case(True)
     torch.save(results, path)
