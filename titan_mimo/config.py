@@ -84,8 +84,8 @@ class Module:
     host-bound model (hybrid_2b on an H200: the same speed, 9.6 GiB less memory;
     docs/benchmarks.md). Needs a CUDA device and the module on one rank without
     FSDP (tp = pp = ep = 1, parallelism.fsdp_one_rank = false), no block checkpointing
-    ("none" or "memory_budget"), MoE blocks only with moe_backend = "grouped_mm". A forward
-    without gradients (evaluation) or of another shape runs uncaptured."""
+    ("none" or "memory_budget"), no MoE blocks (not verified yet: the build refuses them). A
+    forward without gradients (evaluation) or of another shape runs uncaptured."""
     float8: Literal["none", "rowwise", "tensorwise"] = "none"
     """FP8 training of the module's large block linears (torchao's Float8Linear, torchtitan's
     recipes): "rowwise" (e4m3, a scale per row) or "tensorwise" (a scale per tensor, e5m2

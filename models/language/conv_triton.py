@@ -20,14 +20,14 @@ Shape legend: B batch, S sequence, C channels, K kernel width (4), P programs al
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .triton_launch import check_device, launch_on, unit_last_stride
 
 __all__ = ["BWD_TILES", "FWD_TILES", "KERNEL_WIDTH", "Tiles", "causal_conv1d"]
 
@@ -164,33 +164,21 @@ def _causal_conv1d_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_pt
 
 
 def _check(x: Tensor, weight: Tensor, bias: Tensor) -> None:
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"mamba_kernels='triton' runs on CUDA tensors (on CPU only under Triton's interpreter, "
-                         f"TRITON_INTERPRET=1: the tests), not on {x.device}; use mamba_kernels='torch'")
+    check_device(x, "mamba_kernels")
     if x.dim() != 3 or weight.shape != (x.shape[-1], KERNEL_WIDTH) or bias.shape != (x.shape[-1],):
         raise ValueError(f"causal_conv1d: x [B, S, C], weight [C, {KERNEL_WIDTH}] and bias [C] expected, got "
                          f"{tuple(x.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}")
 
 
-def _on(device: torch.device):
-    """Launch on `device` (a CPU tensor runs under Triton's interpreter: the tests)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _channels_last(t: Tensor) -> Tensor:
-    """t with unit channel stride (a slice of a wider last dim is fine: rows keep their stride)."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 @torch.library.custom_op("titan_mimo::causal_conv1d_fwd", mutates_args=())
 def _conv_fwd(x: Tensor, weight: Tensor, bias: Tensor, silu: bool) -> Tensor:
     _check(x, weight, bias)
-    x, weight, bias = _channels_last(x), weight.contiguous(), bias.contiguous()
+    x, weight, bias = unit_last_stride(x), weight.contiguous(), bias.contiguous()
     batch, seq, channels = x.shape
     y = torch.empty(batch, seq, channels, dtype=x.dtype, device=x.device)
     t = FWD_TILES
     grid = (triton.cdiv(seq, t.rows), triton.cdiv(channels, t.channels), batch)
-    with _on(x.device):
+    with launch_on(x.device):
         _causal_conv1d_fwd_kernel[grid](x, weight, bias, y, seq, channels, x.stride(0), x.stride(1), y.stride(0),
                                         y.stride(1), SILU=silu, BLOCK_S=t.rows, BLOCK_C=t.channels,
                                         num_warps=t.warps)
@@ -206,7 +194,7 @@ def _(x, weight, bias, silu):
 def _conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor, silu: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(dx in x's dtype, dweight in weight's, dbias in bias's)."""
     _check(x, weight, bias)
-    x, dy, w = _channels_last(x), _channels_last(dy), weight.contiguous()
+    x, dy, w = unit_last_stride(x), unit_last_stride(dy), weight.contiguous()
     batch, seq, channels = x.shape
     dx = torch.empty(batch, seq, channels, dtype=x.dtype, device=x.device)
     t = BWD_TILES
@@ -214,7 +202,7 @@ def _conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor, silu: bool) -
     dw_parts = torch.empty(batch * programs_s, KERNEL_WIDTH, channels, dtype=torch.float32, device=x.device)
     db_parts = torch.empty(batch * programs_s, channels, dtype=torch.float32, device=x.device)
     grid = (programs_s, triton.cdiv(channels, t.channels), batch)
-    with _on(x.device):
+    with launch_on(x.device):
         _causal_conv1d_bwd_kernel[grid](x, w, bias.contiguous(), dy, dx, dw_parts, db_parts, seq, channels,
                                         x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dx.stride(0),
                                         dx.stride(1), SILU=silu, BLOCK_S=t.rows, BLOCK_C=t.channels,

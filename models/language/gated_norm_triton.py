@@ -16,13 +16,12 @@ Shape legend: R rows (tokens), I inner width, G groups, W group width (I / G).
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .triton_launch import check_device, launch_on, unit_last_stride
 
 __all__ = ["BLOCK_ROWS", "ROWS_PER_PROGRAM", "gated_rms_norm"]
 
@@ -88,9 +87,7 @@ def _gated_rms_norm_bwd_kernel(dout_ptr, y_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, 
 
 
 def _check(y: Tensor, z: Tensor, weight: Tensor, n_groups: int) -> None:
-    if not y.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"mamba_norm_kernel='triton' runs on CUDA tensors (on CPU only under Triton's "
-                         f"interpreter, TRITON_INTERPRET=1: the tests), not on {y.device}; use 'torch'")
+    check_device(y, "mamba_norm_kernel")
     width = y.shape[-1]
     if z.shape != y.shape or weight.shape != (width,) or width % n_groups:
         raise ValueError(f"gated_rms_norm: y and z [..., I] alike, weight [I], I divisible by the {n_groups} "
@@ -100,15 +97,8 @@ def _check(y: Tensor, z: Tensor, weight: Tensor, n_groups: int) -> None:
 def _rows(t: Tensor) -> Tensor:
     """t as [R, I] with unit column stride (a view where the layout allows, e.g. a slice of a
     wider last dim)."""
-    t = t if t.stride(-1) == 1 else t.contiguous()
-    try:
-        return t.view(-1, t.shape[-1])
-    except RuntimeError:
-        return t.reshape(-1, t.shape[-1])
-
-
-def _on(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    t = unit_last_stride(t)
+    return t.reshape(-1, t.shape[-1])
 
 
 @torch.library.custom_op("titan_mimo::gated_rms_norm_fwd", mutates_args=())
@@ -121,7 +111,7 @@ def _norm_fwd(y: Tensor, z: Tensor, weight: Tensor, n_groups: int, eps: float) -
     out = torch.empty(rows, width, dtype=y.dtype, device=y.device)
     rstd = torch.empty(rows, n_groups, dtype=torch.float32, device=y.device)
     grid = (triton.cdiv(rows, BLOCK_ROWS), n_groups)
-    with _on(y.device):
+    with launch_on(y.device):
         _gated_rms_norm_fwd_kernel[grid](y2, z2, weight.contiguous(), out, rstd, rows, group, n_groups, eps,
                                          y2.stride(0), z2.stride(0), out.stride(0), BLOCK_R=BLOCK_ROWS,
                                          BLOCK_W=triton.next_power_of_2(group), num_warps=4)
@@ -146,7 +136,7 @@ def _norm_bwd(dout: Tensor, y: Tensor, z: Tensor, weight: Tensor, rstd: Tensor,
     dz = torch.empty(rows, width, dtype=z.dtype, device=z.device)
     programs = triton.cdiv(rows, ROWS_PER_PROGRAM)
     dw_parts = torch.empty(programs, width, dtype=torch.float32, device=y.device)
-    with _on(y.device):
+    with launch_on(y.device):
         _gated_rms_norm_bwd_kernel[(programs, n_groups)](
             d2, y2, z2, weight.contiguous(), rstd, dy, dz, dw_parts, rows, group, n_groups, width,
             d2.stride(0), y2.stride(0), z2.stride(0), dy.stride(0), dz.stride(0), BLOCK_R=BLOCK_ROWS,
