@@ -1,12 +1,13 @@
 """The Mamba2 mixer's elementwise kernels, forward + backward, at hybrid_2b's layer shape (3 x 8192
 tokens, bf16, fp32 weights as on one rank), each compiled from PyTorch (as a compiled block runs
-it) against titan_mimo's Triton kernels, in one process:
+it, `mamba_kernels = "torch"`) against titan_mimo's Triton kernels (`mamba_kernels = "triton"`),
+in one process:
 
 - "conv": the three causal convs + SiLU on x, B and C (4096 + 1024 + 1024 channels, strided
-  slices of the fused in-projection's output, rows of 10304): `mamba_kernels = "torch"` (the
-  shifted-sum conv) against "triton" (`models/language/conv_triton.py`);
+  slices of the fused in-projection's output, rows of 10304): the shifted-sum conv against
+  `models/language/conv_triton.py`;
 - "norm": the gated RMSNorm (4096 channels in 8 groups, z a slice of the projection):
-  `mamba_norm_kernel = "torch"` (`GatedRMSNorm`) against "triton" (`gated_norm_triton.py`).
+  `GatedRMSNorm` against `gated_norm_triton.py`.
 
     python -m benchmarks.mamba_kernels [--batch 3] [--seq 8192] [--sweep] [--json PATH]
 

@@ -217,8 +217,9 @@ def test_hf_weights_load_into_sharded_modules_exactly(folders, tmp_path, languag
 def test_trainer_module_args_from_folders(folders):
     from titan_mimo.config import Module
     from titan_mimo.hf import training
-    lm = training.module_args(folders["omni"], is_encoder=False, overrides={"moe_backend": "torch"})
-    assert lm.layer_pattern == "M*E-" and lm.dim == 32
+    lm = training.module_args(folders["omni"], is_encoder=False,
+                              overrides={"moe_backend": "torch", "mamba_kernels": "triton"})
+    assert lm.layer_pattern == "M*E-" and lm.dim == 32 and lm.mamba_kernels == "triton"
     vit = training.module_args(folders["omni"], is_encoder=True, overrides={"out_dim": 32})
     assert vit.projector_act == "relu2" and vit.n_register_tokens == 5
     with pytest.raises(ValueError, match=r"\['dim'\] is set by .*config.json; only .* may be overridden"):

@@ -1,5 +1,5 @@
 """The Mamba2 mixer's gated RMSNorm, norm(y * SiLU(z)) per group times a learned scale, as Triton
-kernels: what `HybridLMArgs.mamba_norm_kernel = "triton"` runs (`GatedRMSNorm` is the reference).
+kernels: what `HybridLMArgs.mamba_kernels = "triton"` runs for the norm (`GatedRMSNorm` is the reference).
 
 Compiled from PyTorch it is five Inductor kernels per layer and step (the mean square, the
 normalised output, and three in the backward; ~1 ms per layer at hybrid_2b's 3 x 8192 tokens on
@@ -87,7 +87,7 @@ def _gated_rms_norm_bwd_kernel(dout_ptr, y_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, 
 
 
 def _check(y: Tensor, z: Tensor, weight: Tensor, n_groups: int) -> None:
-    check_device(y, "mamba_norm_kernel")
+    check_device(y, "mamba_kernels")
     width = y.shape[-1]
     if z.shape != y.shape or weight.shape != (width,) or width % n_groups:
         raise ValueError(f"gated_rms_norm: y and z [..., I] alike, weight [I], I divisible by the {n_groups} "

@@ -1,6 +1,5 @@
 """Mamba2 mixer in pure PyTorch (the reference path; GPU kernels replace the SSD scan,
-`ssd_backend`, the causal conv + SiLU, `mamba_kernels`, and the gated RMSNorm,
-`mamba_norm_kernel`).
+`ssd_backend`; the causal conv + SiLU and the gated RMSNorm, `mamba_kernels`).
 
 Projections are separate Linear layers (z, x, B, C, dt) rather than mamba-ssm's single fused
 in_proj, so tensor parallelism can shard heads and groups by plain column sharding; without
@@ -113,31 +112,21 @@ class GatedRMSNorm(nn.Module):
             t.fill_(1.0)
 
 
-def conv_kernel(kind: str) -> Callable[[Tensor, Tensor, Tensor], Tensor] | None:
-    """SiLU(causal conv) as one kernel for `HybridLMArgs.mamba_kernels`: None for "torch" (the
-    module's conv, then SiLU), `conv_triton.causal_conv1d` for "triton" (imported here, so a
-    missing Triton fails at build time)."""
+def triton_kernels(kind: str) -> tuple[Callable[[Tensor, Tensor, Tensor], Tensor],
+                                     Callable[[Tensor, Tensor, Tensor, int, float], Tensor]] | None:
+    """The mixer's kernels for `HybridLMArgs.mamba_kernels`: None for "torch" (the modules' PyTorch,
+    fused by Inductor when compiled); for "triton", SiLU(causal conv) (`conv_triton.causal_conv1d`)
+    and the gated RMSNorm (`gated_norm_triton.gated_rms_norm`), imported here so a missing Triton
+    fails at build time."""
     if kind == "torch":
         return None
     try:
         from .conv_triton import causal_conv1d
+        from .gated_norm_triton import gated_rms_norm
     except ImportError as e:
         raise ImportError(f"mamba_kernels='triton' needs Triton (installed with PyTorch's CUDA builds): {e}; "
                           "or use mamba_kernels='torch'") from e
-    return causal_conv1d
-
-
-def norm_kernel(kind: str) -> Callable[[Tensor, Tensor, Tensor, int, float], Tensor] | None:
-    """The gated RMSNorm as one kernel for `HybridLMArgs.mamba_norm_kernel`: None for "torch" (the
-    module), `gated_norm_triton.gated_rms_norm` for "triton"."""
-    if kind == "torch":
-        return None
-    try:
-        from .gated_norm_triton import gated_rms_norm
-    except ImportError as e:
-        raise ImportError(f"mamba_norm_kernel='triton' needs Triton (installed with PyTorch's CUDA builds): "
-                          f"{e}; or use mamba_norm_kernel='torch'") from e
-    return gated_rms_norm
+    return causal_conv1d, gated_rms_norm
 
 
 class Mamba2Mixer(nn.Module):
@@ -152,8 +141,7 @@ class Mamba2Mixer(nn.Module):
         self.chunk_size = args.mamba_chunk_size
         # Resolved at build time so a missing optional kernel fails before any training work.
         self.ssd = ssd_function(args.ssd_backend, args.ssd_keep_states)
-        self.conv_kernel = conv_kernel(args.mamba_kernels)
-        self.norm_kernel = norm_kernel(args.mamba_norm_kernel)
+        self.conv_kernel, self.norm_kernel = triton_kernels(args.mamba_kernels) or (None, None)
         self.in_proj_z = nn.Linear(args.dim, d_inner, bias=False)
         self.in_proj_x = nn.Linear(args.dim, d_inner, bias=False)
         self.in_proj_B = nn.Linear(args.dim, d_bc, bias=False)

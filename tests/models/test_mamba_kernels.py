@@ -1,5 +1,5 @@
-"""The Mamba2 mixer's Triton kernels: `mamba_kernels = "triton"` (models/language/conv_triton.py,
-the causal conv + SiLU) and `mamba_norm_kernel = "triton"` (gated_norm_triton.py), against their
+"""The Mamba2 mixer's Triton kernels, `mamba_kernels = "triton"` (models/language/conv_triton.py,
+the causal conv + SiLU, and gated_norm_triton.py, the gated RMSNorm), against their
 PyTorch references on CPU under Triton's interpreter (tests/workers/mamba_kernels_worker.py: each
 op, and a Mamba2 mixer on both kernels, eager and compiled, against the same mixer on "torch"),
 and in bf16 on a GPU; the config checks everywhere."""
@@ -74,20 +74,20 @@ def test_mixer_on_triton_kernels_equals_mixer_on_torch(results, case):
 def test_args_refuse_an_unknown_kernel_and_another_width():
     with pytest.raises(ValueError, match="mamba_kernels='cuda' is unknown"):
         HybridLMArgs(mamba_kernels="cuda")
-    with pytest.raises(ValueError, match="mamba_norm_kernel='cuda' is unknown"):
-        HybridLMArgs(mamba_norm_kernel="cuda")
     with pytest.raises(ValueError, match="takes mamba_d_conv = 4"):
         HybridLMArgs(mamba_kernels="triton", mamba_d_conv=3)
     HybridLMArgs(mamba_kernels="triton", mamba_d_conv=3, layer_pattern="*-")  # no Mamba2 layer
 
 
 @pytest.mark.skipif(not HAS_TRITON or os.environ.get("TRITON_INTERPRET") == "1", reason="needs Triton")
-@pytest.mark.parametrize("kernel", ["mamba_kernels", "mamba_norm_kernel"])
-def test_ops_refuse_cpu_tensors_outside_the_interpreter(kernel):
-    args = HybridLMArgs(layer_pattern="M", **{kernel: "triton"})
+def test_ops_refuse_cpu_tensors_outside_the_interpreter():
+    args = HybridLMArgs(layer_pattern="M", mamba_kernels="triton")
     mixer = Mamba2Mixer(args)
-    with pytest.raises(ValueError, match=f"{kernel}='triton' runs on CUDA tensors"):
-        mixer(torch.randn(1, 8, args.dim))
+    with pytest.raises(ValueError, match="mamba_kernels='triton' runs on CUDA tensors"):
+        mixer(torch.randn(1, 8, args.dim))  # the conv comes first
+    y = torch.randn(1, 8, 16)
+    with pytest.raises(ValueError, match="mamba_kernels='triton' runs on CUDA tensors"):
+        mixer.norm_kernel(y, y, torch.ones(16), 2, 1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -95,14 +95,13 @@ def test_bf16_mixer_on_triton_kernels_matches_torch_on_gpu():
     """hybrid_2b's mixer width at 2 x 1000 tokens, bf16 weights and input, compiled with mamba-ssm's
     scan where it is installed (Inductor cannot compile the torch scan's cumsum on CUDA with torch
     2.11), else eager: the Triton kernels compute in float32 and round once, so they agree with
-    the torch ones to bf16 round-off. (With the conv kernel alone this passed on an H200; with the
-    gated norm kernel too it has not run on a GPU yet.)"""
+    the torch ones to bf16 round-off (passed on an H200 with both kernels)."""
     compiled = importlib.util.find_spec("mamba_ssm") is not None
     u = torch.randn(2, 1000, 2048, device="cuda", dtype=torch.bfloat16)
     runs = {}
     for kernels in ("torch", "triton"):
         args = HybridLMArgs(dim=2048, mamba_n_heads=64, mamba_head_dim=64, mamba_d_state=128, mamba_n_groups=8,
-                            mamba_chunk_size=256, mamba_kernels=kernels, mamba_norm_kernel=kernels, layer_pattern="M",
+                            mamba_chunk_size=256, mamba_kernels=kernels, layer_pattern="M",
                             ssd_backend="mamba_ssm" if compiled else "torch")
         mixer = Mamba2Mixer(args)
         init_model_for_testing(mixer, 0)

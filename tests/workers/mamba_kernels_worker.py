@@ -84,7 +84,7 @@ def mixer_case(compiled):
     out = {}
     for kernels in ("torch", "triton"):
         args = HybridLMArgs(dim=32, mamba_n_heads=4, mamba_head_dim=16, mamba_d_state=8, mamba_n_groups=2,
-                            mamba_chunk_size=16, mamba_kernels=kernels, mamba_norm_kernel=kernels,
+                            mamba_chunk_size=16, mamba_kernels=kernels,
                             layer_pattern="M")
         mixer = Mamba2Mixer(args)
         init_model_for_testing(mixer, 0)

@@ -30,7 +30,7 @@ __all__ = ["HF_PREFIX", "export_folder", "folder_of", "load_weights", "module_ar
 HF_PREFIX = "hf:"
 ROLES = {"nemotron_h": ("language",), "radio": ("encoder",), "nemotron_h_omni": ("language", "encoder")}
 """What a module loaded from each family may be."""
-FREE_FIELDS = {"attention_backend", "ssd_backend", "ssd_keep_states", "moe_backend",
+FREE_FIELDS = {"attention_backend", "ssd_backend", "ssd_keep_states", "mamba_kernels", "moe_backend",
                "moe_bias_update_rate", "moe_aux_loss_coeff", "rope_theta"}
 """Model args a config.json does not decide, which `model_args` may set."""
 RADIO_ENCODER_FREE = {"pixel_shuffle", "projector_hidden", "projector_norm", "projector_norm_eps",
