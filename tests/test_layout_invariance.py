@@ -368,3 +368,39 @@ def test_reshard_after_forward_takes_effect(runs: Path, layout: str, expected: d
     for f in (runs / layout).glob("resharded*.json"):
         seen.update(json.loads(f.read_text()))
     assert {k: v for k, v in seen.items() if k in expected} == expected
+
+
+TRITON = {"modules.language.model_args.mamba_kernels": "triton"}
+"""The LM's Mamba2 mixers on titan_mimo's Triton kernels (causal conv + SiLU, gated RMSNorm), run
+on CPU under Triton's interpreter: they read their rank's local tensors (FSDP's gathered
+parameters; under TP a slice of the channels and groups, the in-projection's local output)."""
+TRITON_LAYOUT = {"modules.vision.tp": 2, "modules.language.tp": 2}
+"""tp2_tp2_sp's placement: each rank's kernels see a slice of the channels and groups (FSDP hands
+them the gathered parameters, as on one rank)."""
+
+
+@pytest.fixture(scope="module")
+def triton_run(tmp_path_factory) -> dict:
+    """One step of the layout on the Triton kernels, in a launch of its own: the interpreter is
+    process-wide (TRITON_INTERPRET=1 before the kernels are defined) and slow."""
+    pytest.importorskip("triton")
+    out = tmp_path_factory.mktemp("triton_layout")
+    case = {"name": "triton_tp2_tp2_sp", "config": BASE, "steps": 1, "overrides": {**TRITON, **TRITON_LAYOUT}}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TRITON_INTERPRET", "1")
+        _launch(4, [case], out)
+    return _load(out, "triton_tp2_tp2_sp")
+
+
+def test_triton_mamba_kernels_under_tp_match_the_single_rank_torch_run(runs: Path, triton_run: dict) -> None:
+    """The first step's loss, gradient norm and gradients of the TP layout on the Triton kernels
+    against the one-rank run on PyTorch's (the reference of every layout): the same to float32
+    round-off of the kernels' other summation order (a wrong slice would be off by O(1))."""
+    got, ref = triton_run, _load(runs, "ref_base")
+    assert got["grads"].keys() == ref["grads"].keys()
+    assert any(".mixer.conv_x." in k for k in ref["grads"]) and any(".mixer.norm." in k for k in ref["grads"])
+    total = float(torch.stack([g.norm() for g in ref["grads"].values()]).norm())
+    for fqn, g in ref["grads"].items():
+        assert _rel(got["grads"][fqn], g, 1e-4 * total) <= 1e-4, f"grad of {fqn}"
+    assert got["losses"][0] == pytest.approx(ref["losses"][0], rel=1e-5)
+    assert got["grad_norms"][0] == pytest.approx(ref["grad_norms"][0], rel=1e-5)
