@@ -152,7 +152,7 @@ def check_cuda_graphs(name: str, layer_pattern: str, moe_backend: str, sharded: 
         # (tests/test_cuda_graphs.py) has not passed yet, so no run trusts it.
         raise ValueError(f"{where}: MoE blocks are not verified under CUDA graphs (on an H200 the captured "
                          "blocks' parameter gradients differed from the uncaptured ones by 3e-3 relative, "
-                         "cause not yet known); set cuda_graphs = false")
+                         "most likely bf16 round-off, not yet shown); set cuda_graphs = false")
 
 
 def reshards_after_forward(mcfg, n_stages: int) -> bool:
