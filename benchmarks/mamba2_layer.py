@@ -1,7 +1,7 @@
 """One Mamba2 layer, forward + backward: titan_mimo's `Mamba2Mixer` (compiled, mamba-ssm's Triton
 scan as its custom ops: what `ssd_backend = "mamba_ssm"` trains with) against mamba-ssm's own
 `Mamba2` layer (`use_mem_eff_path=False`: its fused path needs causal-conv1d's CUDA extension), ours
-twice on CUDA: with `mamba_kernels = "torch"` (the compiled conv) and "triton" (`conv_triton`), at
+twice on CUDA: with `mamba_kernels = "torch"` (the compiled conv and norm) and "triton" (ours), at
 hybrid_2b's layer shape (d_model 2048, 64 heads x 64, state 128, 8 groups, chunk 256), bf16
 parameters and input, 2 x 8192 tokens. Both run in one process, so mamba-ssm's Triton autotuning
 (~2 min on first use) is paid once.

@@ -14,9 +14,10 @@ SSD_BACKENDS = ("torch", "mamba_ssm")
 path); "mamba_ssm" is mamba-ssm's Triton kernel (GPU only, the `gpu` extra)."""
 
 MAMBA_KERNELS = ("torch", "triton")
-"""Kernels of the Mamba2 mixer's causal conv + SiLU: "torch" is PyTorch's conv (compiled:
-Inductor's kernels), the reference and the CPU path; "triton" titan_mimo's Triton kernels
-(`conv_triton`: one pass forward, one backward; CUDA, kernel width 4)."""
+"""Kernels of the Mamba2 mixer's causal conv + SiLU and gated RMSNorm: "torch" is PyTorch's
+(compiled: Inductor's kernels), the reference and the CPU path; "triton" titan_mimo's Triton
+kernels (`conv_triton`, `gated_norm_triton`: one pass forward, one backward each; CUDA, conv
+width 4)."""
 
 POSITION_EMBEDDINGS = ("rope", "none")
 """Position information of attention blocks: rotary embeddings, or none (Nemotron-H: its Mamba2

@@ -43,22 +43,16 @@ def results(tmp_path_factory) -> dict:
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs Triton (its interpreter)")
-def test_conv_op_equals_pytorch_conv_forward_and_backward(results):
-    cases = [k for k in results if k.startswith("op_")]
-    assert len(cases) == 6
+@pytest.mark.parametrize("prefix, n_cases, names", [
+    ("op_", 6, ("y", "dx", "dw", "db")),  # the conv op against F.conv1d (+ SiLU)
+    ("norm_", 3, ("out", "dy", "dz", "dw")),  # the norm op against GatedRMSNorm
+])
+def test_op_equals_its_pytorch_reference_forward_and_backward(results, prefix, n_cases, names):
+    cases = [k for k in results if k.startswith(prefix)]
+    assert len(cases) == n_cases
     for case in cases:
         ref, ours = results[case]["ref"], results[case]["triton"]
-        for name in ("y", "dx", "dw", "db"):
-            assert _rel(ours[name], ref[name]) < 1e-6, (case, name, _rel(ours[name], ref[name]))
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton (its interpreter)")
-def test_norm_op_equals_gated_rms_norm_forward_and_backward(results):
-    cases = [k for k in results if k.startswith("norm_")]
-    assert len(cases) == 3
-    for case in cases:
-        ref, ours = results[case]["ref"], results[case]["triton"]
-        for name in ("out", "dy", "dz", "dw"):
+        for name in names:
             assert _rel(ours[name], ref[name]) < 1e-6, (case, name, _rel(ours[name], ref[name]))
 
 
