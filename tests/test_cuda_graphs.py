@@ -134,7 +134,11 @@ def test_captured_blocks_give_the_uncaptured_gradients():
 
 @CUDA
 def test_captured_moe_blocks_route_count_and_balance_as_uncaptured():
-    """(The build refuses cuda_graphs with MoE blocks until this passes on a GPU.)
+    """(The build refuses cuda_graphs with MoE blocks until this passes on a GPU. On an H200 with
+    torch 2.11 it fails: outputs and input gradients agree to 1e-5, but every MoE block's router
+    weight gradient is 2.6-2.9e-3 (relative) off the uncaptured one against a bound of 7e-4, and
+    the norm before it follows; the Mamba2 parameters of block 0 are off by at most 1.3x their
+    bound. A systematic difference in the routers' backward under capture, cause not found.)
     MoE blocks (grouped GEMM experts, the auxiliary loss's gradient scale and the routers'
     token counts in device buffers) under bf16 autocast, over two micro-batches with different
     auxiliary-loss scales: the same outputs, gradients and token counts (the capture's warm-up
