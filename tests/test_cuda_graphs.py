@@ -144,14 +144,13 @@ def test_captured_moe_blocks_route_count_and_balance_as_uncaptured():
     auxiliary-loss scales: the same outputs, gradients and token counts (the capture's warm-up
     counts nothing); an evaluation forward counts nothing.
 
-    The gradients are held to bf16 round-off, not to 1e-5: an earlier form of this test found
-    0.norm.weight's gradient 2.9e-3 (relative) off the uncaptured one on an H200, where two
-    uncaptured runs agree bitwise. bf16 kernels captured need not round as they do uncaptured,
-    and a difference that small is round-off: the same run with bf16 against float32 differs by
-    1e-3 to 1e-1 per parameter (CPU), and one whose second micro-batch kept the first's scale (what
-    a replay reading a captured constant computes) by up to 0.5. So each parameter's gradient
-    may be off the uncaptured one by at most what bf16 puts it off the float32 run, and the
-    stale-scale run must exceed that bound: the check sees what a wrong capture would do."""
+    The gradients are held to bf16 round-off, not to 1e-5 (two uncaptured runs agree bitwise, but
+    captured bf16 kernels need not round as uncaptured ones do): the same run with bf16 against
+    float32 differs by 1e-3 to 1e-1 per parameter (CPU), and one whose second micro-batch kept the
+    first's scale (what a replay reading a captured constant computes) by up to 0.5. So each
+    parameter's gradient may be off the uncaptured one by at most what bf16 puts it off the
+    float32 run, and the stale-scale run must exceed that bound: the check sees what a wrong
+    capture would do."""
     g = torch.Generator().manual_seed(2)
     inputs = [torch.randn(2, 32, 64, generator=g).cuda() for _ in range(2)]
     moe = {"flavor": "hybrid_lm/debug_moe", "moe_backend": "grouped_mm"}
